@@ -1,0 +1,306 @@
+"""The command line: ``assistant index | ask | chat | history | info``.
+
+This is the only place that builds and wires objects; everything heavy is imported inside the
+commands, so ``assistant --help`` starts at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .config import ConfigError, Settings
+
+DEFAULT_QUESTION = "How does the with statement work?"
+
+
+class UserError(click.ClickException):
+    """A one-line error for the user (exit status 1), never a traceback."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.obj["settings"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="Config file (default: $ASSISTANT_CONFIG or the user config dir).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Where index and history live.")
+@click.option("--index-dir", type=click.Path(path_type=Path), help="Index directory.")
+@click.option("--embedding-model", help="Sentence-transformers model name, path or hub id.")
+@click.option("--model", "generator_model", help="Generator: embedded name, local dir or hub id.")
+@click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+@click.version_option(package_name="assistant")
+@click.pass_context
+def cli(ctx: click.Context, config_path, data_dir, index_dir, embedding_model,
+        generator_model, device) -> None:
+    """A private, local assistant that answers questions about your documents, with sources.
+
+    Start with `assistant index ~/Documents`, then `assistant ask "..."` or `assistant chat`.
+    """
+    try:
+        settings = Settings.load(config_path=config_path, overrides={
+            "data_dir": data_dir, "index_dir": index_dir, "embedding_model": embedding_model,
+            "generator_model": generator_model, "device": device,
+        })
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    ctx.obj = {"settings": settings}
+
+
+# ---- wiring -------------------------------------------------------------------------------
+def load_embedder(settings: Settings):
+    """The embedder named in settings (on the chosen device)."""
+    from index.embedding import SentenceTransformerEmbedder
+
+    device = None if settings.device == "auto" else settings.device
+    try:
+        return SentenceTransformerEmbedder(settings.embedding_model, device=device)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load embedding model {settings.embedding_model!r}: "
+                        f"{str(exc).splitlines()[0]}") from None
+
+
+def load_generator(settings: Settings, *, say=None):
+    """The generator named in settings; converts an embedded GGUF on first use."""
+    from .generation import GenerationError, TransformersGenerator
+    from .models import ModelNotFound, generator_path
+
+    try:
+        path = generator_path(settings.generator_model, settings.models_dir, on_convert=say)
+        return TransformersGenerator(settings.generator_model, path, device=settings.device)
+    except (ModelNotFound, GenerationError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def open_retriever(settings: Settings, embedder):
+    """A retriever over the index, or None when there is none yet."""
+    from index.retrieval import Retriever
+    from index.store import Store, StoreError
+
+    if not Store.exists(settings.index_path):
+        return None
+    try:
+        store = Store.open(settings.index_path, embedding_model=embedder.name)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    return Retriever(store, embedder)
+
+
+def build_manager(settings: Settings, *, say=None, embedder=None, generator=None):
+    """The dialogue manager with its retriever, generator and history."""
+    from .dialogue import DialogueManager
+    from .history import History
+
+    embedder = embedder or load_embedder(settings)
+    generator = generator or load_generator(settings, say=say)
+    return DialogueManager(
+        retriever=open_retriever(settings, embedder), generator=generator,
+        history=History(settings.history_path), top_k=settings.top_k,
+        mode=settings.retrieval_mode, context_tokens=settings.context_tokens,
+        history_tokens=settings.history_tokens, max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+    )
+
+
+def run_index(settings: Settings, paths, *, rebuild: bool = False, embedder=None, quiet=False):
+    """Index ``paths`` with a progress bar on stderr; prints the report. Returns it."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    from index.ingest import Indexer
+    from index.ingest import Progress as IndexProgress
+    from index.store import StoreError
+
+    console = Console(stderr=True)
+    embedder = embedder or load_embedder(settings)
+    indexer = Indexer(settings.index_path, embedder, chunk_tokens=settings.chunk_tokens,
+                      chunk_overlap=settings.chunk_overlap,
+                      max_file_bytes=int(settings.max_file_mb * 2**20))
+    bar = Progress(
+        TextColumn("[bold]Indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
+        TextColumn("{task.fields[passages]} passages"),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, disable=quiet, transient=False,
+    )
+
+    class _Bar(IndexProgress):
+        task = None
+        passages = 0
+        started = time.perf_counter()
+
+        def start(self, total_files: int) -> None:
+            self.task = bar.add_task("index", total=total_files, passages=0, rate="")
+
+        def advance(self, path: Path, passages: int) -> None:
+            self.passages += passages
+            elapsed = max(time.perf_counter() - self.started, 1e-6)
+            done = bar.tasks[0].completed + 1
+            bar.update(self.task, advance=1, passages=self.passages,
+                       rate=f"{done / elapsed:.1f} files/s")
+
+    try:
+        with bar:
+            report = indexer.run([Path(p) for p in paths], rebuild=rebuild, progress=_Bar())
+    except (StoreError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        raise UserError("interrupted: the index is unchanged") from None
+    if not quiet:
+        _print_report(console, report)
+    return report
+
+
+def _print_report(console, report) -> None:
+    rate = report.passages_added / report.seconds if report.seconds else 0.0
+    console.print(
+        f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
+        f"{report.removed} removed; {report.passages_added} passages embedded "
+        f"({rate:.0f} passages/s), {report.passages_removed} removed, in {report.seconds:.1f} s"
+    )
+    if report.skipped:
+        console.print(f"[yellow]Skipped {len(report.skipped)} file(s):")
+        for path, reason in report.skipped:
+            console.print(f"  {path}: {reason}", markup=False, highlight=False)
+    if report.unsupported:
+        kinds = ", ".join(f"{k} ×{n}" for k, n in report.unsupported.most_common(8))
+        console.print(f"Not indexed (unsupported types): {kinds}", markup=False, highlight=False)
+
+
+def ensure_demo_index(settings: Settings, embedder) -> None:
+    """Index the bundled Python reference when there is no index at all yet."""
+    from index.store import Store
+
+    from .corpus import CORPUS_NAME, write_python_reference
+
+    if Store.exists(settings.index_path):
+        return
+    folder = write_python_reference(Path(settings.data_dir) / "corpus" / CORPUS_NAME)
+    click.echo(f"No index yet: indexing the bundled Python language reference ({folder}).\n"
+               "Index your own documents with `assistant index PATH`.", err=True)
+    run_index(settings, [folder], embedder=embedder)
+
+
+# ---- commands -----------------------------------------------------------------------------
+@cli.command("index")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--rebuild", is_flag=True, help="Start from an empty index (after changing models or chunking).")
+@click.option("--chunk-tokens", type=int, help="Passage size in embedder tokens.")
+@click.option("--chunk-overlap", type=int, help="Tokens shared by consecutive passages.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or report.")
+@click.pass_context
+def index_command(ctx, paths, rebuild, chunk_tokens, chunk_overlap, quiet) -> None:
+    """Index folders and files (or, with no PATHS, re-scan the ones indexed before).
+
+    Only files whose content changed are re-read and re-embedded; passages of deleted files
+    are removed. Reads .txt, .md, .rst, .html, .pdf and source code.
+    """
+    settings = _settings(ctx)
+    try:
+        settings = settings.replace(**{k: v for k, v in {
+            "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap}.items() if v is not None})
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    run_index(settings, paths, rebuild=rebuild, quiet=quiet)
+
+
+@cli.command("ask")
+@click.argument("question", required=False)
+@click.option("-k", "--top-k", type=click.IntRange(1, 100), help="Passages to retrieve.")
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), help="Retrieval mode.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
+@click.option("--max-new-tokens", type=click.IntRange(1, 8192), help="Longest answer in tokens.")
+@click.option("--conversation", "conversation_id", help="Continue this conversation (id or prefix).")
+@click.pass_context
+def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversation_id) -> None:
+    """Answer QUESTION from the indexed documents, with numbered sources.
+
+    With no index yet, the bundled Python language reference is indexed first.
+    """
+    from .generation import GenerationError
+
+    settings = _settings(ctx).replace(**{k: v for k, v in {
+        "top_k": top_k, "retrieval_mode": mode, "max_new_tokens": max_new_tokens}.items()
+        if v is not None})
+    question = question or DEFAULT_QUESTION
+    say = lambda message: click.echo(message, err=True)  # noqa: E731
+    started = time.perf_counter()
+    embedder = load_embedder(settings)
+    ensure_demo_index(settings, embedder)
+    manager = build_manager(settings, say=say, embedder=embedder)
+    load_s = time.perf_counter() - started
+    if conversation_id:
+        try:
+            conversation_id = manager.history.resolve(conversation_id)
+        except KeyError as exc:
+            raise UserError(exc.args[0]) from None
+    try:
+        turn = manager.ask(question, conversation_id=conversation_id)
+    except (RuntimeError, ValueError, GenerationError) as exc:
+        raise UserError(str(exc)) from None
+    try:
+        for fragment in turn:
+            if not as_json:
+                click.echo(fragment, nl=False)
+    except GenerationError as exc:
+        raise UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        turn.cancel()
+        click.echo("\n[cancelled]", err=True)
+    from .output import sources_text, turn_json
+
+    if as_json:
+        click.echo(json.dumps(turn_json(turn, model=settings.generator_model, load_s=load_s,
+                                        device=getattr(manager.generator, "device", "")),
+                              ensure_ascii=False, indent=2))
+    else:
+        click.echo("\n")
+        click.echo(sources_text(turn))
+        t = turn.timings()
+        ttft = f"{t['first_token_s']:.2f} s" if t["first_token_s"] is not None else "-"
+        tps = f"{t['tokens_per_s']:.1f}" if t["tokens_per_s"] else "-"
+        click.echo(f"retrieval {t['retrieval_ms']:.0f} ms · first token {ttft} · {tps} tokens/s "
+                   f"· {settings.generator_model} on {manager.generator.device} "
+                   f"· conversation {turn.conversation_id}", err=True)
+
+
+@cli.command("info")
+@click.pass_context
+def info_command(ctx) -> None:
+    """Show settings, paths and index size."""
+    from index.store import Store, StoreError
+
+    settings = _settings(ctx)
+    click.echo(f"data dir:         {settings.data_dir}")
+    click.echo(f"index:            {settings.index_path}")
+    click.echo(f"history:          {settings.history_path}")
+    click.echo(f"embedding model:  {settings.embedding_model}")
+    click.echo(f"generator model:  {settings.generator_model}")
+    click.echo(f"device:           {settings.device}")
+    if Store.exists(settings.index_path):
+        try:
+            stats = Store.open(settings.index_path).stats()
+        except StoreError as exc:
+            raise UserError(str(exc)) from None
+        click.echo(f"indexed:          {stats['documents']} documents, {stats['passages']} passages")
+        for root in stats["roots"]:
+            click.echo(f"  root:           {root}")
+    else:
+        click.echo("indexed:          nothing yet (`assistant index PATH`)")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli(prog_name="assistant")
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

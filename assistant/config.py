@@ -1,0 +1,190 @@
+"""One frozen settings object: defaults < config file < ``ASSISTANT_*`` environment < flags.
+
+The config file is TOML at ``$ASSISTANT_CONFIG`` or ``<user config dir>/assistant/config.toml``,
+with the field names below as top-level keys (and a ``[keys]`` table for TUI bindings)::
+
+    generator_model = "HuggingFaceTB/SmolLM2-360M-Instruct"
+    top_k = 8
+    [keys]
+    new_chat = "ctrl+n"
+
+Environment variables are the upper-cased field names with an ``ASSISTANT_`` prefix
+(``ASSISTANT_TOP_K=8``). Nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+APP_NAME = "assistant"
+
+
+class ConfigError(Exception):
+    """A setting has a bad value or the config file cannot be read; ``str()`` is one line."""
+
+
+def _default_data_dir() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir(APP_NAME))
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> Path:
+    """``$ASSISTANT_CONFIG`` or the platform's user config dir + ``assistant/config.toml``."""
+    env = os.environ if env is None else env
+    if env.get("ASSISTANT_CONFIG"):
+        return Path(env["ASSISTANT_CONFIG"]).expanduser()
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir(APP_NAME)) / "config.toml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the assistant can be configured with."""
+
+    data_dir: Path = field(default_factory=_default_data_dir)
+    """Where the index, history, converted models and bundled corpus live."""
+
+    index_dir: Path | None = None
+    """The index directory; default ``<data_dir>/index``."""
+
+    embedding_model: str = "all-MiniLM-L6-v2"
+    """Sentence-transformers model: the embedded default name, a local directory or a hub id."""
+
+    generator_model: str = "SmolLM2-135M-Instruct"
+    """Decoder model: the embedded default name, a local directory or a Hugging Face hub id."""
+
+    device: str = "auto"
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
+
+    top_k: int = 5
+    """Passages retrieved per question and shown as numbered sources."""
+
+    retrieval_mode: str = "hybrid"
+    """``hybrid`` (dense + BM25 fused with RRF), ``dense`` or ``bm25``."""
+
+    chunk_tokens: int = 200
+    """Passage size budget in embedder tokens (MiniLM reads at most 256)."""
+
+    chunk_overlap: int = 40
+    """Tokens repeated between consecutive passages of a section."""
+
+    max_file_mb: float = 50.0
+    """Files larger than this (MiB) are skipped by `index`."""
+
+    max_new_tokens: int = 256
+    """Longest answer, in generator tokens."""
+
+    context_tokens: int = 2048
+    """Prompt budget in generator tokens (system + history + passages + question), capped by
+    the model's own context window minus ``max_new_tokens``."""
+
+    history_tokens: int = 512
+    """Part of the prompt budget given to earlier turns of the conversation."""
+
+    temperature: float = 0.0
+    """0 decodes greedily; above 0 samples."""
+
+    keys: Mapping[str, str] = field(default_factory=dict)
+    """TUI key bindings by action name, overriding the defaults (see README)."""
+
+    @property
+    def index_path(self) -> Path:
+        """The effective index directory."""
+        return Path(self.index_dir) if self.index_dir else Path(self.data_dir) / "index"
+
+    @property
+    def history_path(self) -> Path:
+        """The SQLite file holding conversations."""
+        return Path(self.data_dir) / "history.db"
+
+    @property
+    def models_dir(self) -> Path:
+        """Converted (safetensors) copies of embedded models."""
+        return Path(self.data_dir) / "models"
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        config_path: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> "Settings":
+        """Build settings from defaults, the config file, the environment and ``overrides``
+        (flags; None values are ignored).
+
+        Raises:
+            ConfigError: unreadable TOML, an unknown key, or a value of the wrong type.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        path = config_path or default_config_path(env)
+        if path.is_file():
+            try:
+                data = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+            for key, value in data.items():
+                values[key] = value
+        elif config_path is not None:
+            raise ConfigError(f"config file {config_path} does not exist")
+        names = {f.name for f in fields(cls)}
+        for name in names - {"keys"}:
+            raw = env.get(f"ASSISTANT_{name.upper()}")
+            if raw not in (None, ""):
+                values[name] = raw
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                values[key] = value
+        unknown = set(values) - names
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))} "
+                              f"(known: {', '.join(sorted(names))})")
+        return cls(**{k: _coerce(cls, k, v) for k, v in values.items()}).validated()
+
+    def validated(self) -> "Settings":
+        """Check ranges; returns self.
+
+        Raises:
+            ConfigError: a value out of range.
+        """
+        if self.retrieval_mode not in ("hybrid", "dense", "bm25"):
+            raise ConfigError(f"retrieval_mode must be hybrid, dense or bm25, not {self.retrieval_mode!r}")
+        if self.top_k < 1:
+            raise ConfigError("top_k must be at least 1")
+        if not 0 <= self.chunk_overlap < self.chunk_tokens:
+            raise ConfigError("need 0 <= chunk_overlap < chunk_tokens")
+        if self.max_new_tokens < 1 or self.context_tokens < 64:
+            raise ConfigError("max_new_tokens must be >= 1 and context_tokens >= 64")
+        return self
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes).validated()
+
+
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    kind = {f.name: f for f in fields(cls)}[name].type
+    try:
+        if name in ("data_dir", "index_dir"):
+            return Path(str(value)).expanduser()
+        if name == "keys":
+            if not isinstance(value, Mapping):
+                raise TypeError("keys must be a table of action = key")
+            return {str(k): str(v) for k, v in value.items()}
+        if kind == "int":
+            if isinstance(value, float) or isinstance(value, bool):
+                raise TypeError(f"expected an integer, got {value!r}")
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}: {exc}") from exc

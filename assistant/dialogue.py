@@ -1,0 +1,235 @@
+"""The dialogue manager: a turn = record question -> retrieve -> prompt -> generate -> record.
+
+It knows nothing of the terminal UI or the command line; ``assistant ask`` and ``assistant
+chat`` both drive it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol, Sequence
+
+from index.retrieval import Hit
+
+from .generation import GenerationError, Generator, Reply
+from .history import History, SourceRecord
+from .prompts import Prompt, build_prompt
+
+_CITATION = re.compile(r"\[(\d+(?:\s*[,;-]\s*\d+)*)\]")
+_FOLLOW_UP = re.compile(
+    r"^(and|but|also|so|what about|how about|why|then)\b|\b(it|its|they|them|their|this|that|"
+    r"these|those|he|she|his|her|one|ones|former|latter|same|there)\b",
+    re.IGNORECASE,
+)
+
+
+class _Retriever(Protocol):
+    def search(self, query: str, *, k: int = 5, mode: str = "hybrid"): ...
+
+
+def cited_numbers(answer: str) -> list[int]:
+    """Source numbers cited in ``answer`` as ``[n]``, ``[n, m]`` or ``[n-m]``, in first-seen order."""
+    seen: dict[int, None] = {}
+    for match in _CITATION.finditer(answer):
+        for part in re.split(r"\s*[,;]\s*", match.group(1)):
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                for n in range(lo, min(hi, lo + 20) + 1):
+                    seen[n] = None
+            else:
+                seen[int(part)] = None
+    return list(seen)
+
+
+def retrieval_query(question: str, history: Sequence[tuple[str, str]]) -> str:
+    """The search query for a turn: the question, plus the previous question when this one
+    reads as a follow-up (short, or leaning on a pronoun such as "it" or "the second one"),
+    so "and what about the second one?" still finds the passages the conversation is about."""
+    if not history:
+        return question
+    words = re.findall(r"\w+", question)
+    if len(words) <= 4 or _FOLLOW_UP.search(question):
+        return f"{history[-1][0]} {question}"
+    return question
+
+
+@dataclass
+class Turn:
+    """One question being answered. Iterate it for answer fragments; when the iteration ends
+    the turn is recorded in history with its status, sources and timings.
+
+    Attributes:
+        conversation_id, turn_id: where it is stored.
+        question: as asked.
+        query: what was searched (see :func:`retrieval_query`).
+        hits: retrieved passages, numbered from 1 in this order.
+        retrieval_ms: search time in milliseconds.
+        prompt: the rendered prompt (``passages_used`` <= ``len(hits)``).
+        answer: the text so far; complete after the iteration.
+        status: ``pending`` -> ``complete`` | ``cancelled`` | ``error``.
+        error: the error message when status is ``error``.
+    """
+
+    conversation_id: str
+    turn_id: int
+    question: str
+    query: str
+    hits: list[Hit]
+    retrieval_ms: float
+    prompt: Prompt | None
+    reply: Reply | None
+    model: str
+    _history: History = field(repr=False)
+    answer: str = ""
+    status: str = "pending"
+    error: str = ""
+    _saved_at: float = 0.0
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            if self.reply is not None:
+                for fragment in self.reply:
+                    self.answer += fragment
+                    if time.monotonic() - self._saved_at > 1.0:
+                        self._history.save_partial(self.turn_id, self.answer)
+                        self._saved_at = time.monotonic()
+                    yield fragment
+            self.status = "cancelled" if self.cancelled else "complete"
+        except GenerationError as exc:
+            self.status, self.error = "error", str(exc)
+            raise
+        except BaseException as exc:  # KeyboardInterrupt, a closed generator: keep the partial
+            self.status = "cancelled"
+            self.error = type(exc).__name__ if not isinstance(exc, GeneratorExit) else ""
+            raise
+        finally:
+            self._record()
+
+    @property
+    def cancelled(self) -> bool:
+        """True when generation was cancelled."""
+        return bool(self.reply and self.reply.stats.cancelled) or self.status == "cancelled"
+
+    def cancel(self) -> None:
+        """Stop generating; the partial answer is kept and the turn marked cancelled."""
+        if self.reply is not None:
+            self.reply.cancel()
+
+    def cited(self) -> list[int]:
+        """Source numbers cited in the answer that exist among the hits."""
+        return [n for n in cited_numbers(self.answer) if 1 <= n <= self.sources_shown]
+
+    @property
+    def sources_shown(self) -> int:
+        """How many hits the model actually saw (and may cite)."""
+        return self.prompt.passages_used if self.prompt else 0
+
+    def timings(self) -> dict[str, float | int | None]:
+        """retrieval_ms, first_token_s, tokens_per_s, prompt_tokens, new_tokens, total_s."""
+        stats = self.reply.stats if self.reply else None
+        return {
+            "retrieval_ms": round(self.retrieval_ms, 2),
+            "first_token_s": round(stats.first_token_s, 4) if stats and stats.first_token_s else None,
+            "tokens_per_s": round(stats.tokens_per_s, 2) if stats and stats.tokens_per_s else None,
+            "prompt_tokens": stats.prompt_tokens if stats else 0,
+            "new_tokens": stats.new_tokens if stats else 0,
+            "total_s": round(stats.total_s, 4) if stats else 0.0,
+        }
+
+    def sources(self) -> list[SourceRecord]:
+        """The passages the model saw, numbered as in the prompt, marked when cited."""
+        cited = set(self.cited())
+        return [
+            SourceRecord(
+                number=n, passage_id=h.passage.id, path=h.passage.path, title=h.passage.title,
+                heading=h.passage.heading, page=h.passage.page, line_start=h.passage.line_start,
+                line_end=h.passage.line_end, score=h.score, text=h.passage.text, cited=n in cited,
+            )
+            for n, h in enumerate(self.hits[: self.sources_shown], start=1)
+        ]
+
+    def _record(self) -> None:
+        self._history.finish_turn(
+            self.turn_id, answer=self.answer, status=self.status, sources=self.sources(),
+            retrieval_query=self.query, timings=self.timings(), error=self.error,
+        )
+
+
+class DialogueManager:
+    """Answers questions in conversations.
+
+    Args:
+        retriever: passage search (``search(query, k=, mode=)``), or None when no index exists
+            yet (questions then fail with a clear message).
+        generator: the decoder model.
+        history: the conversation store.
+        top_k: passages retrieved per turn.
+        mode: retrieval mode (hybrid, dense, bm25).
+        context_tokens: prompt budget (capped by the model's window minus ``max_new_tokens``).
+        history_tokens: part of the budget for earlier turns.
+        max_new_tokens: longest answer.
+        temperature: 0 for greedy decoding.
+    """
+
+    def __init__(self, *, retriever: _Retriever | None, generator: Generator, history: History,
+                 top_k: int = 5, mode: str = "hybrid", context_tokens: int = 2048,
+                 history_tokens: int = 512, max_new_tokens: int = 256, temperature: float = 0.0):
+        self.retriever = retriever
+        self.generator = generator
+        self.history = history
+        self.top_k = top_k
+        self.mode = mode
+        self.context_tokens = context_tokens
+        self.history_tokens = history_tokens
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self._lock = threading.Lock()
+
+    @property
+    def budget_tokens(self) -> int:
+        """Prompt budget in tokens."""
+        window = getattr(self.generator, "context_window", self.context_tokens + self.max_new_tokens)
+        return max(64, min(self.context_tokens, window - self.max_new_tokens))
+
+    def ask(self, question: str, *, conversation_id: str | None = None) -> Turn:
+        """Record ``question``, retrieve passages and start generating.
+
+        The question is stored before anything else can fail. Returns a :class:`Turn` to
+        iterate for the streamed answer.
+
+        Raises:
+            ValueError: empty question.
+            RuntimeError: there is no index to search (the turn is recorded as an error).
+        """
+        question = question.strip()
+        if not question:
+            raise ValueError("the question is empty")
+        if conversation_id is None:
+            conversation_id = self.history.new_conversation()
+        earlier = self.history.exchanges(conversation_id)
+        turn_id = self.history.start_turn(conversation_id, question, model=self.generator.name)
+        query = retrieval_query(question, earlier)
+        if self.retriever is None:
+            message = "no index yet: run `assistant index PATH` to index your documents"
+            self.history.finish_turn(turn_id, answer="", status="error", error=message,
+                                     retrieval_query=query)
+            raise RuntimeError(message)
+        try:
+            result = self.retriever.search(query, k=self.top_k, mode=self.mode)
+            prompt = build_prompt(
+                question, [h.passage for h in result.hits], counter=self.generator,
+                budget_tokens=self.budget_tokens, history=earlier,
+                history_tokens=self.history_tokens,
+            )
+            reply = self.generator.generate(
+                prompt.messages, max_new_tokens=self.max_new_tokens, temperature=self.temperature
+            )
+        except Exception as exc:
+            self.history.finish_turn(turn_id, answer="", status="error", error=str(exc),
+                                     retrieval_query=query)
+            raise
+        return Turn(conversation_id, turn_id, question, query, list(result.hits),
+                    result.milliseconds, prompt, reply, self.generator.name, self.history)

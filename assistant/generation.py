@@ -1,0 +1,323 @@
+"""Answer generators: the protocol, and the Hugging Face transformers implementation.
+
+This is the only module of ``assistant`` that imports torch and transformers, and it does so
+lazily, so ``assistant --help`` and the TUI's first frame do not wait for them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol, Sequence
+
+Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
+
+
+class GenerationError(Exception):
+    """The model cannot be loaded or run; ``str()`` is a one-line explanation."""
+
+
+@dataclass
+class GenerationStats:
+    """Timings and sizes of one generation.
+
+    Attributes:
+        prompt_tokens: tokens in the rendered prompt.
+        new_tokens: tokens generated.
+        first_token_s: seconds from the call until the first generated token was decoded
+            (time to first token, prompt processing included).
+        total_s: seconds from the call until generation ended.
+        cancelled: True when stopped by :meth:`Reply.cancel` (not by a stop string).
+    """
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    first_token_s: float | None = None
+    total_s: float = 0.0
+    cancelled: bool = False
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Decode speed: tokens after the first one per second after the first one."""
+        if self.first_token_s is None or self.new_tokens < 2:
+            return None
+        decode = self.total_s - self.first_token_s
+        return (self.new_tokens - 1) / decode if decode > 0 else None
+
+
+@dataclass
+class Reply:
+    """A streaming answer: iterate it for text fragments; ``stats`` is complete afterwards.
+
+    ``cancel()`` may be called from any thread; the iteration then ends after at most one
+    more token and ``stats.cancelled`` is True.
+    """
+
+    fragments: Iterator[str]
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+
+    def __iter__(self) -> Iterator[str]:
+        return self.fragments
+
+    def cancel(self) -> None:
+        """Ask generation to stop as soon as possible."""
+        self.cancel_event.set()
+
+    def text(self) -> str:
+        """Consume the whole stream and return the text."""
+        return "".join(self)
+
+
+class Generator(Protocol):
+    """A decoder model that streams a reply to chat messages."""
+
+    name: str
+    """Model name as configured."""
+    device: str
+    """Where it runs (``cpu``, ``cuda``, ...)."""
+    context_window: int
+    """Most tokens the model attends to (prompt + answer)."""
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` (no special tokens added)."""
+        ...
+
+    def prompt_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens of ``messages`` rendered with the model's chat template."""
+        ...
+
+    def generate(self, messages: Sequence[Message], *, max_new_tokens: int = 256,
+                 temperature: float = 0.0, stop: Sequence[str] = ()) -> Reply:
+        """Start generating a reply; returns at once with a streaming :class:`Reply`."""
+        ...
+
+
+class StopStrings:
+    """Cuts a text stream at the first of some stop strings, holding back text that could be
+    the start of one; feed fragments with :meth:`push`, then :meth:`flush`."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.keep = max((len(s) for s in self.stops), default=1) - 1
+        self.buffer = ""
+        self.stopped = False
+
+    def push(self, fragment: str) -> str:
+        """Add a fragment; returns the text that is now safe to emit."""
+        if self.stopped:
+            return ""
+        self.buffer += fragment
+        cut = min((i for i in (self.buffer.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.buffer, self.stopped = self.buffer[:cut], "", True
+            return out
+        if self.keep == 0 or not self.stops:
+            out, self.buffer = self.buffer, ""
+            return out
+        out, self.buffer = self.buffer[: -self.keep], self.buffer[-self.keep :]
+        return out
+
+    def flush(self) -> str:
+        """The held-back text, at the end of the stream."""
+        out, self.buffer = self.buffer, ""
+        return out
+
+
+def pick_device(requested: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other values pass through.
+
+    Raises:
+        GenerationError: CUDA requested but not available.
+    """
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise GenerationError("device 'cuda' requested but torch sees no CUDA GPU")
+    return requested
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """De-quantise a GGUF checkpoint once into a safetensors model directory.
+
+    transformers de-quantises GGUF weights on every load (about 30 s for SmolLM2-135M here);
+    the converted copy (float16 on disk, about 270 MB for 135M parameters) loads in about 1 s.
+    Written to a temporary sibling folder first and renamed, so a killed conversion leaves
+    nothing half-written.
+
+    Raises:
+        GenerationError: the GGUF cannot be read (``gguf`` package missing, corrupt file).
+    """
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    except (ImportError, OSError, ValueError, KeyError) as exc:
+        raise GenerationError(f"cannot read GGUF model {gguf_path}: {exc}") from exc
+    # The de-quantised weights are plain tensors now; drop the GGUF quantizer so
+    # save_pretrained writes ordinary safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.to(torch.float16)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+
+
+class TransformersGenerator:
+    """A :class:`Generator` on a Hugging Face causal LM.
+
+    Args:
+        name: model name shown to the user.
+        path: local directory or hub id to load from (a hub id is looked up in the local cache
+            first; the network is used only when it is not cached).
+        device: ``auto``, ``cpu``, ``cuda``, ... (see :func:`pick_device`); bfloat16 on CUDA,
+            float32 elsewhere.
+
+    Raises:
+        GenerationError: the model cannot be found or loaded.
+    """
+
+    def __init__(self, name: str, path: str, *, device: str = "auto"):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name = name
+        self.device = pick_device(device)
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        try:
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+                local = True
+            except OSError:
+                if Path(path).exists():
+                    raise
+                self.tokenizer = AutoTokenizer.from_pretrained(path)
+                local = False
+            self.model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, local_files_only=local
+            ).to(self.device)
+        except (OSError, ValueError) as exc:
+            raise GenerationError(f"cannot load generator {name!r} from {path}: "
+                                  f"{str(exc).splitlines()[0]}") from exc
+        except torch.OutOfMemoryError as exc:
+            raise GenerationError(f"out of memory loading {name!r} on {self.device}") from exc
+        self.model.eval()
+        config = self.model.config
+        self.context_window = int(
+            getattr(config, "max_position_embeddings", None)
+            or getattr(self.tokenizer, "model_max_length", 2048)
+        )
+        self._lock = threading.Lock()  # one generation at a time per model
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` without special tokens."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _render(self, messages: Sequence[Message]) -> str:
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=True
+            )
+        # A base model without a chat template: plain completion of the concatenated text.
+        return "\n\n".join(m["content"] for m in messages)
+
+    def prompt_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens of ``messages`` rendered with the chat template (special tokens included)."""
+        return len(self.tokenizer(self._render(messages), add_special_tokens=False)["input_ids"])
+
+    def generate(self, messages: Sequence[Message], *, max_new_tokens: int = 256,
+                 temperature: float = 0.0, stop: Sequence[str] = ()) -> Reply:
+        """Stream a reply; generation runs in a background thread.
+
+        Decoding is greedy when ``temperature`` is 0, else sampled. Generation ends at the
+        model's end-of-sequence token, after ``max_new_tokens``, at the first stop string
+        (not included in the output) or on :meth:`Reply.cancel`.
+        """
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        started = time.perf_counter()
+        prompt = self._render(messages)
+        inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        stats = GenerationStats(prompt_tokens=int(inputs["input_ids"].shape[1]))
+        cancel = threading.Event()
+        stop_now = threading.Event()  # cancel, or a stop string seen
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):  # noqa: ARG002
+                done = cancel.is_set() or stop_now.is_set()
+                return torch.full((input_ids.shape[0],), done, dtype=torch.bool,
+                                  device=input_ids.device)
+
+        class _CountingStreamer(TextIteratorStreamer):
+            def put(self, value):
+                if not self.next_tokens_are_prompt:
+                    stats.new_tokens += int(value.numel())
+                super().put(value)
+
+        streamer = _CountingStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = dict(
+            **inputs, streamer=streamer, max_new_tokens=max_new_tokens,
+            stopping_criteria=StoppingCriteriaList([_Stop()]),
+            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+        )
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            with self._lock, torch.inference_mode():
+                try:
+                    self.model.generate(**kwargs)
+                except BaseException as exc:  # reported to the reader of the stream
+                    failure.append(exc)
+                    streamer.end()
+
+        thread = threading.Thread(target=run, name="generate", daemon=True)
+
+        def fragments() -> Iterator[str]:
+            cutter = StopStrings(stop)
+            thread.start()
+            try:
+                for piece in streamer:
+                    if stats.first_token_s is None and piece:
+                        stats.first_token_s = time.perf_counter() - started
+                    out = cutter.push(piece)
+                    if out:
+                        yield out
+                    if cutter.stopped:
+                        stop_now.set()
+                        break
+                tail = cutter.flush()
+                if tail:
+                    yield tail
+            finally:
+                stop_now.set()
+                thread.join()
+                stats.total_s = time.perf_counter() - started
+                stats.cancelled = cancel.is_set()
+            if failure:
+                exc = failure[0]
+                if isinstance(exc, torch.OutOfMemoryError):
+                    raise GenerationError(f"out of memory generating on {self.device}") from exc
+                raise GenerationError(f"generation failed: {exc}") from exc
+
+        return Reply(fragments(), stats, cancel)

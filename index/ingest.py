@@ -1,0 +1,262 @@
+"""Walk a corpus, detect what changed, and bring the index up to date.
+
+A file is re-read only when its size or mtime changed, and re-embedded only when its content
+hash (SHA-256) changed too; documents under a scanned root that no longer exist are removed.
+Unreadable, binary, empty, undecodable, oversized and unparsable files are skipped and reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from .chunking import chunk_sections
+from .embedding import Embedder
+from .readers import SkipFile, kind_of, read_document
+from .store import Store
+
+SKIP_DIRS = {".git", ".hg", ".svn", ".venv", "venv", "node_modules", "__pycache__", ".tox",
+             ".mypy_cache", ".pytest_cache", ".idea", ".vscode", "site-packages", ".cache"}
+
+
+@dataclass
+class IndexReport:
+    """What one `index` run did.
+
+    Attributes:
+        added, updated, unchanged, removed: documents by outcome.
+        passages_added, passages_removed: passage counts.
+        skipped: ``[(path, reason)]`` for files not indexed.
+        unsupported: count of files by suffix whose type is not indexed.
+        seconds: wall time of the run.
+        embed_seconds: time spent embedding.
+    """
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    passages_added: int = 0
+    passages_removed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    unsupported: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file found by the walk: absolute path, the root it was found under, size and mtime."""
+
+    path: Path
+    root: Path
+    size: int
+    mtime_ns: int
+
+
+class Progress:
+    """Callbacks an `index` run reports to (the CLI draws a progress bar); no-ops here."""
+
+    def start(self, total_files: int) -> None:
+        """Called once with the number of candidate files."""
+
+    def advance(self, path: Path, passages: int) -> None:
+        """Called after each file with the passages it produced (0 when skipped/unchanged)."""
+
+
+def walk(roots: Iterable[Path], report: IndexReport) -> Iterator[Candidate]:
+    """Yield the supported files under ``roots`` (files given directly are taken as they are).
+
+    Hidden folders and tool folders (``.git``, ``node_modules``, virtual environments) are not
+    entered. Unsupported types are counted in ``report.unsupported``; unreadable folders and
+    missing paths are added to ``report.skipped``.
+    """
+    for root in roots:
+        root = Path(root).expanduser().resolve()
+        if root.is_file():
+            stat = root.stat()
+            yield Candidate(root, root, stat.st_size, stat.st_mtime_ns)
+            continue
+        if not root.exists():
+            report.skipped.append((str(root), "no such file or folder"))
+            continue
+
+        def onerror(exc: OSError) -> None:
+            report.skipped.append((str(exc.filename), f"cannot read folder ({exc.strerror})"))
+
+        for folder, dirs, files in os.walk(root, onerror=onerror):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIP_DIRS)
+            for name in sorted(files):
+                path = Path(folder) / name
+                if name.startswith("."):
+                    continue
+                if kind_of(path) is None:
+                    report.unsupported[path.suffix.lower() or "(no suffix)"] += 1
+                    continue
+                try:
+                    stat = path.stat()
+                except OSError as exc:
+                    report.skipped.append((str(path), f"cannot stat ({exc.strerror})"))
+                    continue
+                if path.is_symlink() and not path.resolve().is_file():
+                    continue
+                yield Candidate(path, root, stat.st_size, stat.st_mtime_ns)
+
+
+def _is_under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class Indexer:
+    """Brings an index directory up to date with folders of documents.
+
+    Args:
+        index_dir: where the index lives (see :mod:`index.store`).
+        embedder: the :class:`~index.embedding.Embedder` for passages.
+        chunk_tokens: passage budget in the embedder's tokens.
+        chunk_overlap: tokens repeated between consecutive passages of a section.
+        max_file_bytes: files larger than this are skipped (bytes).
+        batch_size: passages embedded per batch.
+    """
+
+    def __init__(self, index_dir: Path, embedder: Embedder, *, chunk_tokens: int = 200,
+                 chunk_overlap: int = 40, max_file_bytes: int = 50 * 2**20, batch_size: int = 64):
+        self.index_dir = Path(index_dir)
+        self.embedder = embedder
+        self.chunk_tokens = chunk_tokens
+        self.chunk_overlap = chunk_overlap
+        self.max_file_bytes = max_file_bytes
+        self.batch_size = batch_size
+        self.flush_passages = 512  # passages embedded together across small files
+
+    def params(self) -> dict:
+        """Settings that shape passages; an index built with others must be rebuilt."""
+        return {"chunk_tokens": self.chunk_tokens, "chunk_overlap": self.chunk_overlap}
+
+    def run(self, roots: Iterable[Path] = (), *, rebuild: bool = False,
+            progress: Progress | None = None) -> IndexReport:
+        """Index ``roots`` (or, when empty, every root indexed before).
+
+        Returns:
+            The :class:`IndexReport`.
+
+        Raises:
+            StoreError: locked, or built with another model/settings and not ``rebuild``.
+            ValueError: no roots given and none indexed before.
+        """
+        import time
+
+        started = time.perf_counter()
+        progress = progress or Progress()
+        report = IndexReport()
+        with Store.update(self.index_dir, embedding_model=self.embedder.name,
+                          dim=self.embedder.dim, params=self.params(), rebuild=rebuild) as store:
+            roots = [Path(r).expanduser().resolve() for r in roots]
+            if not roots:
+                roots = [Path(r) for r in store.stats()["roots"]]
+                if not roots:
+                    raise ValueError("nothing to index: give a folder or file, e.g. "
+                                     "`assistant index ~/Documents`")
+            known = store.documents()
+            candidates = list(walk(roots, report))
+            progress.start(len(candidates))
+            seen: set[str] = set()
+            pending: list[_Pending] = []
+            for candidate in candidates:
+                key = str(candidate.path)
+                seen.add(key)
+                item = self._read_file(store, candidate, known.get(key), report)
+                if item is not None:
+                    pending.append(item)
+                    if sum(len(p.chunks) for p in pending) >= self.flush_passages:
+                        self._flush(store, pending, report)
+                progress.advance(candidate.path, len(item.chunks) if item else 0)
+            self._flush(store, pending, report)
+            # Documents under a scanned root that were not found again are gone.
+            scanned = [str(r) for r in roots if r.exists()]
+            for path, row in known.items():
+                if path not in seen and any(_is_under(path, r) for r in scanned):
+                    report.passages_removed += store.remove_document(row["id"])
+                    report.removed += 1
+            store.add_roots(str(r) for r in roots if r.exists())
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _read_file(self, store: Store, c: Candidate, old: dict | None,
+                   report: IndexReport) -> "_Pending | None":
+        """Read and chunk a changed file; None when unchanged or skipped (recorded in report)."""
+        if old and old["size"] == c.size and old["mtime_ns"] == c.mtime_ns:
+            report.unchanged += 1
+            return None
+        if c.size > self.max_file_bytes:
+            report.skipped.append((str(c.path), f"too large ({c.size / 2**20:.1f} MiB > "
+                                                f"{self.max_file_bytes / 2**20:.0f} MiB)"))
+            return None
+        try:
+            data = c.path.read_bytes()
+        except OSError as exc:
+            report.skipped.append((str(c.path), f"cannot read ({exc.strerror or exc})"))
+            return None
+        digest = hashlib.sha256(data).hexdigest()
+        if old and old["sha256"] == digest:
+            store.touch_document(old["id"], size=c.size, mtime_ns=c.mtime_ns)
+            report.unchanged += 1
+            return None
+        try:
+            document = read_document(c.path, data, kind_of(c.path) or "text")
+        except SkipFile as exc:
+            report.skipped.append((str(c.path), str(exc)))
+            return None
+        chunks = chunk_sections(document.sections, max_tokens=self.chunk_tokens,
+                                overlap=self.chunk_overlap,
+                                count_tokens=self.embedder.count_tokens)
+        return _Pending(c, old, digest, document.title, document.kind, chunks)
+
+    def _flush(self, store: Store, pending: list["_Pending"], report: IndexReport) -> None:
+        """Embed the passages of the pending files in one batch and write them to the store."""
+        import time
+
+        if not pending:
+            return
+        texts = [embedding_text(p.title, ch.heading, ch.text) for p in pending for ch in p.chunks]
+        t0 = time.perf_counter()
+        vectors = self.embedder.embed(texts, batch_size=self.batch_size)
+        report.embed_seconds += time.perf_counter() - t0
+        offset = 0
+        for p in pending:
+            if p.old:
+                report.passages_removed += store.remove_document(p.old["id"])
+                report.updated += 1
+            else:
+                report.added += 1
+            store.add_document(
+                path=str(p.candidate.path), root=str(p.candidate.root), size=p.candidate.size,
+                mtime_ns=p.candidate.mtime_ns, sha256=p.sha256, title=p.title, kind=p.kind,
+                chunks=p.chunks, vectors=vectors[offset : offset + len(p.chunks)],
+            )
+            offset += len(p.chunks)
+            report.passages_added += len(p.chunks)
+        pending.clear()
+
+
+@dataclass
+class _Pending:
+    candidate: Candidate
+    old: dict | None
+    sha256: str
+    title: str
+    kind: str
+    chunks: list
+
+
+def embedding_text(title: str, heading: str, text: str) -> str:
+    """What is embedded for a passage: its title and heading path, then its text, so that a
+    passage deep in a section still carries the section's topic."""
+    if title and heading.startswith(title):
+        title = ""
+    context = " > ".join(part for part in (title, heading) if part)
+    return f"{context}\n{text}" if context else text

@@ -1,0 +1,330 @@
+"""Read one file into sections, by file type, with well-kept parsers.
+
+Plain text and source code are decoded (encoding detected by charset-normalizer) and kept whole;
+Markdown headings come from markdown-it-py, reStructuredText sections from docutils, HTML
+sections from BeautifulSoup, PDF pages from pypdf. Anything that cannot be read raises
+:class:`SkipFile` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .chunking import Section
+
+TEXT_SUFFIXES = {".txt", ".text", ".log"}
+MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd"}
+RST_SUFFIXES = {".rst", ".rest"}
+HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
+PDF_SUFFIXES = {".pdf"}
+CODE_SUFFIXES = {
+    ".py", ".pyi", ".ipynb", ".js", ".mjs", ".cjs", ".ts", ".tsx", ".jsx", ".java", ".kt", ".kts",
+    ".scala", ".go", ".rs", ".c", ".h", ".cc", ".cpp", ".cxx", ".hpp", ".hh", ".cs", ".swift",
+    ".m", ".mm", ".rb", ".php", ".pl", ".pm", ".lua", ".r", ".jl", ".hs", ".ml", ".mli", ".ex",
+    ".exs", ".erl", ".clj", ".el", ".vim", ".sh", ".bash", ".zsh", ".fish", ".ps1", ".bat",
+    ".sql", ".css", ".scss", ".less", ".vue", ".svelte", ".toml", ".yaml", ".yml", ".ini",
+    ".cfg", ".conf", ".json", ".xml", ".tex", ".bib", ".org", ".adoc", ".csv", ".tsv",
+    ".dockerfile", ".gradle", ".cmake", ".proto", ".graphql", ".dart", ".zig", ".nim",
+}
+SPECIAL_NAMES = {"readme", "license", "copying", "makefile", "dockerfile", "changelog",
+                 "authors", "contributing", "notice", "todo", "install", "news"}
+SUPPORTED_SUFFIXES = (TEXT_SUFFIXES | MARKDOWN_SUFFIXES | RST_SUFFIXES | HTML_SUFFIXES
+                      | PDF_SUFFIXES | CODE_SUFFIXES)
+
+
+class SkipFile(Exception):
+    """A file that is not indexed; ``str(exc)`` is the one-line reason shown to the user."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """A parsed file: its title, kind (``text``, ``markdown``, ``rst``, ``html``, ``pdf``,
+    ``code``) and sections in order."""
+
+    title: str
+    kind: str
+    sections: list[Section]
+
+
+def kind_of(path: Path) -> str | None:
+    """The reader kind for ``path`` by its suffix or name, or None when unsupported."""
+    suffix = path.suffix.lower()
+    if suffix in MARKDOWN_SUFFIXES:
+        return "markdown"
+    if suffix in RST_SUFFIXES:
+        return "rst"
+    if suffix in HTML_SUFFIXES:
+        return "html"
+    if suffix in PDF_SUFFIXES:
+        return "pdf"
+    if suffix in CODE_SUFFIXES:
+        return "code"
+    if suffix in TEXT_SUFFIXES or path.name.lower() in SPECIAL_NAMES or (
+        path.stem.lower() in SPECIAL_NAMES and not suffix[1:].isalpha()
+    ):
+        return "text"
+    return None
+
+
+def decode(data: bytes) -> str:
+    """Decode bytes in whatever common encoding they are in.
+
+    UTF-8 (with or without BOM) is tried first; otherwise charset-normalizer picks the most
+    plausible encoding (Latin-1, cp1252, UTF-16, Shift-JIS, ...).
+
+    Raises:
+        SkipFile: ``"empty"``, ``"binary content"`` (NUL bytes without a UTF-16/32 BOM), or
+            ``"undecodable text"``.
+    """
+    if not data.strip():
+        raise SkipFile("empty")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(data).best()
+        if best is None:
+            raise SkipFile("undecodable text")
+        return str(best)
+    if b"\x00" in data[:8192]:
+        raise SkipFile("binary content")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(data).best()
+    if best is None:
+        raise SkipFile("undecodable text")
+    text = str(best)
+    controls = sum(1 for c in text[:8192] if ord(c) < 32 and c not in "\t\n\r\f")
+    if controls > 0.01 * min(len(text), 8192):
+        raise SkipFile("binary content")
+    return text
+
+
+def _normalise(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_text(text: str) -> list[Section]:
+    """Plain text or source code: one section holding the whole text."""
+    return [Section(text=text)] if text.strip() else []
+
+
+def read_markdown(text: str) -> tuple[str | None, list[Section]]:
+    """Markdown: one section per heading (ATX or setext), found by markdown-it-py.
+
+    Returns ``(first level-1 heading or None, sections)``.
+    """
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").parse(text)
+    headings: list[tuple[int, int, int, str]] = []  # (start line, body line, level, text)
+    for i, token in enumerate(tokens):
+        if token.type == "heading_open" and token.map:
+            level = int(token.tag[1])
+            headings.append((token.map[0], token.map[1], level, tokens[i + 1].content.strip()))
+    return _sections_from_headings(text, headings)
+
+
+def read_rst(text: str) -> tuple[str | None, list[Section]]:
+    """reStructuredText: one section per section title, found by docutils.
+
+    Falls back to one plain section when docutils cannot parse the file.
+    """
+    from docutils import nodes
+    from docutils.core import publish_doctree
+
+    try:
+        tree = publish_doctree(
+            text,
+            settings_overrides={
+                "report_level": 5, "halt_level": 5, "doctitle_xform": False,
+                "file_insertion_enabled": False, "raw_enabled": False,
+            },
+        )
+    except Exception:  # docutils raises many types on malformed input
+        return None, read_text(text)
+    lines = text.split("\n")
+    headings = []
+    for section in tree.findall(nodes.section):
+        title = section.next_node(nodes.title)
+        if title is None or not title.line:
+            continue
+        # docutils reports the underline's line (1-based); find the title line just above it.
+        label = title.astext().strip()
+        start = title.line - 2
+        for candidate in (start, start - 1, start + 1):
+            if 0 <= candidate < len(lines) and lines[candidate].strip() == label:
+                start = candidate
+                break
+        depth = sum(1 for a in _ancestors(section) if isinstance(a, nodes.section)) + 1
+        underlined = start + 1 < len(lines) and set(lines[start + 1].strip()) <= _RST_ADORNMENT
+        body = start + 2 if underlined else start + 1
+        headings.append((start, body, depth, label))
+    headings.sort()
+    return _sections_from_headings(text, headings)
+
+
+_RST_ADORNMENT = set("=-~`#*^\"+:.'_")
+
+
+def _ancestors(node):
+    node = node.parent
+    while node is not None:
+        yield node
+        node = node.parent
+
+
+def _sections_from_headings(
+    text: str, headings: list[tuple[int, int, int, str]]
+) -> tuple[str | None, list[Section]]:
+    """Cut ``text`` at heading lines; each section's heading is the path of enclosing titles."""
+    lines = text.split("\n")
+    sections: list[Section] = []
+    title = next((h[3] for h in headings if h[2] == 1), None)
+    if headings and headings[0][0] > 0:
+        sections.append(Section(text="\n".join(lines[: headings[0][0]]), line_start=1))
+    elif not headings:
+        return title, read_text(text)
+    path: list[tuple[int, str]] = []
+    for i, (start, body, level, label) in enumerate(headings):
+        end = headings[i + 1][0] if i + 1 < len(headings) else len(lines)
+        while path and path[-1][0] >= level:
+            path.pop()
+        path.append((level, label))
+        body_text = "\n".join(lines[body:end])
+        if body_text.strip():
+            sections.append(
+                Section(text=body_text, heading=" > ".join(p[1] for p in path), line_start=body + 1)
+            )
+    return title, [s for s in sections if s.text.strip()]
+
+
+_BLOCK_TAGS = ["p", "div", "li", "pre", "dt", "dd", "tr", "table", "blockquote", "section",
+               "article", "ul", "ol", "dl", "figure", "figcaption", "br", "hr", "h1", "h2",
+               "h3", "h4", "h5", "h6"]
+_HEADING = re.compile(r"^h[1-6]$")
+
+
+def read_html(text: str) -> tuple[str | None, list[Section]]:
+    """HTML: one section per heading (h1-h6) of the main content, found by BeautifulSoup.
+
+    Scripts, styles and navigation are dropped; the main content is ``<main>``, an element with
+    ``role="main"``, or ``<body>``. Each section's ``line_start`` is its heading's line in the
+    HTML source; lines inside a section are not exact.
+    """
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(text, "html.parser")
+    title_tag = soup.find("title")
+    title = title_tag.get_text(" ", strip=True) if title_tag else None
+    root = soup.find("main") or soup.find(attrs={"role": "main"}) or soup.body or soup
+    for tag in root.find_all(["script", "style", "nav", "noscript", "template", "svg", "form"]):
+        tag.decompose()
+    for tag in root.find_all(class_=re.compile(r"headerlink|sphinxsidebar|related|footer")):
+        tag.decompose()
+    marker = "\x00"
+    for tag in root.find_all(_HEADING):
+        label = tag.get_text(" ", strip=True).replace("\u00b6", "").strip()
+        tag.replace_with(f"\n{marker}{tag.name[1]}{marker}{tag.sourceline or 1}{marker}{label}\n")
+    for tag in root.find_all(_BLOCK_TAGS):
+        if tag.name == "br":
+            tag.replace_with("\n")
+        else:
+            tag.insert_before("\n\n")
+            tag.append("\n\n")
+    raw = root.get_text()
+    sections: list[Section] = []
+    path: list[tuple[int, str]] = []
+    line = 1
+    heading = ""
+    for part_index, part in enumerate(raw.split(f"\n{marker}")):
+        body = part
+        if part_index > 0:
+            level, source_line, rest = part.split(marker, 2)
+            label, _, body = rest.partition("\n")
+            while path and path[-1][0] >= int(level):
+                path.pop()
+            path.append((int(level), label.strip()))
+            heading = " > ".join(p[1] for p in path if p[1])
+            line = int(source_line)
+        cleaned = _clean_extracted(body)
+        if cleaned:
+            sections.append(Section(text=cleaned, heading=heading, line_start=line, lines_exact=False))
+    if title is None and path:
+        title = path[0][1]
+    return title, sections
+
+
+def _clean_extracted(text: str) -> str:
+    """Collapse the white space left by markup: single spaces in lines, one blank line between
+    paragraphs."""
+    lines = [re.sub(r"[ \t\u00a0]+", " ", line).strip() for line in text.split("\n")]
+    out = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    return out
+
+
+def read_pdf(path: Path) -> tuple[str | None, list[Section]]:
+    """PDF: one section per page, text extracted by pypdf.
+
+    Raises:
+        SkipFile: broken, encrypted or text-less PDFs.
+    """
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(path)
+        if reader.is_encrypted:
+            raise SkipFile("encrypted PDF")
+        title = None
+        try:
+            title = (reader.metadata or {}).get("/Title")
+        except Exception:
+            title = None
+        sections = []
+        for number, page in enumerate(reader.pages, start=1):
+            page_text = _clean_extracted(page.extract_text() or "")
+            if page_text:
+                sections.append(Section(text=page_text, page=number, line_start=1))
+    except SkipFile:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, OSError, AssertionError) as exc:
+        raise SkipFile(f"broken PDF ({type(exc).__name__}: {str(exc)[:80]})") from exc
+    if not sections:
+        raise SkipFile("PDF has no extractable text (scanned?)")
+    return (str(title) if title else None), sections
+
+
+def read_document(path: Path, data: bytes, kind: str) -> Document:
+    """Parse a file's bytes into a :class:`Document`.
+
+    Args:
+        path: the file (used for PDFs, which are parsed from the path, and the default title).
+        data: the file's content, already read.
+        kind: from :func:`kind_of`.
+
+    Raises:
+        SkipFile: with the reason, when the file cannot be indexed.
+    """
+    if kind == "pdf":
+        if not data.strip():
+            raise SkipFile("empty")
+        title, sections = read_pdf(path)
+        return Document(title or path.stem, kind, sections)
+    text = _normalise(decode(data))
+    if kind == "markdown":
+        title, sections = read_markdown(text)
+    elif kind == "rst":
+        title, sections = read_rst(text)
+    elif kind == "html":
+        title, sections = read_html(text)
+    else:
+        title, sections = None, read_text(text)
+    if not any(s.text.strip() for s in sections):
+        raise SkipFile("no text")
+    return Document(title or path.name, kind, sections)

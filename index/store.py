@@ -1,0 +1,461 @@
+"""The index on disk: passages and documents in SQLite (with FTS5 for BM25), embeddings in FAISS.
+
+Layout of an index directory::
+
+    CURRENT              name of the live generation, replaced atomically (write aside, rename)
+    gen-000007/
+        passages.db      SQLite: meta, roots, documents, passages, passages_fts (FTS5, BM25)
+        passages.faiss   FAISS IndexIDMap2(IndexFlatIP); ids are passages.id
+
+An update copies the live generation into a new one, changes the copy, writes it, and only then
+points ``CURRENT`` at it; an interrupted update leaves the old generation live and untouched.
+On open, the FAISS size must equal the passage count and the embedding model must match.
+
+This is the only module that imports faiss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import faiss
+import numpy as np
+import sqlite_utils
+
+from .chunking import Chunk
+
+SCHEMA_VERSION = 1
+_DB = "passages.db"
+_FAISS = "passages.faiss"
+_CURRENT = "CURRENT"
+
+
+class StoreError(Exception):
+    """The index is missing, corrupt, locked or built differently; ``str()`` is one line."""
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A stored passage with where it came from.
+
+    Attributes:
+        id: passage row id (= FAISS id).
+        document_id: row id of its document.
+        path: absolute path of the source file.
+        title: document title.
+        heading: heading path ("" when none).
+        page: 1-based PDF page or None.
+        line_start, line_end: 1-based source lines (``line_end`` None when not exact).
+        text: the passage text.
+    """
+
+    id: int
+    document_id: int
+    path: str
+    title: str
+    heading: str
+    page: int | None
+    line_start: int | None
+    line_end: int | None
+    text: str
+
+    @property
+    def location(self) -> str:
+        """``path:lines``, ``path, p. N`` or ``path:line`` for citing the passage."""
+        if self.page is not None:
+            return f"{self.path}, p. {self.page}"
+        if self.line_start and self.line_end and self.line_end != self.line_start:
+            return f"{self.path}:{self.line_start}-{self.line_end}"
+        if self.line_start:
+            return f"{self.path}:{self.line_start}"
+        return self.path
+
+
+def _fts_query(text: str) -> str:
+    """A safe FTS5 query: every word of ``text`` quoted, joined with OR (BM25 ranks them)."""
+    words = dict.fromkeys(w.lower() for w in re.findall(r"\w+", text))
+    return " OR ".join(f'"{w}"' for w in words)
+
+
+def _connect(path: Path) -> sqlite_utils.Database:
+    conn = sqlite3.connect(str(path), check_same_thread=False)
+    return sqlite_utils.Database(conn)
+
+
+def _create_schema(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    db.execute("CREATE TABLE roots (path TEXT PRIMARY KEY)")
+    db.execute(
+        """CREATE TABLE documents (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT UNIQUE NOT NULL, root TEXT,
+            size INTEGER, mtime_ns INTEGER, sha256 TEXT, title TEXT, kind TEXT,
+            n_passages INTEGER, indexed_at REAL)"""
+    )
+    db.execute(
+        """CREATE TABLE passages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            document_id INTEGER NOT NULL REFERENCES documents(id), ordinal INTEGER,
+            text TEXT NOT NULL, heading TEXT, page INTEGER, line_start INTEGER,
+            line_end INTEGER, n_tokens INTEGER)"""
+    )
+    db.execute("CREATE INDEX passages_document ON passages(document_id)")
+    db.execute(
+        "CREATE VIRTUAL TABLE passages_fts USING fts5(text, heading, title, "
+        "tokenize='porter unicode61')"
+    )
+
+
+class Store:
+    """An opened index generation: SQLite database plus FAISS index.
+
+    Use :meth:`open` to read the live index and :meth:`update` to change it.
+    """
+
+    def __init__(self, index_dir: Path, gen_dir: Path, db: sqlite_utils.Database, vectors):
+        self.index_dir = index_dir
+        self.gen_dir = gen_dir
+        self.db = db
+        self.vectors = vectors  # faiss.IndexIDMap2
+        self._writable = False
+        self._lock = None
+
+    # ---- opening -----------------------------------------------------------------------
+    @staticmethod
+    def exists(index_dir: Path) -> bool:
+        """True when ``index_dir`` holds a published index."""
+        return (Path(index_dir) / _CURRENT).is_file()
+
+    @classmethod
+    def open(cls, index_dir: Path, *, embedding_model: str | None = None) -> "Store":
+        """Open the live generation of ``index_dir`` and check it.
+
+        Args:
+            index_dir: the index directory.
+            embedding_model: if given, the model the caller will embed queries with; it must be
+                the one the index was built with.
+
+        Raises:
+            StoreError: no index, corrupt files, FAISS size != passage count, or another
+                embedding model.
+        """
+        index_dir = Path(index_dir)
+        current = index_dir / _CURRENT
+        if not current.is_file():
+            raise StoreError(f"no index at {index_dir}: run `assistant index PATH` first")
+        gen_dir = index_dir / current.read_text().strip()
+        try:
+            db = _connect(gen_dir / _DB)
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            count = db.execute("SELECT count(*) FROM passages").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"index database {gen_dir / _DB} is corrupt ({exc}); "
+                             "rebuild it with `assistant index --rebuild PATH`") from exc
+        try:
+            vectors = faiss.read_index(str(gen_dir / _FAISS))
+        except RuntimeError as exc:
+            raise StoreError(f"FAISS index {gen_dir / _FAISS} is missing or corrupt; "
+                             "rebuild it with `assistant index --rebuild PATH`") from exc
+        if vectors.ntotal != count:
+            raise StoreError(
+                f"index at {index_dir} is inconsistent: {vectors.ntotal} vectors for {count} "
+                "passages; rebuild it with `assistant index --rebuild PATH`"
+            )
+        built_with = meta.get("embedding_model")
+        if embedding_model is not None and built_with != embedding_model:
+            raise StoreError(
+                f"index at {index_dir} was built with embedding model {built_with!r}, not "
+                f"{embedding_model!r}; use that model or rebuild with `assistant index --rebuild`"
+            )
+        if int(meta.get("dim", vectors.d)) != vectors.d:
+            raise StoreError(f"index at {index_dir} has mismatched embedding sizes; rebuild it")
+        return cls(index_dir, gen_dir, db, vectors)
+
+    @classmethod
+    def update(
+        cls, index_dir: Path, *, embedding_model: str, dim: int, params: dict | None = None,
+        rebuild: bool = False,
+    ) -> "Store":
+        """Start changing the index: a writable copy of the live generation (or a new, empty
+        one when there is none or ``rebuild``). Use it as a context manager: leaving the block
+        normally publishes the copy with :meth:`commit`; an exception discards it.
+
+        Args:
+            index_dir: the index directory (created if missing).
+            embedding_model: name of the embedder about to add vectors.
+            dim: its embedding size.
+            params: settings that change passages (e.g. chunk size); stored in ``meta``.
+            rebuild: start empty even when an index exists.
+
+        Raises:
+            StoreError: another `index` run holds the lock, or the live index was built with
+                another embedding model or other params and ``rebuild`` is False.
+        """
+        index_dir = Path(index_dir)
+        index_dir.mkdir(parents=True, exist_ok=True)
+        lock = _take_lock(index_dir)
+        try:
+            _remove_stale_generations(index_dir)
+            gen_dir = index_dir / f"gen-{time.time_ns():020d}"
+            gen_dir.mkdir()
+            params = {k: str(v) for k, v in (params or {}).items()}
+            if cls.exists(index_dir) and not rebuild:
+                old = cls.open(index_dir)
+                meta = old.meta()
+                if meta.get("embedding_model") != embedding_model:
+                    raise StoreError(
+                        f"index was built with {meta.get('embedding_model')!r}; rebuild it for "
+                        f"{embedding_model!r} with `assistant index --rebuild PATH`"
+                    )
+                changed = {k for k, v in params.items() if meta.get(k) != v}
+                if changed:
+                    raise StoreError(
+                        f"index was built with other settings ({', '.join(sorted(changed))}); "
+                        "rebuild it with `assistant index --rebuild PATH`"
+                    )
+                dest = sqlite3.connect(str(gen_dir / _DB))
+                old.db.conn.backup(dest)
+                dest.close()
+                db = _connect(gen_dir / _DB)
+                vectors = faiss.clone_index(old.vectors)
+                old.close()
+            else:
+                db = _connect(gen_dir / _DB)
+                _create_schema(db)
+                vectors = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+                db["meta"].insert_all(
+                    [{"key": k, "value": str(v)} for k, v in {
+                        "schema_version": SCHEMA_VERSION, "embedding_model": embedding_model,
+                        "dim": dim, "created_at": time.time(), **params}.items()],
+                    replace=True,
+                )
+        except BaseException:
+            _release_lock(lock)
+            raise
+        store = cls(index_dir, gen_dir, db, vectors)
+        store._writable = True
+        store._lock = lock
+        store.db.execute("BEGIN")
+        return store
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._writable:
+            if exc_type is None:
+                self.commit()
+            else:
+                self.abort()
+        else:
+            self.close()
+
+    def commit(self) -> None:
+        """Write this generation (FAISS written aside, then renamed) and make it live by
+        atomically replacing ``CURRENT``; older generations are then removed."""
+        self.db["meta"].insert({"key": "updated_at", "value": str(time.time())}, replace=True)
+        self.db.conn.commit()
+        count = self.db.execute("SELECT count(*) FROM passages").fetchone()[0]
+        if count != self.vectors.ntotal:  # a bug, never a user error: refuse to publish
+            self.abort()
+            raise StoreError(f"refusing to publish: {self.vectors.ntotal} vectors, {count} passages")
+        tmp = self.gen_dir / (_FAISS + ".tmp")
+        faiss.write_index(self.vectors, str(tmp))
+        os.replace(tmp, self.gen_dir / _FAISS)
+        self.db.conn.close()
+        pointer = self.index_dir / (_CURRENT + ".tmp")
+        pointer.write_text(self.gen_dir.name)
+        _fsync_file(pointer)
+        os.replace(pointer, self.index_dir / _CURRENT)
+        self._writable = False
+        _remove_stale_generations(self.index_dir)
+        _release_lock(self._lock)
+        self.db = _connect(self.gen_dir / _DB)
+
+    def abort(self) -> None:
+        """Discard this unpublished generation; the live index stays as it was."""
+        try:
+            self.db.conn.close()
+        finally:
+            shutil.rmtree(self.gen_dir, ignore_errors=True)
+            self._writable = False
+            _release_lock(self._lock)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self.db.conn.close()
+
+    # ---- reading -----------------------------------------------------------------------
+    def meta(self) -> dict[str, str]:
+        """The ``meta`` table as a dict (embedding_model, dim, chunk settings, times)."""
+        return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+
+    def stats(self) -> dict:
+        """Counts: ``{"documents": n, "passages": n, "roots": [...], "embedding_model": s}``."""
+        return {
+            "documents": self.db.execute("SELECT count(*) FROM documents").fetchone()[0],
+            "passages": self.db.execute("SELECT count(*) FROM passages").fetchone()[0],
+            "roots": [r[0] for r in self.db.execute("SELECT path FROM roots ORDER BY path")],
+            "embedding_model": self.meta().get("embedding_model"),
+        }
+
+    def documents(self) -> dict[str, dict]:
+        """All documents by path: ``{path: row}`` (id, size, mtime_ns, sha256, ...)."""
+        return {row["path"]: row for row in self.db["documents"].rows}
+
+    def passages(self, ids: Sequence[int]) -> list[Passage]:
+        """Passages by id, in the order of ``ids`` (unknown ids are left out)."""
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(
+            f"""SELECT p.id, p.document_id, d.path, d.title, p.heading, p.page, p.line_start,
+                       p.line_end, p.text
+                FROM passages p JOIN documents d ON d.id = p.document_id
+                WHERE p.id IN ({marks})""",
+            [int(i) for i in ids],
+        ).fetchall()
+        by_id = {r[0]: Passage(*r) for r in rows}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def passage_ids_for_paths(self, paths: Iterable[str]) -> dict[str, list[int]]:
+        """``{path: [passage ids in document order]}`` for the given document paths."""
+        out: dict[str, list[int]] = {}
+        for path in paths:
+            out[path] = [r[0] for r in self.db.execute(
+                "SELECT p.id FROM passages p JOIN documents d ON d.id = p.document_id "
+                "WHERE d.path = ? ORDER BY p.ordinal", [path])]
+        return out
+
+    def dense_search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """Inner-product search: ``query`` (dim,) unit vector -> ``[(passage id, cosine)]``,
+        best first, at most ``k``."""
+        if self.vectors.ntotal == 0 or k <= 0:
+            return []
+        scores, ids = self.vectors.search(query.reshape(1, -1).astype(np.float32), k)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i != -1]
+
+    def bm25_search(self, query: str, k: int) -> list[tuple[int, float]]:
+        """BM25 (FTS5, Porter-stemmed) over passage text, heading and title:
+        ``[(passage id, score)]`` best first; score is ``-bm25()`` so higher is better."""
+        match = _fts_query(query)
+        if not match or k <= 0:
+            return []
+        rows = self.db.execute(
+            "SELECT rowid, -bm25(passages_fts) AS score FROM passages_fts "
+            "WHERE passages_fts MATCH ? ORDER BY bm25(passages_fts) LIMIT ?",
+            [match, k],
+        ).fetchall()
+        return [(int(r[0]), float(r[1])) for r in rows]
+
+    # ---- writing -----------------------------------------------------------------------
+    def add_roots(self, roots: Iterable[str]) -> None:
+        """Remember folders/files given to `index`, so a bare `assistant index` re-scans them."""
+        self._check_writable()
+        self.db["roots"].insert_all([{"path": r} for r in roots], replace=True)
+
+    def add_document(
+        self, *, path: str, root: str, size: int, mtime_ns: int, sha256: str, title: str,
+        kind: str, chunks: Sequence[Chunk], vectors: np.ndarray,
+    ) -> int:
+        """Insert a document with its passages and their embeddings ``(len(chunks), dim)``;
+        returns the document id.
+
+        Raises:
+            ValueError: ``vectors`` does not have one row per chunk.
+        """
+        self._check_writable()
+        if vectors.shape[0] != len(chunks):
+            raise ValueError(f"{vectors.shape[0]} vectors for {len(chunks)} passages")
+        doc_id = self.db["documents"].insert({
+            "path": path, "root": root, "size": size, "mtime_ns": mtime_ns, "sha256": sha256,
+            "title": title, "kind": kind, "n_passages": len(chunks), "indexed_at": time.time(),
+        }).last_pk
+        ids = []
+        for ordinal, chunk in enumerate(chunks):
+            pid = self.db["passages"].insert({
+                "document_id": doc_id, "ordinal": ordinal, "text": chunk.text,
+                "heading": chunk.heading, "page": chunk.page, "line_start": chunk.line_start,
+                "line_end": chunk.line_end, "n_tokens": chunk.n_tokens,
+            }).last_pk
+            self.db.execute(
+                "INSERT INTO passages_fts(rowid, text, heading, title) VALUES (?, ?, ?, ?)",
+                [pid, chunk.text, chunk.heading, title],
+            )
+            ids.append(pid)
+        if ids:
+            self.vectors.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
+        return int(doc_id)
+
+    def remove_document(self, document_id: int) -> int:
+        """Delete a document, its passages, their FTS rows and vectors; returns passages removed."""
+        self._check_writable()
+        ids = [r[0] for r in self.db.execute(
+            "SELECT id FROM passages WHERE document_id = ?", [document_id])]
+        if ids:
+            marks = ",".join("?" * len(ids))
+            self.db.execute(f"DELETE FROM passages_fts WHERE rowid IN ({marks})", ids)
+            self.db.execute("DELETE FROM passages WHERE document_id = ?", [document_id])
+            self.vectors.remove_ids(np.asarray(ids, dtype=np.int64))
+        self.db.execute("DELETE FROM documents WHERE id = ?", [document_id])
+        return len(ids)
+
+    def touch_document(self, document_id: int, *, size: int, mtime_ns: int) -> None:
+        """Record a new size/mtime for a document whose content hash did not change."""
+        self._check_writable()
+        self.db["documents"].update(document_id, {"size": size, "mtime_ns": mtime_ns})
+
+    def _check_writable(self) -> None:
+        if not self._writable:
+            raise StoreError("this index is open read-only; use Store.update() to change it")
+
+    def set_meta(self, **values) -> None:
+        """Store extra key/values (JSON-encoded when not strings) in ``meta``."""
+        self._check_writable()
+        self.db["meta"].insert_all(
+            [{"key": k, "value": v if isinstance(v, str) else json.dumps(v)}
+             for k, v in values.items()], replace=True)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _remove_stale_generations(index_dir: Path) -> None:
+    """Delete generation folders that ``CURRENT`` does not name (left by interrupted runs)."""
+    current = (index_dir / _CURRENT).read_text().strip() if (index_dir / _CURRENT).is_file() else None
+    for child in index_dir.glob("gen-*"):
+        if child.is_dir() and child.name != current:
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def _take_lock(index_dir: Path):
+    """An exclusive, non-blocking lock on ``index_dir/lock`` (POSIX ``flock``).
+
+    Raises:
+        StoreError: another process holds it.
+    """
+    handle = open(index_dir / "lock", "a+")
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory lock, carry on
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise StoreError(f"another `assistant index` is updating {index_dir}; wait for it") from exc
+    return handle
+
+
+def _release_lock(handle) -> None:
+    if handle is not None and not handle.closed:
+        handle.close()
