@@ -14,6 +14,7 @@ from typing import Iterator, Protocol, Sequence
 
 from index.retrieval import Hit
 
+from .attribution import CitationShaper
 from .generation import GenerationError, Generator, Reply
 from .history import History, SourceRecord
 from .prompts import Prompt, build_prompt
@@ -91,12 +92,22 @@ class Turn:
     def __iter__(self) -> Iterator[str]:
         try:
             if self.reply is not None:
-                for fragment in self.reply:
+                shaper = CitationShaper([h.passage.text for h in self.hits[: self.sources_shown]])
+                for piece in self.reply:
+                    fragment = shaper.push(piece)
+                    if shaper.repeated:
+                        self.reply.stop()
+                    if not fragment:
+                        continue
                     self.answer += fragment
                     if time.monotonic() - self._saved_at > 1.0:
                         self._history.save_partial(self.turn_id, self.answer)
                         self._saved_at = time.monotonic()
                     yield fragment
+                tail = shaper.flush()
+                if tail:
+                    self.answer += tail
+                    yield tail
             self.status = "cancelled" if self.cancelled else "complete"
         except GenerationError as exc:
             self.status, self.error = "error", str(exc)

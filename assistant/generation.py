@@ -15,6 +15,15 @@ from typing import Iterator, Protocol, Sequence
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
 
+def quiet_hub() -> None:
+    """Silence library progress bars and advisory logging (the CLI draws its own progress)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
 class GenerationError(Exception):
     """The model cannot be loaded or run; ``str()`` is a one-line explanation."""
 
@@ -58,6 +67,7 @@ class Reply:
     fragments: Iterator[str]
     stats: GenerationStats = field(default_factory=GenerationStats)
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    stop_event: threading.Event = field(default_factory=threading.Event)
 
     def __iter__(self) -> Iterator[str]:
         return self.fragments
@@ -65,6 +75,10 @@ class Reply:
     def cancel(self) -> None:
         """Ask generation to stop as soon as possible."""
         self.cancel_event.set()
+
+    def stop(self) -> None:
+        """End generation early because the answer is complete (not a cancellation)."""
+        self.stop_event.set()
 
     def text(self) -> str:
         """Consume the whole stream and return the text."""
@@ -154,6 +168,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     """
     import shutil
 
+    quiet_hub()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -193,6 +208,7 @@ class TransformersGenerator:
     """
 
     def __init__(self, name: str, path: str, *, device: str = "auto"):
+        quiet_hub()
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -298,6 +314,8 @@ class TransformersGenerator:
             thread.start()
             try:
                 for piece in streamer:
+                    if stop_now.is_set() and not cutter.stopped:
+                        break
                     if stats.first_token_s is None and piece:
                         stats.first_token_s = time.perf_counter() - started
                     out = cutter.push(piece)
@@ -320,4 +338,4 @@ class TransformersGenerator:
                     raise GenerationError(f"out of memory generating on {self.device}") from exc
                 raise GenerationError(f"generation failed: {exc}") from exc
 
-        return Reply(fragments(), stats, cancel)
+        return Reply(fragments(), stats, cancel, stop_now)

@@ -65,6 +65,12 @@ class SentenceTransformerEmbedder:
     """
 
     def __init__(self, name: str = DEFAULT_EMBEDDING_MODEL, *, device: str | None = None):
+        import os
+
+        # No library progress bars or advisory logs: the caller draws its own progress.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from sentence_transformers import SentenceTransformer
 
         path = resolve_model_path(name)

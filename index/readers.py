@@ -93,16 +93,48 @@ def decode(data: bytes) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass
-    from charset_normalizer import from_bytes
-
-    best = from_bytes(data).best()
-    if best is None:
-        raise SkipFile("undecodable text")
-    text = str(best)
+    text = _detect(data)
     controls = sum(1 for c in text[:8192] if ord(c) < 32 and c not in "\t\n\r\f")
     if controls > 0.01 * min(len(text), 8192):
         raise SkipFile("binary content")
     return text
+
+
+_LATIN_ALPHABETS = {"Basic Latin", "Latin-1 Supplement", "Latin Extended-A", "Latin Extended-B",
+                    "General Punctuation", "Latin Extended Additional", "Spacing Modifier Letters"}
+_CENTRAL_EUROPEAN = {"Polish", "Czech", "Hungarian", "Slovak", "Slovene", "Croatian", "Romanian"}
+
+
+def _detect(data: bytes) -> str:
+    """Decode non-UTF-8 bytes with the encoding charset-normalizer finds most plausible.
+
+    On short Latin-script texts its pick among the many single-byte code pages that decode them
+    without errors is close to arbitrary (cp775 for French, say), so when the detected text is
+    Latin script (or the bytes are mostly ASCII, as any text in a Latin-script language is) we
+    decode as Windows-1252 (a superset of Latin-1's printable range, by far the
+    most common legacy encoding), unless a Central European language was detected.
+
+    Raises:
+        SkipFile: no encoding decodes the bytes.
+    """
+    from charset_normalizer import from_bytes
+
+    # UTF-16/32 without a byte-order mark (those are handled before) is a misdetection of
+    # short single-byte text: 'café' in cp1252 reads as two CJK characters in UTF-16-BE.
+    matches = [m for m in from_bytes(data) if not m.encoding.startswith(("utf_16", "utf_32"))]
+    if not matches:
+        raise SkipFile("undecodable text")
+    best = matches[0]
+    sample = data[:65536]
+    mostly_ascii = sum(b < 0x80 for b in sample) >= 0.7 * len(sample)
+    latin = mostly_ascii or set(best.alphabets) <= _LATIN_ALPHABETS
+    if latin and best.language not in _CENTRAL_EUROPEAN:
+        for encoding in ("cp1252", "latin-1"):
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError:
+                continue
+    return str(best)
 
 
 def _normalise(text: str) -> str:

@@ -1,0 +1,160 @@
+"""Shared fixtures: real text from SQuAD, scripted fakes, temporary data directories."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pytest
+
+from assistant.generation import GenerationStats, Reply
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def load_jsonl(name: str) -> list[dict]:
+    return [json.loads(line) for line in (FIXTURES / name).read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="session")
+def squad_passages() -> list[dict]:
+    return load_jsonl("squad_passages.jsonl")
+
+
+@pytest.fixture(scope="session")
+def squad_questions() -> list[dict]:
+    return load_jsonl("squad_questions.jsonl")
+
+
+def write_corpus(folder: Path, passages: list[dict]) -> dict[str, Path]:
+    """Write passages as Markdown files (title as heading); returns {passage id: path}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for p in passages:
+        path = folder / f"{p['_id']}.md"
+        path.write_text(f"# {p['title']}\n\n{p['text']}\n", encoding="utf-8")
+        paths[p["_id"]] = path
+    return paths
+
+
+@pytest.fixture
+def corpus_dir(tmp_path, squad_passages) -> Path:
+    folder = tmp_path / "docs"
+    write_corpus(folder, squad_passages)
+    return folder
+
+
+class FakeEmbedder:
+    """A deterministic bag-of-words embedder: each word hashes to one of ``dim`` buckets.
+
+    Enough for retrieval on word overlap; counts calls so tests can see what was re-embedded.
+    """
+
+    def __init__(self, dim: int = 256, name: str = "fake-bow"):
+        self.dim = dim
+        self.name = name
+        self.embedded: list[str] = []
+
+    def _bucket(self, word: str) -> int:
+        return int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dim
+
+    def embed(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+        self.embedded.extend(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                out[i, self._bucket(word)] += 1.0
+            norm = np.linalg.norm(out[i])
+            if norm:
+                out[i] /= norm
+        return out
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(re.findall(r"\w+|[^\w\s]", t)) for t in texts]
+
+
+class FakeGenerator:
+    """A scripted generator: replies with the given fragments, optionally slowly.
+
+    ``FakeGenerator(["The ", "answer [1]."])``; ``delay`` seconds between fragments lets tests
+    cancel mid-answer; ``gate`` (an Event) holds the stream until set.
+    """
+
+    def __init__(self, fragments: Sequence[str] = ("An answer [1].",), *, delay: float = 0.0,
+                 gate: threading.Event | None = None, name: str = "fake-generator"):
+        self.fragments = list(fragments)
+        self.delay = delay
+        self.gate = gate
+        self.name = name
+        self.device = "cpu"
+        self.context_window = 4096
+        self.calls: list[list[dict]] = []
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def prompt_tokens(self, messages) -> int:
+        return sum(self.count_tokens(m["content"]) + 4 for m in messages)
+
+    def generate(self, messages, *, max_new_tokens=256, temperature=0.0, stop=()) -> Reply:
+        import time
+
+        self.calls.append(list(messages))
+        stats = GenerationStats(prompt_tokens=self.prompt_tokens(messages))
+        cancel = threading.Event()
+        stop_event = threading.Event()
+        started = time.perf_counter()
+
+        def fragments():
+            if self.gate is not None:
+                self.gate.wait(10)
+            for fragment in self.fragments[:max_new_tokens]:
+                if cancel.is_set() or stop_event.is_set():
+                    break
+                if self.delay:
+                    time.sleep(self.delay)
+                if stats.first_token_s is None:
+                    stats.first_token_s = time.perf_counter() - started
+                stats.new_tokens += 1
+                yield fragment
+            stats.total_s = time.perf_counter() - started
+            stats.cancelled = cancel.is_set()
+
+        return Reply(fragments(), stats, cancel, stop_event)
+
+
+@pytest.fixture
+def fake_embedder() -> FakeEmbedder:
+    return FakeEmbedder()
+
+
+@pytest.fixture(scope="session")
+def real_embedder():
+    """The embedded all-MiniLM-L6-v2 (loaded once per test session)."""
+    from index.embedding import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def real_generator(tmp_path_factory):
+    """The embedded SmolLM2-135M-Instruct, converted from its GGUF once per session."""
+    from assistant.generation import TransformersGenerator
+    from assistant.models import generator_path
+
+    models = tmp_path_factory.mktemp("models")
+    path = generator_path("SmolLM2-135M-Instruct", models)
+    return TransformersGenerator("SmolLM2-135M-Instruct", path, device="cpu")
+
+
+@pytest.fixture
+def settings(tmp_path):
+    from assistant.config import Settings
+
+    return Settings.load(config_path=None, env={"ASSISTANT_CONFIG": str(tmp_path / "none.toml")},
+                         overrides={"data_dir": tmp_path / "data"})

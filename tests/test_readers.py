@@ -1,0 +1,100 @@
+from pathlib import Path
+
+import pytest
+
+from index.readers import SkipFile, decode, kind_of, read_document
+from tests.pdfs import write_pdf
+
+
+def doc(path: Path):
+    return read_document(path, path.read_bytes(), kind_of(path))
+
+
+def test_kinds_by_suffix_and_name():
+    assert kind_of(Path("a.MD")) == "markdown"
+    assert kind_of(Path("a.rst")) == "rst"
+    assert kind_of(Path("a.htm")) == "html"
+    assert kind_of(Path("a.pdf")) == "pdf"
+    assert kind_of(Path("main.rs")) == "code"
+    assert kind_of(Path("README")) == "text"
+    assert kind_of(Path("photo.png")) is None
+
+
+def test_markdown_sections_have_heading_paths_and_lines(tmp_path, squad_passages):
+    p0, p1 = squad_passages[0]["text"], squad_passages[1]["text"]
+    path = tmp_path / "notes.md"
+    path.write_text(f"# Super Bowl 50\n\n{p0}\n\n## Broadcast\n\n{p1}\n", encoding="utf-8")
+    document = doc(path)
+    assert document.title == "Super Bowl 50"
+    assert [(s.heading, s.line_start) for s in document.sections] == [
+        ("Super Bowl 50", 2), ("Super Bowl 50 > Broadcast", 6)]
+    assert p1 in document.sections[1].text
+
+
+def test_rst_sections_from_docutils(tmp_path, squad_passages):
+    text = (f"Normans\n=======\n\n{squad_passages[12]['text']}\n\nOrigins\n-------\n\n"
+            f"{squad_passages[13]['text']}\n")
+    path = tmp_path / "n.rst"
+    path.write_text(text, encoding="utf-8")
+    sections = doc(path).sections
+    assert [s.heading for s in sections] == ["Normans", "Normans > Origins"]
+    origins = squad_passages[13]["text"]
+    assert sections[1].line_start + sections[1].text.split("\n").index(origins) == 9
+    assert text.split("\n")[8] == origins
+
+
+def test_html_sections_drop_scripts_and_navigation(tmp_path, squad_passages):
+    html = f"""<html><head><title>Super Bowl</title><script>var x = "secret";</script></head>
+<body><nav>Home | About</nav><main>
+<h1>Super Bowl 50<a class="headerlink" href="#">¶</a></h1><p>{squad_passages[0]['text']}</p>
+<h2>Broadcasting</h2>
+<p>{squad_passages[1]['text'][:200]} <code>inline</code> text.</p><ul><li>one</li><li>two</li></ul>
+</main></body></html>"""
+    path = tmp_path / "page.html"
+    path.write_text(html, encoding="utf-8")
+    document = doc(path)
+    assert document.title == "Super Bowl"
+    assert [s.heading for s in document.sections] == ["Super Bowl 50", "Super Bowl 50 > Broadcasting"]
+    body = " ".join(s.text for s in document.sections)
+    assert "secret" not in body and "Home | About" not in body and "¶" not in body
+    assert "inline text." in document.sections[1].text
+    assert document.sections[1].line_start == 4 and not document.sections[1].lines_exact
+
+
+def test_pdf_pages(tmp_path):
+    path = write_pdf(tmp_path / "a.pdf", [["Super Bowl 50 was an American football game."],
+                                           ["The Normans were a people."]], title="Report")
+    document = doc(path)
+    assert document.title == "Report"
+    assert [(s.page, "Normans" in s.text) for s in document.sections] == [(1, False), (2, True)]
+
+
+def test_broken_pdf_is_skipped_with_reason(tmp_path):
+    path = tmp_path / "broken.pdf"
+    path.write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\ngarbage")
+    with pytest.raises(SkipFile, match="PDF"):
+        doc(path)
+
+
+@pytest.mark.parametrize("text,encoding", [
+    ("Les Normands étaient un peuple qui a donné son nom à la Normandie, région de France.", "latin-1"),
+    ("Grüße aus München, schöne Straße", "latin-1"),
+    ("café", "cp1252"),
+    ("Норманны — народ, давший имя Нормандии, региону Франции.", "cp1251"),
+])
+def test_legacy_encodings_are_detected(text, encoding):
+    assert decode(text.encode(encoding)) == text
+
+
+def test_utf16_and_bom_are_decoded():
+    text = "Les Normands étaient un peuple qui a donné son nom à la Normandie, région de France."
+    assert decode(text.encode("utf-16")) == text
+    assert decode(("\ufeff" + text).encode("utf-8")) == text
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"", "empty"), (b"  \n\t ", "empty"), (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
+])
+def test_unusable_bytes_are_skipped(data, reason):
+    with pytest.raises(SkipFile, match=reason):
+        decode(data)
