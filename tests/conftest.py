@@ -142,13 +142,18 @@ def real_embedder():
 
 
 @pytest.fixture(scope="session")
-def real_generator(tmp_path_factory):
+def shared_data_dir(tmp_path_factory) -> Path:
+    """A data directory shared by the slow tests, so the GGUF is converted once per session."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def real_generator(shared_data_dir):
     """The embedded SmolLM2-135M-Instruct, converted from its GGUF once per session."""
     from assistant.generation import TransformersGenerator
     from assistant.models import generator_path
 
-    models = tmp_path_factory.mktemp("models")
-    path = generator_path("SmolLM2-135M-Instruct", models)
+    path = generator_path("SmolLM2-135M-Instruct", shared_data_dir / "models")
     return TransformersGenerator("SmolLM2-135M-Instruct", path, device="cpu")
 
 

@@ -1,0 +1,36 @@
+from assistant.attribution import CitationShaper, best_source
+from assistant.dialogue import cited_numbers, retrieval_query
+
+
+def test_best_source_by_content_word_overlap(squad_passages):
+    texts = [p["text"] for p in squad_passages[:4]]
+    assert best_source("The Denver Broncos defeated the Carolina Panthers.", texts) == 1
+    assert best_source("Quantum chromodynamics explains gluons.", texts) is None
+
+
+def test_shaper_streams_cites_and_stops_on_repeats(squad_passages):
+    shaper = CitationShaper([squad_passages[0]["text"], squad_passages[1]["text"]])
+    pieces = ["The Denver ", "Broncos defeated the Carolina Panthers", ". It was ",
+              "fun. ", "The Denver Broncos defeated ", "the Carolina Panthers. More"]
+    shown = [shaper.push(p) for p in pieces]
+    assert shown[0] == "The Denver "  # streamed at once, not held to the sentence end
+    text = "".join(shown) + shaper.flush()
+    assert text == "The Denver Broncos defeated the Carolina Panthers. [1] It was fun. "
+    assert shaper.repeated
+
+
+def test_existing_citations_are_kept():
+    shaper = CitationShaper(["alpha beta gamma delta"])
+    assert shaper.push("Alpha beta gamma [2]. ") + shaper.flush() == "Alpha beta gamma [2]. "
+
+
+def test_cited_numbers_forms():
+    assert cited_numbers("a [2] b [1, 3] c [4-5] d [2]") == [2, 1, 3, 4, 5]
+
+
+def test_follow_up_queries_carry_the_previous_question():
+    history = [("What did the Normans conquer?", "England [1].")]
+    assert retrieval_query("And what about the second one?", history).startswith("What did")
+    assert retrieval_query("Who founded the University of Paris in 1150?", history) == \
+        "Who founded the University of Paris in 1150?"
+    assert retrieval_query("anything", []) == "anything"

@@ -1,0 +1,65 @@
+import json
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from assistant.cli import cli
+
+
+def all_commands(group, prefix=()):
+    for name, command in group.commands.items():
+        yield prefix + (name,), command
+        if isinstance(command, click.Group):
+            yield from all_commands(command, prefix + (name,))
+
+
+def test_every_command_has_help_text():
+    runner = CliRunner()
+    for path, command in all_commands(cli):
+        assert command.help, f"`assistant {' '.join(path)}` has no help text"
+        result = runner.invoke(cli, [*path, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_bad_config_is_one_line_error(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("top_k = 'lots'")
+    result = CliRunner().invoke(cli, ["--config", str(config), "info"])
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("error: setting top_k")
+    assert "Traceback" not in result.output
+
+
+def test_ask_without_index_for_missing_model_is_clear(tmp_path):
+    result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path), "--model", str(tmp_path / "nope"),
+                                      "--embedding-model", str(tmp_path / "no-embedder"), "ask", "x"])
+    assert result.exit_code == 1 and "error: cannot load embedding model" in result.output
+
+
+@pytest.mark.slow
+def test_index_then_ask_json_end_to_end(tmp_path, corpus_dir, shared_data_dir, real_generator):
+    """The real MiniLM embedder, FAISS, SQLite and the embedded SmolLM2, through the CLI."""
+    runner = CliRunner()
+    base = ["--data-dir", str(shared_data_dir), "--index-dir", str(tmp_path / "index")]
+    result = runner.invoke(cli, [*base, "index", str(corpus_dir)])
+    assert result.exit_code == 0, result.output
+    assert "36 added" in result.output
+    again = runner.invoke(cli, [*base, "index", str(corpus_dir)])
+    assert "0 added, 0 updated, 36 unchanged" in again.output and "0 passages embedded" in again.output
+
+    result = runner.invoke(cli, [*base, "ask", "--json", "--max-new-tokens", "48",
+                                 "Which NFL team represented the AFC at Super Bowl 50?"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output[result.output.index("{"):])
+    assert data["status"] == "complete" and data["answer"].strip()
+    assert data["model"] == "SmolLM2-135M-Instruct"
+    assert len(data["sources"]) == 5
+    assert data["sources"][0]["path"].endswith("squad-00-000.md")
+    assert "Denver Broncos" in data["sources"][0]["text"]
+    assert data["timings"]["first_token_s"] > 0 and data["timings"]["retrieval_ms"] > 0
+    assert data["timings"]["tokens_per_s"] > 0
+
+    streamed = runner.invoke(cli, [*base, "ask", "--max-new-tokens", "24", "Where was Super Bowl 50 played?"])
+    assert streamed.exit_code == 0
+    assert "Sources:" in streamed.output and "squad-00-000.md" in streamed.output

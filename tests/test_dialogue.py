@@ -1,0 +1,87 @@
+import threading
+
+import pytest
+
+from assistant.dialogue import DialogueManager
+from assistant.history import History
+from index.ingest import Indexer
+from index.retrieval import Retriever
+from index.store import Store
+from tests.conftest import FakeGenerator
+
+
+@pytest.fixture
+def retriever(tmp_path, corpus_dir, fake_embedder):
+    Indexer(tmp_path / "index", fake_embedder).run([corpus_dir])
+    return Retriever(Store.open(tmp_path / "index"), fake_embedder)
+
+
+def manager(tmp_path, retriever, generator):
+    return DialogueManager(retriever=retriever, generator=generator,
+                           history=History(tmp_path / "history.db"), top_k=3)
+
+
+def test_a_turn_streams_cites_and_is_recorded(tmp_path, retriever):
+    gen = FakeGenerator(["The Denver Broncos ", "defeated the Carolina Panthers", ". "])
+    m = manager(tmp_path, retriever, gen)
+    turn = m.ask("Which NFL team won Super Bowl 50?")
+    rows = m.history.turns(turn.conversation_id)
+    assert rows[0]["status"] == "pending" and rows[0]["question"].startswith("Which NFL")
+    fragments = list(turn)
+    assert "".join(fragments) == turn.answer
+    assert turn.answer.startswith("The Denver Broncos defeated the Carolina Panthers. [")
+    assert turn.status == "complete" and turn.cited()
+    prompt = gen.calls[0][-1]["content"]
+    assert "Source [1]" in prompt and "Which NFL team won Super Bowl 50?" in prompt
+    row = m.history.turns(turn.conversation_id)[0]
+    assert row["status"] == "complete" and row["answer"] == turn.answer
+    assert [s["number"] for s in row["sources"]] == [1, 2, 3]
+    assert sum(s["cited"] for s in row["sources"]) == 1
+    assert "Super Bowl" in row["sources"][turn.cited()[0] - 1]["text"]
+    assert row["retrieval_ms"] is not None and row["new_tokens"] == 3
+
+
+def test_cancel_keeps_the_partial_answer(tmp_path, retriever):
+    gen = FakeGenerator(["word "] * 200, delay=0.01)
+    m = manager(tmp_path, retriever, gen)
+    turn = m.ask("Who won?")
+    got = []
+    for fragment in turn:
+        got.append(fragment)
+        if len(got) == 5:
+            turn.cancel()
+    assert 5 <= len(got) < 200
+    row = m.history.turns(turn.conversation_id)[0]
+    assert row["status"] == "cancelled" and row["answer"] == "".join(got)
+
+
+def test_follow_up_uses_conversation(tmp_path, retriever):
+    gen = FakeGenerator(["Levi's Stadium."])
+    m = manager(tmp_path, retriever, gen)
+    first = m.ask("Where was Super Bowl 50 played?")
+    list(first)
+    second = m.ask("And who won it?", conversation_id=first.conversation_id)
+    list(second)
+    assert second.query.startswith("Where was Super Bowl 50 played?")
+    roles = [msg["role"] for msg in gen.calls[1]]
+    assert roles == ["system", "user", "assistant", "user"]
+    assert [t["ordinal"] for t in m.history.turns(first.conversation_id)] == [1, 2]
+
+
+def test_no_index_is_a_clear_error_and_the_question_is_kept(tmp_path):
+    m = manager(tmp_path, None, FakeGenerator())
+    with pytest.raises(RuntimeError, match="no index yet"):
+        m.ask("Anything?")
+    cid = m.history.last_conversation()
+    row = m.history.turns(cid)[0]
+    assert (row["question"], row["status"]) == ("Anything?", "error")
+
+
+def test_question_survives_a_crash_mid_answer(tmp_path, retriever):
+    gate = threading.Event()
+    m = manager(tmp_path, retriever, FakeGenerator(["never"], gate=gate))
+    turn = m.ask("What happens if we crash?")
+    # the process dies before the answer: the question is already on disk
+    other = History(tmp_path / "history.db")
+    assert other.turns(turn.conversation_id)[0]["question"] == "What happens if we crash?"
+    gate.set()
