@@ -67,17 +67,6 @@ class Passage:
     line_end: int | None
     text: str
 
-    @property
-    def location(self) -> str:
-        """``path:lines``, ``path, p. N`` or ``path:line`` for citing the passage."""
-        if self.page is not None:
-            return f"{self.path}, p. {self.page}"
-        if self.line_start and self.line_end and self.line_end != self.line_start:
-            return f"{self.path}:{self.line_start}-{self.line_end}"
-        if self.line_start:
-            return f"{self.path}:{self.line_start}"
-        return self.path
-
 
 def _fts_query(text: str) -> str:
     """A safe FTS5 query: every word of ``text`` quoted, joined with OR (BM25 ranks them)."""
