@@ -190,9 +190,9 @@ class Store:
         index_dir = Path(index_dir)
         index_dir.mkdir(parents=True, exist_ok=True)
         lock = _take_lock(index_dir)
+        gen_dir = index_dir / f"gen-{time.time_ns():020d}"
         try:
             _remove_stale_generations(index_dir)
-            gen_dir = index_dir / f"gen-{time.time_ns():020d}"
             gen_dir.mkdir()
             params = {k: str(v) for k, v in (params or {}).items()}
             if cls.exists(index_dir) and not rebuild:
@@ -226,6 +226,7 @@ class Store:
                     replace=True,
                 )
         except BaseException:
+            shutil.rmtree(gen_dir, ignore_errors=True)
             _release_lock(lock)
             raise
         store = cls(index_dir, gen_dir, db, vectors)

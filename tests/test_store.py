@@ -65,7 +65,8 @@ def test_mismatches_and_corruption_are_one_line_errors(tmp_path, fake_embedder, 
         Store.open(tmp_path, embedding_model="all-MiniLM-L6-v2")
     with pytest.raises(StoreError, match="rebuild"):
         Store.update(tmp_path, embedding_model="other", dim=256)
-    gen = next(tmp_path.glob("gen-*"))
+    assert len(list(tmp_path.glob("gen-*"))) == 1  # the refused update left nothing behind
+    gen = tmp_path / (tmp_path / "CURRENT").read_text()
     # a passage row without a vector: sizes no longer match
     conn = sqlite3.connect(gen / "passages.db")
     conn.execute("INSERT INTO passages(document_id, text) VALUES (1, 'orphan')")
