@@ -7,7 +7,6 @@ are never edited once released; add ``m00N_...`` functions instead.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
@@ -246,7 +245,3 @@ def _title_from(question: str, limit: int = 60) -> str:
     text = " ".join(question.split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
-
-def to_json(value: Any) -> str:
-    """JSON for export (paths and floats as they are, non-ASCII kept)."""
-    return json.dumps(value, ensure_ascii=False, indent=2, default=str)

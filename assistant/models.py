@@ -34,11 +34,6 @@ def find_package_file(package: str, filename: str) -> Path | None:
     return None
 
 
-def is_embedded_generator(name: str) -> bool:
-    """True when ``name`` names an embedded default rather than a path or hub id."""
-    return name in EMBEDDED_GENERATORS
-
-
 def generator_path(name: str, models_dir: Path, *, on_convert=None) -> str:
     """Where to load generator ``name`` from, converting an embedded GGUF on first use.
 

@@ -16,7 +16,6 @@ This is the only module that imports faiss.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -315,15 +314,6 @@ class Store:
         by_id = {r[0]: Passage(*r) for r in rows}
         return [by_id[i] for i in ids if i in by_id]
 
-    def passage_ids_for_paths(self, paths: Iterable[str]) -> dict[str, list[int]]:
-        """``{path: [passage ids in document order]}`` for the given document paths."""
-        out: dict[str, list[int]] = {}
-        for path in paths:
-            out[path] = [r[0] for r in self.db.execute(
-                "SELECT p.id FROM passages p JOIN documents d ON d.id = p.document_id "
-                "WHERE d.path = ? ORDER BY p.ordinal", [path])]
-        return out
-
     def dense_search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
         """Inner-product search: ``query`` (dim,) unit vector -> ``[(passage id, cosine)]``,
         best first, at most ``k``."""
@@ -405,14 +395,6 @@ class Store:
     def _check_writable(self) -> None:
         if not self._writable:
             raise StoreError("this index is open read-only; use Store.update() to change it")
-
-    def set_meta(self, **values) -> None:
-        """Store extra key/values (JSON-encoded when not strings) in ``meta``."""
-        self._check_writable()
-        self.db["meta"].insert_all(
-            [{"key": k, "value": v if isinstance(v, str) else json.dumps(v)}
-             for k, v in values.items()], replace=True)
-
 
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as handle:
