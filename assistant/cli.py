@@ -94,7 +94,7 @@ def open_retriever(settings: Settings, embedder):
     return Retriever(store, embedder)
 
 
-def build_manager(settings: Settings, *, say=None, embedder=None, generator=None):
+def build_manager(settings: Settings, *, say=None, embedder=None, generator=None, history=None):
     """The dialogue manager with its retriever, generator and history."""
     from .dialogue import DialogueManager
     from .history import History
@@ -103,7 +103,7 @@ def build_manager(settings: Settings, *, say=None, embedder=None, generator=None
     generator = generator or load_generator(settings, say=say)
     return DialogueManager(
         retriever=open_retriever(settings, embedder), generator=generator,
-        history=History(settings.history_path), top_k=settings.top_k,
+        history=history or History(settings.history_path), top_k=settings.top_k,
         mode=settings.retrieval_mode, context_tokens=settings.context_tokens,
         history_tokens=settings.history_tokens, max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
@@ -175,8 +175,15 @@ def _print_report(console, report) -> None:
         console.print(f"Not indexed (unsupported types): {kinds}", markup=False, highlight=False)
 
 
-def ensure_demo_index(settings: Settings, embedder) -> None:
-    """Index the bundled Python reference when there is no index at all yet."""
+def ensure_demo_index(settings: Settings, embedder, *, say=None) -> None:
+    """Index the bundled Python reference when there is no index at all yet.
+
+    Args:
+        say: progress callback taking one line of text (the chat app's status line); without
+            it, the message and a progress bar go to stderr.
+    """
+    from index.ingest import Indexer
+    from index.ingest import Progress as IndexProgress
     from index.store import Store
 
     from .corpus import CORPUS_NAME, write_python_reference
@@ -184,9 +191,24 @@ def ensure_demo_index(settings: Settings, embedder) -> None:
     if Store.exists(settings.index_path):
         return
     folder = write_python_reference(Path(settings.data_dir) / "corpus" / CORPUS_NAME)
-    click.echo(f"No index yet: indexing the bundled Python language reference ({folder}).\n"
-               "Index your own documents with `assistant index PATH`.", err=True)
-    run_index(settings, [folder], embedder=embedder)
+    if say is None:
+        click.echo(f"No index yet: indexing the bundled Python language reference ({folder}).\n"
+                   "Index your own documents with `assistant index PATH`.", err=True)
+        run_index(settings, [folder], embedder=embedder)
+        return
+
+    class _Say(IndexProgress):
+        total = done = 0
+
+        def start(self, total_files: int) -> None:
+            self.total = total_files
+
+        def advance(self, path: Path, passages: int) -> None:
+            self.done += 1
+            say(f"first start: indexing the bundled Python reference, {self.done}/{self.total} files…")
+
+    Indexer(settings.index_path, embedder, chunk_tokens=settings.chunk_tokens,
+            chunk_overlap=settings.chunk_overlap).run([folder], progress=_Say())
 
 
 # ---- commands -----------------------------------------------------------------------------
@@ -270,6 +292,149 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
         click.echo(f"retrieval {t['retrieval_ms']:.0f} ms · first token {ttft} · {tps} tokens/s "
                    f"· {settings.generator_model} on {manager.generator.device} "
                    f"· conversation {turn.conversation_id}", err=True)
+
+
+@cli.command("chat")
+@click.option("--continue", "-c", "resume_last", is_flag=True,
+              help="Resume the most recent conversation.")
+@click.option("--session", "session_id", help="Resume this conversation (id or prefix).")
+@click.pass_context
+def chat_command(ctx, resume_last, session_id) -> None:
+    """Open the chat app (a terminal UI) on the indexed documents.
+
+    Models and the index load in the background; with no index yet, the bundled Python
+    language reference is indexed first. Press F1 in the app for the keys.
+    """
+    settings = _settings(ctx)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UserError("chat needs a terminal; use `assistant ask QUESTION` in scripts")
+    from .tui import ChatApp
+    from .tui.keys import check_keymap
+
+    try:
+        keymap = check_keymap(settings.keys)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    history = _open_history(settings)
+    conversation_id = _pick_conversation(history, session_id, last=resume_last)
+    if resume_last and conversation_id is None:
+        click.echo("No conversation to continue yet: starting a new one.", err=True)
+
+    def load(say):
+        say("loading the embedding model…")
+        embedder = load_embedder(settings)
+        ensure_demo_index(settings, embedder, say=say)
+        say("loading the generator…")
+        return build_manager(settings, say=say, embedder=embedder, history=history)
+
+    ChatApp(history=history, load=load, model_name=settings.generator_model, keymap=keymap,
+            conversation_id=conversation_id).run()
+
+
+def _open_history(settings: Settings):
+    import sqlite3
+
+    from .history import History
+
+    try:
+        return History(settings.history_path)
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"cannot open the history {settings.history_path}: {exc}") from None
+
+
+def _pick_conversation(history, conversation_id: str | None, *, last: bool = False):
+    """A full conversation id from an id prefix, or the last one when ``last``; None if none."""
+    if conversation_id:
+        try:
+            return history.resolve(conversation_id)
+        except KeyError as exc:
+            raise UserError(exc.args[0]) from None
+    return history.last_conversation() if last else None
+
+
+@cli.group("history")
+def history_group() -> None:
+    """List, show, export and delete past conversations."""
+
+
+@history_group.command("list")
+@click.option("--search", "-s", default="", help="Only conversations whose text matches.")
+@click.option("--limit", "-n", type=click.IntRange(1), default=50, show_default=True,
+              help="Most conversations to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def history_list(ctx, search, limit, as_json) -> None:
+    """List conversations, most recent first."""
+    rows = _open_history(_settings(ctx)).conversations(search=search, limit=limit)
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        click.echo("No conversations." if not search else f"No conversation matches {search!r}.")
+        return
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["updated_at"]))
+        click.echo(f"{row['id']}  {when}  {row['turns']:>3} turns  {row['title']}")
+
+
+@history_group.command("show")
+@click.argument("conversation_id", required=False)
+@click.pass_context
+def history_show(ctx, conversation_id) -> None:
+    """Print a conversation (default: the last one) as Markdown."""
+    from .export import to_markdown
+
+    history = _open_history(_settings(ctx))
+    cid = _pick_conversation(history, conversation_id, last=True)
+    if cid is None:
+        raise UserError("no conversations yet")
+    click.echo(to_markdown(history.conversation(cid), history.turns(cid)), nl=False)
+
+
+@history_group.command("export")
+@click.argument("conversation_id", required=False)
+@click.option("--format", "fmt", type=click.Choice(["markdown", "json"]),
+              help="Default: from the output file's suffix, else markdown.")
+@click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write to this file instead of stdout.")
+@click.pass_context
+def history_export(ctx, conversation_id, fmt, output) -> None:
+    """Export a conversation (default: the last one) as Markdown, with the sources as
+    footnotes, or as JSON."""
+    from .export import to_json, to_markdown
+
+    history = _open_history(_settings(ctx))
+    cid = _pick_conversation(history, conversation_id, last=True)
+    if cid is None:
+        raise UserError("no conversations yet")
+    fmt = fmt or ("json" if output and output.suffix.lower() == ".json" else "markdown")
+    conversation, turns = history.conversation(cid), history.turns(cid)
+    text = (json.dumps(to_json(conversation, turns), ensure_ascii=False, indent=2) + "\n"
+            if fmt == "json" else to_markdown(conversation, turns))
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
+    click.echo(f"Wrote conversation {cid} ({len(turns)} turns) to {output}", err=True)
+
+
+@history_group.command("delete")
+@click.argument("conversation_id")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def history_delete(ctx, conversation_id, yes) -> None:
+    """Delete a conversation and its turns."""
+    history = _open_history(_settings(ctx))
+    cid = _pick_conversation(history, conversation_id)
+    row = history.conversation(cid)
+    if not yes:
+        click.confirm(f"Delete {cid} “{row['title']}” ({len(history.turns(cid))} turns)?",
+                      abort=True, err=True)
+    history.delete(cid)
+    click.echo(f"Deleted conversation {cid}.", err=True)
 
 
 @cli.command("info")

@@ -205,11 +205,27 @@ class DialogueManager:
         window = getattr(self.generator, "context_window", self.context_tokens + self.max_new_tokens)
         return max(64, min(self.context_tokens, window - self.max_new_tokens))
 
-    def ask(self, question: str, *, conversation_id: str | None = None) -> Turn:
+    def describe(self) -> dict:
+        """What the status line shows: ``model``, ``device``, ``documents``, ``passages``
+        (counts are 0 when there is no index yet)."""
+        stats = {"documents": 0, "passages": 0}
+        store = getattr(self.retriever, "store", None)
+        if store is not None:
+            stats = store.stats()
+        return {"model": self.generator.name, "device": str(getattr(self.generator, "device", "")),
+                "documents": stats["documents"], "passages": stats["passages"]}
+
+    def ask(self, question: str, *, conversation_id: str | None = None,
+            turn_id: int | None = None) -> Turn:
         """Record ``question``, retrieve passages and start generating.
 
         The question is stored before anything else can fail. Returns a :class:`Turn` to
         iterate for the streamed answer.
+
+        Args:
+            turn_id: a pending turn already recorded with ``history.start_turn`` for this
+                question (the chat app records a question the moment it is sent, even while
+                the models are still loading); ``conversation_id`` must then be given.
 
         Raises:
             ValueError: empty question.
@@ -221,7 +237,8 @@ class DialogueManager:
         if conversation_id is None:
             conversation_id = self.history.new_conversation()
         earlier = self.history.exchanges(conversation_id)
-        turn_id = self.history.start_turn(conversation_id, question, model=self.generator.name)
+        if turn_id is None:
+            turn_id = self.history.start_turn(conversation_id, question, model=self.generator.name)
         query = retrieval_query(question, earlier)
         if self.retriever is None:
             message = "no index yet: run `assistant index PATH` to index your documents"

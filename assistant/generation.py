@@ -6,6 +6,8 @@ lazily, so ``assistant --help`` and the TUI's first frame do not wait for them.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -155,6 +157,25 @@ def pick_device(requested: str = "auto") -> str:
     return requested
 
 
+@contextlib.contextmanager
+def _no_gguf_progress_bar():
+    """Silence transformers' plain-tqdm bar while de-quantising (it would draw over the chat
+    app or the CLI's own messages); a no-op if transformers moves it."""
+    from unittest import mock
+
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    with mock.patch.object(gguf_utils, "tqdm", functools.partial(bar, disable=True)):
+        yield
+
+
 def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     """De-quantise a GGUF checkpoint once into a safetensors model directory.
 
@@ -176,7 +197,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        with _no_gguf_progress_bar():
+            model = AutoModelForCausalLM.from_pretrained(gguf_path.parent,
+                                                         gguf_file=gguf_path.name)
     except (ImportError, OSError, ValueError, KeyError) as exc:
         raise GenerationError(f"cannot read GGUF model {gguf_path}: {exc}") from exc
     # The de-quantised weights are plain tensors now; drop the GGUF quantizer so

@@ -1,1 +1,5 @@
-"""The Textual chat app."""
+"""The Textual chat app (``assistant chat``): :class:`ChatApp` and its widgets."""
+
+from .app import ChatApp
+
+__all__ = ["ChatApp"]
