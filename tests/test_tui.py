@@ -1,7 +1,6 @@
 """The chat app, driven through Textual's pilot, with a real index and history."""
 
 import io
-import os
 import stat
 import threading
 from contextlib import nullcontext

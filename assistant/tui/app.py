@@ -262,9 +262,8 @@ class ChatApp(App[None]):
         if self.turn is not None:
             self.turn.cancel()
             return
-        sessions = self.query_one("#sessions")
-        if sessions.display:
-            sessions.display = False
+        if self.query_one(SessionsPanel).display:
+            self.action_toggle_sessions()
         self.query_one(PromptArea).focus()
 
     def action_focus_question(self) -> None:
@@ -299,6 +298,7 @@ class ChatApp(App[None]):
     def action_toggle_sessions(self) -> None:
         panel = self.query_one(SessionsPanel)
         panel.display = not panel.display
+        self.query_one("#body").set_class(panel.display, "-sessions")
         if panel.display:
             self._refresh_sessions()
             panel.query_one("#session-search").focus()
@@ -370,8 +370,7 @@ class ChatApp(App[None]):
         if action == "resume":
             if self._idle():
                 await self.open_conversation(conversation_id)
-                self.query_one(SessionsPanel).display = False
-                self.query_one(PromptArea).focus()
+                self.action_toggle_sessions()
             return
         row = self.history.conversation(conversation_id)
         if action == "rename":
