@@ -1,0 +1,83 @@
+import json
+
+from click.testing import CliRunner
+
+from assistant.cli import cli
+from assistant.export import to_json, to_markdown
+from assistant.history import History, SourceRecord
+
+
+def source(number, path, cited, line=3):
+    return SourceRecord(number, number, path, "t", f"Heading {number}", None, line, line + 4,
+                        0.5 / number, f"passage {number} text", cited)
+
+
+def two_turn_history(path):
+    h = History(path)
+    cid = h.new_conversation()
+    t1 = h.start_turn(cid, "Where did the Normans come from?")
+    h.finish_turn(t1, answer="From Normandy [1], in France [1, 2].",
+                  sources=[source(1, "/d/normans.md", True), source(2, "/d/france.md", True),
+                           source(3, "/d/other.md", False)])
+    t2 = h.start_turn(cid, "and when?")
+    h.finish_turn(t2, answer="In the 10th", status="cancelled",
+                  sources=[source(1, "/d/normans.md", False, line=20)])
+    h.start_turn(cid, "still there?")  # never answered: the app was killed
+    return h, cid
+
+
+def test_markdown_export_has_footnote_sources(tmp_path):
+    h, cid = two_turn_history(tmp_path / "h.db")
+    md = to_markdown(h.conversation(cid), h.turns(cid))
+    assert md.startswith("# Where did the Normans come from?\n")
+    assert "From Normandy [^1.1], in France [^1.1][^1.2]." in md
+    assert "[^1.1]: `/d/normans.md:3-7` — Heading 1" in md
+    assert "[^1.2]: `/d/france.md:3-7` — Heading 2" in md
+    assert "- [3] `/d/other.md:3-7` — Heading 3" in md  # retrieved, not cited
+    assert "## and when?\n\nIn the 10th\n\n*(answer cancelled)*" in md
+    assert "## still there?\n\n*(no answer: interrupted)*" in md
+    # every footnote reference has its definition
+    import re
+    refs = set(re.findall(r"\[\^(\d+\.\d+)\](?!:)", md))
+    defs = set(re.findall(r"^\[\^(\d+\.\d+)\]:", md, re.M))
+    assert refs == defs == {"1.1", "1.2"}
+
+
+def test_json_export_round_trips(tmp_path):
+    h, cid = two_turn_history(tmp_path / "h.db")
+    data = json.loads(json.dumps(to_json(h.conversation(cid), h.turns(cid))))
+    assert data["id"] == cid and [t["status"] for t in data["turns"]] == [
+        "complete", "cancelled", "pending"]
+    assert data["turns"][0]["sources"][1] == {
+        **data["turns"][0]["sources"][1], "cited": True, "location": "/d/france.md:3-7"}
+
+
+def test_history_commands(tmp_path):
+    h, cid = two_turn_history(tmp_path / "history.db")
+    base = ["--data-dir", str(tmp_path)]
+    runner = CliRunner()
+    listed = runner.invoke(cli, [*base, "history", "list"])
+    assert listed.exit_code == 0 and cid in listed.output and "3 turns" in listed.output
+    assert runner.invoke(cli, [*base, "history", "list", "--search", "zebra"]).output.startswith(
+        "No conversation matches")
+    shown = runner.invoke(cli, [*base, "history", "show", cid[:5]])
+    assert shown.exit_code == 0 and "[^1.1]: `/d/normans.md:3-7`" in shown.output
+    out = tmp_path / "c.json"
+    assert runner.invoke(cli, [*base, "history", "export", "-o", str(out)]).exit_code == 0
+    assert json.loads(out.read_text())["id"] == cid  # the last conversation, as JSON by suffix
+    out_md = tmp_path / "c.md"
+    runner.invoke(cli, [*base, "history", "export", cid, "-o", str(out_md)])
+    assert out_md.read_text().startswith("# Where did the Normans")
+    refused = runner.invoke(cli, [*base, "history", "delete", cid], input="n\n")
+    assert refused.exit_code == 1 and h.conversations()
+    missing = runner.invoke(cli, [*base, "history", "show", "nope"])
+    assert missing.exit_code == 1 and missing.output.strip() == "error: no conversation with id 'nope'"
+    assert runner.invoke(cli, [*base, "history", "delete", cid, "--yes"]).exit_code == 0
+    assert h.conversations() == []
+
+
+def test_chat_needs_a_terminal(tmp_path):
+    result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path), "chat"])
+    assert result.exit_code == 1
+    assert result.output.strip() == ("error: chat needs a terminal; use `assistant ask QUESTION` "
+                                     "in scripts")
