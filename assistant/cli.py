@@ -91,7 +91,7 @@ def open_retriever(settings: Settings, embedder):
         store = Store.open(settings.index_path, embedding_model=embedder.name)
     except StoreError as exc:
         raise UserError(str(exc)) from None
-    return Retriever(store, embedder)
+    return Retriever(store, embedder, alpha=settings.fusion_alpha)
 
 
 def build_manager(settings: Settings, *, say=None, embedder=None, generator=None, history=None):
@@ -106,7 +106,7 @@ def build_manager(settings: Settings, *, say=None, embedder=None, generator=None
         history=history or History(settings.history_path), top_k=settings.top_k,
         mode=settings.retrieval_mode, context_tokens=settings.context_tokens,
         history_tokens=settings.history_tokens, max_new_tokens=settings.max_new_tokens,
-        temperature=settings.temperature,
+        temperature=settings.temperature, prompt_style=settings.prompt_style,
     )
 
 
@@ -237,7 +237,7 @@ def index_command(ctx, paths, rebuild, chunk_tokens, chunk_overlap, quiet) -> No
 @cli.command("ask")
 @click.argument("question", required=False)
 @click.option("-k", "--top-k", type=click.IntRange(1, 100), help="Passages to retrieve.")
-@click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), help="Retrieval mode.")
+@click.option("--mode", type=click.Choice(["convex", "hybrid", "dense", "bm25"]), help="Retrieval mode.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
 @click.option("--max-new-tokens", type=click.IntRange(1, 8192), help="Longest answer in tokens.")
 @click.option("--conversation", "conversation_id", help="Continue this conversation (id or prefix).")
@@ -435,6 +435,199 @@ def history_delete(ctx, conversation_id, yes) -> None:
                       abort=True, err=True)
     history.delete(cid)
     click.echo(f"Deleted conversation {cid}.", err=True)
+
+
+def _bench_index(settings: Settings, folder: Path, embedder):
+    """Index a benchmark corpus (``folder/corpus.jsonl``) once under the data dir; returns a
+    retriever. Later runs find every file unchanged and embed nothing."""
+    import hashlib
+
+    from index.ingest import Indexer
+    from index.retrieval import Retriever
+    from index.store import Store, StoreError
+
+    from .evaluate import read_jsonl, write_corpus
+
+    corpus_file = folder / "corpus.jsonl"
+    if not corpus_file.is_file():
+        raise UserError(f"no corpus.jsonl in {folder}")
+    key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:8]
+    work = Path(settings.data_dir) / "bench" / f"{folder.name}-{key}"
+    docs = work / "docs"
+    try:
+        count = write_corpus(read_jsonl(corpus_file), docs)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    index_dir = work / f"index-{Path(embedder.name).name}-{settings.chunk_tokens}-{settings.chunk_overlap}"
+    click.echo(f"{folder.name}: {count} documents; index {index_dir}", err=True)
+    bench = settings.replace(index_dir=index_dir)
+    report = run_index(bench, [docs], embedder=embedder, quiet=Store.exists(index_dir))
+    if report.passages_added:
+        click.echo(f"embedded {report.passages_added} passages in {report.seconds:.0f} s", err=True)
+    try:
+        return Retriever(Store.open(index_dir, embedding_model=embedder.name), embedder), bench
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _table(rows: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in rows[0]:
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for row in rows:
+        table.add_row(*("-" if v is None else f"{v:.3f}" if isinstance(v, float) and v < 1.0001
+                        and "ms" not in k and "_s" not in k else str(v) for k, v in row.items()))
+    Console().print(table)
+
+
+def _bar(total: int, label: str):
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                   transient=True)
+    task = bar.add_task(label, total=total)
+    return bar, lambda: bar.advance(task)
+
+
+@cli.command("eval")
+@click.option("--beir", "beir_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="A BEIR-format set: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv.")
+@click.option("--split", default="train", show_default=True, help="Which qrels to use.")
+@click.option("--squad", "squad_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="A SQuAD-style set: corpus.jsonl and a questions*.jsonl with answers and "
+                   "gold_passage.")
+@click.option("--questions", "questions_name", help="Questions file inside --squad "
+              "(default: the first questions*.jsonl).")
+@click.option("--own", is_flag=True, help="Your indexed corpus: the generator writes a question "
+              "for sampled passages; report how often retrieval finds that passage.")
+@click.option("--modes", default="bm25,dense,hybrid,convex", show_default=True,
+              help="Retrieval modes to compare (comma-separated).")
+@click.option("--alpha", type=click.FloatRange(0, 1), help="Dense weight for convex fusion.")
+@click.option("--limit", type=click.IntRange(0), default=0,
+              help="Retrieval queries to sample (0: all).")
+@click.option("--qa-limit", type=click.IntRange(0), default=300, show_default=True,
+              help="Questions to answer with the generator (0: all; answering is the slow part).")
+@click.option("--no-qa", is_flag=True, help="With --squad, measure retrieval only.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def eval_command(ctx, beir_dir, split, squad_dir, questions_name, own, modes, alpha, limit,
+                 qa_limit, no_qa, seed, as_json) -> None:
+    """Measure retrieval and answers on benchmarks or on your own corpus, and print a table.
+
+    Retrieval (BEIR): nDCG@10, recall@10/@100, MRR@10 per mode. QA (SQuAD): recall@1/@5 of
+    the gold passage per mode, then, through the same pipeline as `ask`: exact match, token
+    F1, citation accuracy and latency (median, p95). Benchmark corpora are indexed once under
+    the data dir. Example: assistant eval --beir ../shared/bench/scifact --squad
+    ../shared/bench/squad
+    """
+    import tempfile
+
+    from . import evaluate as ev
+
+    settings = _settings(ctx)
+    if alpha is not None:
+        settings = settings.replace(fusion_alpha=alpha)
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    from index.retrieval import MODES
+
+    bad = [m for m in mode_list if m not in MODES]
+    if bad:
+        raise UserError(f"unknown mode(s) {', '.join(bad)}; choose from {', '.join(MODES)}")
+    if not (beir_dir or squad_dir or own):
+        raise UserError("nothing to evaluate: give --beir DIR, --squad DIR or --own")
+    out: dict = {"settings": {"embedding_model": settings.embedding_model,
+                              "generator_model": settings.generator_model,
+                              "chunk_tokens": settings.chunk_tokens,
+                              "chunk_overlap": settings.chunk_overlap,
+                              "fusion_alpha": settings.fusion_alpha, "seed": seed}}
+    embedder = load_embedder(settings)
+    if beir_dir:
+        retriever, _ = _bench_index(settings, beir_dir, embedder)
+        retriever.alpha = settings.fusion_alpha
+        try:
+            qrels = ev.read_qrels(beir_dir, split)
+        except FileNotFoundError as exc:
+            raise UserError(str(exc)) from None
+        queries = [q for q in ev.read_jsonl(beir_dir / "queries.jsonl") if q["_id"] in qrels]
+        queries = ev.sample(queries, limit, seed)
+        bar, advance = _bar(len(queries) * len(mode_list), f"{beir_dir.name} retrieval")
+        with bar:
+            scores = ev.evaluate_retrieval(retriever, queries, qrels, mode_list, advance=advance)
+        out["beir"] = {"name": beir_dir.name, "split": split, "results": [
+            {k: v for k, v in s.row().items() if k not in ("recall@1", "recall@5")}
+            for s in scores]}
+        if not as_json:
+            _table(out["beir"]["results"], f"{beir_dir.name} ({split} judgements, "
+                                            f"{len(queries)} queries)")
+    if squad_dir:
+        retriever, bench = _bench_index(settings, squad_dir, embedder)
+        retriever.alpha = settings.fusion_alpha
+        names = [questions_name] if questions_name else sorted(
+            p.name for p in squad_dir.glob("questions*.jsonl"))
+        if not names or not (squad_dir / names[0]).is_file():
+            raise UserError(f"no questions file in {squad_dir}")
+        questions = ev.read_jsonl(squad_dir / names[0])
+        for_retrieval = ev.sample(questions, limit, seed)
+        qrels = {str(i): {q["gold_passage"]: 1} for i, q in enumerate(for_retrieval)}
+        queries = [{"_id": str(i), "text": q["question"]} for i, q in enumerate(for_retrieval)]
+        bar, advance = _bar(len(queries) * len(mode_list), f"{squad_dir.name} retrieval")
+        with bar:
+            scores = ev.evaluate_retrieval(retriever, queries, qrels, mode_list, advance=advance,
+                                           passages=50)
+        keep = ("mode", "queries", "recall@1", "recall@5", "recall@10", "MRR@10", "median_ms")
+        rows = [{k: v for k, v in s.row().items() if k in keep} for s in scores]
+        out["squad_retrieval"] = {"name": squad_dir.name, "questions": names[0], "results": rows}
+        if not as_json:
+            _table(rows, f"{squad_dir.name} retrieval ({names[0]}, {len(queries)} questions)")
+        if not no_qa:
+            manager = build_manager(bench, embedder=embedder, history=_scratch_history(
+                tempfile.mkdtemp(prefix="assistant-eval-")))
+            manager.retriever.alpha = settings.fusion_alpha
+            skip = set(getattr(manager, "example_questions", ()))
+            asked = ev.sample([q for q in questions if q["question"] not in skip], qa_limit, seed)
+            bar, advance = _bar(len(asked), f"{squad_dir.name} answers")
+            results = []
+            with bar:
+                for q in asked:
+                    results.append(ev.answer_question(manager, q))
+                    advance()
+            summary = ev.qa_summary(results)
+            out["squad_qa"] = {"model": settings.generator_model, "mode": settings.retrieval_mode,
+                               **summary, "examples": [r.__dict__ for r in results[:20]]}
+            if not as_json:
+                _table([{"model": Path(settings.generator_model).name, **summary}],
+                       f"{squad_dir.name} answers ({settings.retrieval_mode} retrieval, "
+                       f"top {settings.top_k})")
+    if own:
+        from index.store import Store
+
+        if not Store.exists(settings.index_path):
+            raise UserError("no index yet: run `assistant index PATH` first")
+        retriever = open_retriever(settings, embedder)
+        retriever.alpha = settings.fusion_alpha
+        generator = load_generator(settings, say=lambda m: click.echo(m, err=True))
+        n = limit or 50
+        click.echo(f"writing {n} questions with {settings.generator_model}…", err=True)
+        questions = ev.own_questions(retriever.store, generator, limit=n, seed=seed)
+        rows = ev.evaluate_own(retriever, questions, mode_list)
+        out["own"] = {"questions": [q for _, q in questions][:10], "results": rows}
+        if not as_json:
+            _table(rows, f"your corpus ({len(questions)} generated questions)")
+    if as_json:
+        click.echo(json.dumps(out, ensure_ascii=False, indent=2))
+
+
+def _scratch_history(folder: str):
+    from .history import History
+
+    return History(Path(folder) / "history.db")
 
 
 @cli.command("info")

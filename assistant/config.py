@@ -57,8 +57,13 @@ class Settings:
     embedding_model: str = "all-MiniLM-L6-v2"
     """Sentence-transformers model: the embedded default name, a local directory or a hub id."""
 
-    generator_model: str = "SmolLM2-135M-Instruct"
-    """Decoder model: the embedded default name, a local directory or a Hugging Face hub id."""
+    generator_model: str = "gemma-3-270m"
+    """Decoder model: an embedded name (``gemma-3-270m``, ``SmolLM2-135M-Instruct``), a local
+    directory or a Hugging Face hub id."""
+
+    prompt_style: str = "auto"
+    """``chat`` (instruction models), ``extractive`` (base models: few-shot span answers) or
+    ``auto`` (extractive when the model has no chat template)."""
 
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
@@ -68,6 +73,9 @@ class Settings:
 
     retrieval_mode: str = "hybrid"
     """``hybrid`` (dense + BM25 fused with RRF), ``dense`` or ``bm25``."""
+
+    fusion_alpha: float = 0.5
+    """Weight of dense scores in ``convex`` fusion (0 = BM25 only, 1 = dense only)."""
 
     chunk_tokens: int = 200
     """Passage size budget in embedder tokens (MiniLM reads at most 256)."""
@@ -155,8 +163,12 @@ class Settings:
         Raises:
             ConfigError: a value out of range.
         """
-        if self.retrieval_mode not in ("hybrid", "dense", "bm25"):
-            raise ConfigError(f"retrieval_mode must be hybrid, dense or bm25, not {self.retrieval_mode!r}")
+        if self.retrieval_mode not in ("convex", "hybrid", "dense", "bm25"):
+            raise ConfigError(f"retrieval_mode must be convex, hybrid, dense or bm25, not {self.retrieval_mode!r}")
+        if self.prompt_style not in ("auto", "chat", "extractive"):
+            raise ConfigError(f"prompt_style must be auto, chat or extractive, not {self.prompt_style!r}")
+        if not 0 <= self.fusion_alpha <= 1:
+            raise ConfigError("fusion_alpha must be between 0 and 1")
         if self.top_k < 1:
             raise ConfigError("top_k must be at least 1")
         if not 0 <= self.chunk_overlap < self.chunk_tokens:

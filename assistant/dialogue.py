@@ -17,6 +17,7 @@ from index.retrieval import Hit
 from .attribution import CitationShaper
 from .generation import GenerationError, Generator, Reply
 from .history import History, SourceRecord
+from .extractive import example_questions, extractive_prompt, finish
 from .prompts import Prompt, build_prompt
 
 _CITATION = re.compile(r"\[(\d+(?:\s*[,;-]\s*\d+)*)\]")
@@ -87,11 +88,20 @@ class Turn:
     answer: str = ""
     status: str = "pending"
     error: str = ""
+    extractive: bool = False
+    short_answer: str = ""
     _saved_at: float = 0.0
 
     def __iter__(self) -> Iterator[str]:
         try:
-            if self.reply is not None:
+            if self.reply is not None and self.extractive:
+                # A few-token span: aligned to its passage and rendered once it is complete.
+                raw = "".join(self.reply)
+                done = finish(raw, [h.passage.text for h in self.hits], used=1)
+                self.short_answer, self.answer = done.span, done.text
+                if done.text:
+                    yield done.text
+            elif self.reply is not None:
                 shaper = CitationShaper([h.passage.text for h in self.hits[: self.sources_shown]])
                 for piece in self.reply:
                     fragment = shaper.push(piece)
@@ -183,11 +193,16 @@ class DialogueManager:
         history_tokens: part of the budget for earlier turns.
         max_new_tokens: longest answer.
         temperature: 0 for greedy decoding.
+        prompt_style: ``chat`` (instruction models: passages and history as chat messages),
+            ``extractive`` (base models: few-shot completion over the top passage, a short
+            span as the answer, see :mod:`assistant.extractive`) or ``auto`` (extractive when
+            the model has no chat template).
     """
 
     def __init__(self, *, retriever: _Retriever | None, generator: Generator, history: History,
                  top_k: int = 5, mode: str = "hybrid", context_tokens: int = 2048,
-                 history_tokens: int = 512, max_new_tokens: int = 256, temperature: float = 0.0):
+                 history_tokens: int = 512, max_new_tokens: int = 256, temperature: float = 0.0,
+                 prompt_style: str = "auto"):
         self.retriever = retriever
         self.generator = generator
         self.history = history
@@ -197,7 +212,15 @@ class DialogueManager:
         self.history_tokens = history_tokens
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
+        if prompt_style == "auto":
+            prompt_style = "chat" if getattr(generator, "has_chat_template", True) else "extractive"
+        self.prompt_style = prompt_style
         self._lock = threading.Lock()
+
+    @property
+    def example_questions(self) -> list[str]:
+        """Questions the prompt itself answers as worked examples (benchmarks skip them)."""
+        return example_questions() if self.prompt_style == "extractive" else []
 
     @property
     def budget_tokens(self) -> int:
@@ -247,6 +270,8 @@ class DialogueManager:
             raise RuntimeError(message)
         try:
             result = self.retriever.search(query, k=self.top_k, mode=self.mode)
+            if self.prompt_style == "extractive":
+                return self._ask_extractive(conversation_id, turn_id, question, query, result)
             prompt = build_prompt(
                 question, [h.passage for h in result.hits], counter=self.generator,
                 budget_tokens=self.budget_tokens, history=earlier,
@@ -261,3 +286,16 @@ class DialogueManager:
             raise
         return Turn(conversation_id, turn_id, question, query, list(result.hits),
                     result.milliseconds, prompt, reply, self.generator.name, self.history)
+
+    def _ask_extractive(self, conversation_id: str, turn_id: int, question: str, query: str,
+                        result) -> Turn:
+        hits = list(result.hits)
+        if not hits:
+            raise RuntimeError("no passage matches the question")
+        text = extractive_prompt(question, hits[0].passage.text)
+        reply = self.generator.complete(text, max_new_tokens=min(self.max_new_tokens, 48),
+                                        temperature=self.temperature, stop=("\n",))
+        prompt = Prompt([{"role": "user", "content": text}], passages_used=len(hits),
+                        tokens=reply.stats.prompt_tokens)
+        return Turn(conversation_id, turn_id, question, query, hits, result.milliseconds,
+                    prompt, reply, self.generator.name, self.history, extractive=True)

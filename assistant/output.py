@@ -37,6 +37,7 @@ def turn_json(turn, *, model: str, device: str = "", load_s: float | None = None
     return {
         "question": turn.question,
         "answer": turn.answer,
+        "short_answer": getattr(turn, "short_answer", ""),
         "status": turn.status,
         "conversation_id": turn.conversation_id,
         "turn_id": turn.turn_id,

@@ -1,8 +1,15 @@
 """Ranked passage search: dense (FAISS), BM25 (SQLite FTS5), or both fused.
 
-Hybrid search fuses the two rankings with reciprocal rank fusion (RRF, Cormack, Clarke and
-Buettcher, SIGIR 2009): ``score(d) = sum over rankings of 1 / (rrf_k + rank(d))`` with
-``rrf_k = 60`` as in that paper and ranks starting at 1.
+Two ways to fuse the dense and BM25 rankings:
+
+- ``convex`` (the default): a convex combination of min-max-normalised scores,
+  ``alpha * dense + (1 - alpha) * bm25``, each list scaled to 0..1 over its top ``depth``
+  candidates (a passage missing from one list gets 0 there). Bruch, Gai and Ingber, "An
+  Analysis of Fusion Functions for Hybrid Retrieval" (ACM TOIS 2023) found it beats RRF once
+  ``alpha`` is tuned; ``alpha`` here was tuned with ``assistant eval`` (see BENCHMARKS.md).
+- ``hybrid``: reciprocal rank fusion (RRF, Cormack, Clarke and Buettcher, SIGIR 2009),
+  ``score(d) = sum over rankings of 1 / (rrf_k + rank(d))`` with ``rrf_k = 60`` as in that
+  paper and ranks starting at 1.
 """
 
 from __future__ import annotations
@@ -14,9 +21,11 @@ from typing import Literal
 from .embedding import Embedder
 from .store import Passage, Store
 
-Mode = Literal["hybrid", "dense", "bm25"]
-MODES: tuple[str, ...] = ("hybrid", "dense", "bm25")
+Mode = Literal["convex", "hybrid", "dense", "bm25"]
+MODES: tuple[str, ...] = ("convex", "hybrid", "dense", "bm25")
 RRF_K = 60
+ALPHA = 0.5
+"""Weight of the dense scores in ``convex`` fusion (tuned on the dev sets, BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +34,8 @@ class Hit:
 
     Attributes:
         passage: the passage and its location.
-        score: the ranking score (RRF for hybrid, cosine for dense, BM25 for bm25).
+        score: the ranking score (fused 0..1 for convex, RRF for hybrid, cosine for dense,
+            BM25 for bm25).
         rank: 1-based rank.
         dense_rank, bm25_rank: rank in each list (None when absent from it).
     """
@@ -43,6 +53,24 @@ class SearchResult:
 
     hits: list[Hit]
     milliseconds: float
+
+
+def min_max(scores: list[tuple[int, float]]) -> dict[int, float]:
+    """``{id: (s - min) / (max - min)}`` over one ranked list (all 1.0 when the scores are equal)."""
+    if not scores:
+        return {}
+    values = [s for _, s in scores]
+    lo, hi = min(values), max(values)
+    return {i: (s - lo) / (hi - lo) if hi > lo else 1.0 for i, s in scores}
+
+
+def convex(dense: list[tuple[int, float]], sparse: list[tuple[int, float]], *,
+           alpha: float = ALPHA) -> list[tuple[int, float]]:
+    """Convex combination ``alpha * mm(dense) + (1 - alpha) * mm(bm25)`` -> ``[(id, score)]``
+    best first (mm = :func:`min_max`; an id absent from a list scores 0 there)."""
+    d, b = min_max(dense), min_max(sparse)
+    scores = {i: alpha * d.get(i, 0.0) + (1 - alpha) * b.get(i, 0.0) for i in {**d, **b}}
+    return sorted(scores.items(), key=lambda kv: -kv[1])
 
 
 def rrf(rankings: list[list[int]], *, k: int = RRF_K) -> list[tuple[int, float]]:
@@ -66,12 +94,14 @@ class Retriever:
         depth: candidates taken from each ranking before fusion (at least ``k``).
     """
 
-    def __init__(self, store: Store, embedder: Embedder, *, depth: int = 100):
+    def __init__(self, store: Store, embedder: Embedder, *, depth: int = 100,
+                 alpha: float = ALPHA):
         self.store = store
         self.embedder = embedder
         self.depth = depth
+        self.alpha = alpha
 
-    def search(self, query: str, *, k: int = 5, mode: Mode = "hybrid") -> SearchResult:
+    def search(self, query: str, *, k: int = 5, mode: Mode = "convex") -> SearchResult:
         """Top-``k`` passages for ``query``.
 
         Raises:
@@ -85,15 +115,17 @@ class Retriever:
         depth = max(self.depth, k)
         dense: list[tuple[int, float]] = []
         sparse: list[tuple[int, float]] = []
-        if mode in ("hybrid", "dense"):
+        if mode != "bm25":
             vector = self.embedder.embed([query])[0]  # (dim,)
             dense = self.store.dense_search(vector, depth)
-        if mode in ("hybrid", "bm25"):
+        if mode != "dense":
             sparse = self.store.bm25_search(query, depth)
         if mode == "dense":
             ranked = dense[:k]
         elif mode == "bm25":
             ranked = sparse[:k]
+        elif mode == "convex":
+            ranked = convex(dense, sparse, alpha=self.alpha)[:k]
         else:
             ranked = rrf([[i for i, _ in dense], [i for i, _ in sparse]])[:k]
         dense_rank = {pid: r for r, (pid, _) in enumerate(dense, start=1)}

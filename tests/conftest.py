@@ -86,13 +86,15 @@ class FakeGenerator:
     """
 
     def __init__(self, fragments: Sequence[str] = ("An answer [1].",), *, delay: float = 0.0,
-                 gate: threading.Event | None = None, name: str = "fake-generator"):
+                 gate: threading.Event | None = None, name: str = "fake-generator",
+                 chat: bool = True):
         self.fragments = list(fragments)
         self.delay = delay
         self.gate = gate
         self.name = name
         self.device = "cpu"
         self.context_window = 4096
+        self.has_chat_template = chat
         self.calls: list[list[dict]] = []
 
     def count_tokens(self, text: str) -> int:
@@ -100,6 +102,10 @@ class FakeGenerator:
 
     def prompt_tokens(self, messages) -> int:
         return sum(self.count_tokens(m["content"]) + 4 for m in messages)
+
+    def complete(self, text, *, max_new_tokens=32, temperature=0.0, stop=()) -> Reply:
+        """Continue a raw prompt (base-model style); recorded like a one-message chat."""
+        return self.generate([{"role": "user", "content": text}], max_new_tokens=max_new_tokens)
 
     def generate(self, messages, *, max_new_tokens=256, temperature=0.0, stop=()) -> Reply:
         import time
@@ -149,12 +155,12 @@ def shared_data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def real_generator(shared_data_dir):
-    """The embedded SmolLM2-135M-Instruct, converted from its GGUF once per session."""
+    """The embedded default generator (Gemma 3 270M), converted from its GGUF once per session."""
     from assistant.generation import TransformersGenerator
     from assistant.models import generator_path
 
-    path = generator_path("SmolLM2-135M-Instruct", shared_data_dir / "models")
-    return TransformersGenerator("SmolLM2-135M-Instruct", path, device="cpu")
+    path = generator_path("gemma-3-270m", shared_data_dir / "models")
+    return TransformersGenerator("gemma-3-270m", path, device="cpu")
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ def test_ask_without_index_for_missing_model_is_clear(tmp_path):
 
 @pytest.mark.slow
 def test_index_then_ask_json_end_to_end(tmp_path, corpus_dir, shared_data_dir, real_generator):
-    """The real MiniLM embedder, FAISS, SQLite and the embedded SmolLM2, through the CLI."""
+    """The real MiniLM embedder, FAISS, SQLite and the embedded Gemma 3 270M, through the CLI."""
     runner = CliRunner()
     base = ["--data-dir", str(shared_data_dir), "--index-dir", str(tmp_path / "index")]
     result = runner.invoke(cli, [*base, "index", str(corpus_dir)])
@@ -53,7 +53,8 @@ def test_index_then_ask_json_end_to_end(tmp_path, corpus_dir, shared_data_dir, r
     assert result.exit_code == 0, result.output
     data = json.loads(result.output[result.output.index("{"):])
     assert data["status"] == "complete" and data["answer"].strip()
-    assert data["model"] == "SmolLM2-135M-Instruct"
+    assert data["model"] == "gemma-3-270m"
+    assert "Denver Broncos" in data["short_answer"] and data["cited"] == [1]
     assert len(data["sources"]) == 5
     assert data["sources"][0]["path"].endswith("squad-00-000.md")
     assert "Denver Broncos" in data["sources"][0]["text"]

@@ -85,3 +85,20 @@ def test_question_survives_a_crash_mid_answer(tmp_path, retriever):
     other = History(tmp_path / "history.db")
     assert other.turns(turn.conversation_id)[0]["question"] == "What happens if we crash?"
     gate.set()
+
+
+def test_base_model_answers_with_an_aligned_span(tmp_path, retriever):
+    gen = FakeGenerator([" the Denver", " Broncos.", "\n"], chat=False)
+    m = manager(tmp_path, retriever, gen)
+    assert m.prompt_style == "extractive"
+    turn = m.ask("Which NFL team won Super Bowl 50?")
+    text = "".join(turn)
+    prompt = gen.calls[0][0]["content"]
+    assert prompt.count("Context: ") == 4 and prompt.endswith(
+        "Question: Which NFL team won Super Bowl 50?\nAnswer:")
+    assert " ".join(turn.hits[0].passage.text.split()) in prompt  # the top passage is read
+    assert turn.short_answer == "the Denver Broncos"  # as the passage has it
+    assert text.startswith("**the Denver Broncos** [1]\n\n> ") and turn.cited() == [1]
+    assert len(turn.sources()) == 3  # every retrieved passage is listed
+    row = m.history.turns(turn.conversation_id)[0]
+    assert row["answer"] == text and row["status"] == "complete"

@@ -1,7 +1,7 @@
 import pytest
 
 from index.ingest import Indexer
-from index.retrieval import Retriever, rrf
+from index.retrieval import Retriever, convex, min_max, rrf
 from index.store import Store
 
 
@@ -13,10 +13,20 @@ def test_rrf_matches_hand_computed_scores():
         assert score == pytest.approx(expected[item])
 
 
+def test_convex_fusion_matches_hand_computed_scores():
+    dense = [(1, 0.9), (2, 0.5), (3, 0.1)]  # min-max: 1.0, 0.5, 0.0
+    bm25 = [(3, 12.0), (4, 2.0)]            # min-max: 1.0, 0.0
+    assert min_max(dense) == {1: 1.0, 2: 0.5, 3: 0.0}
+    fused = dict(convex(dense, bm25, alpha=0.3))
+    assert fused == pytest.approx({1: 0.3, 2: 0.15, 3: 0.7, 4: 0.0})
+    assert [i for i, _ in convex(dense, bm25, alpha=1.0)][:2] == [1, 2]
+    assert min_max([(7, 2.0)]) == {7: 1.0}
+
+
 def test_modes_and_bad_arguments(tmp_path, corpus_dir, fake_embedder):
     Indexer(tmp_path / "i", fake_embedder).run([corpus_dir])
     retriever = Retriever(Store.open(tmp_path / "i"), fake_embedder)
-    for mode in ("hybrid", "dense", "bm25"):
+    for mode in ("convex", "hybrid", "dense", "bm25"):
         result = retriever.search("Which NFL team won Super Bowl 50?", k=3, mode=mode)
         assert len(result.hits) == 3 and result.milliseconds >= 0
         assert [h.rank for h in result.hits] == [1, 2, 3]
@@ -34,7 +44,7 @@ def test_real_embedder_finds_gold_passages(tmp_path, corpus_dir, real_embedder, 
     retriever = Retriever(Store.open(tmp_path / "i", embedding_model=real_embedder.name),
                           real_embedder)
     recall = {}
-    for mode in ("hybrid", "dense", "bm25"):
+    for mode in ("convex", "hybrid", "dense", "bm25"):
         found = 0
         for q in squad_questions:
             hits = retriever.search(q["question"], k=5, mode=mode).hits
@@ -43,3 +53,4 @@ def test_real_embedder_finds_gold_passages(tmp_path, corpus_dir, real_embedder, 
     assert recall["dense"] >= 0.8, recall
     assert recall["bm25"] >= 0.8, recall
     assert recall["hybrid"] >= max(recall["dense"], recall["bm25"]) - 0.03, recall
+    assert recall["convex"] >= max(recall["dense"], recall["bm25"]) - 0.03, recall

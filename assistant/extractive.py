@@ -1,0 +1,113 @@
+"""Extractive answers from a base model: a few-shot "Context: … Question: … Answer:" completion
+prompt (``prompts/extractive.txt``), the answer cut at the first new line, then aligned to the
+passage it came from and shown as a short span with its citation and the sentence it is in.
+
+Small base models answer extractive questions far better this way than in a chat format
+(measured in BENCHMARKS.md); the alignment turns a near-copy ("the Miasma theory.") into the
+passage's own words, and an answer with no support in the passage stays as generated.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from .metrics import normalize_answer, token_f1
+from .prompts import load_template
+
+TEMPLATE = "extractive.txt"
+_WORD = re.compile(r"\S+")
+_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+[\"')\]]*|\n|$)")
+
+
+def example_questions(template: str | None = None) -> list[str]:
+    """The questions of the template's worked examples (an evaluation must not ask them)."""
+    text = template if template is not None else load_template(TEMPLATE)
+    return [line[len("Question: "):].strip() for line in text.splitlines()
+            if line.startswith("Question: ") and "{question}" not in line]
+
+
+def extractive_prompt(question: str, context: str, template: str | None = None) -> str:
+    """The completion prompt for ``question`` over ``context`` (one passage's text)."""
+    text = template if template is not None else load_template(TEMPLATE)
+    return text.replace("{context}", " ".join(context.split())).replace("{question}",
+                                                                        question.strip())
+
+
+def align_span(answer: str, passage: str, *, min_f1: float = 0.5) -> str:
+    """The passage's own words for ``answer``: the span of the passage with the best token F1
+    against the answer (spans up to the answer's length + 3 words); the answer as is when it
+    occurs verbatim or no span reaches ``min_f1``."""
+    passage = " ".join(passage.split())
+    answer = _trim(" ".join(answer.split()))
+    if not answer or answer.lower() in passage.lower():
+        return answer
+    words = [(m.start(), m.end()) for m in _WORD.finditer(passage)]
+    target = normalize_answer(answer)
+    if not target:
+        return answer
+    longest = len(target.split()) + 3
+    best, best_f1 = answer, min_f1
+    for i in range(len(words)):
+        for j in range(i, min(i + longest, len(words))):
+            span = _trim(passage[words[i][0]:words[j][1]])
+            f1 = token_f1(span, [answer])
+            if f1 > best_f1 or (f1 == best_f1 and best is not answer and len(span) < len(best)):
+                best, best_f1 = span, f1
+    return best
+
+
+def _trim(span: str) -> str:
+    """Drop edge punctuation, and a quote or bracket at an edge that has no partner."""
+    span = span.strip().rstrip(".,;:").strip()
+    for left, right in (('"', '"'), ("'", "'"), ("(", ")"), ("“", "”")):
+        if left == right and span.count(left) % 2 == 1:
+            span = span.strip(left)
+        elif left != right and span.count(left) != span.count(right):
+            span = span.strip(left + right)
+    return span.strip()
+
+
+def sentence_with(span: str, passage: str) -> str | None:
+    """The sentence of ``passage`` containing ``span`` (case-insensitive), or None."""
+    if not span:
+        return None
+    low = span.lower()
+    for match in _SENTENCE.finditer(passage):
+        sentence = " ".join(match.group(0).split())
+        if low in sentence.lower():
+            return sentence
+    return None
+
+
+@dataclass(frozen=True)
+class ExtractiveAnswer:
+    """A short answer, the number of the passage it cites, and the text shown in chat."""
+
+    span: str
+    source: int | None
+    text: str
+
+
+def finish(raw: str, passages: Sequence[str], *, used: int = 1) -> ExtractiveAnswer:
+    """Align the generated ``raw`` answer to the first ``used`` passages (numbered from 1) and
+    render it: ``**span** [n]`` and, quoted below, the passage's sentence holding it."""
+    raw = raw.strip().split("\n")[0].strip()
+    passages = [" ".join(p.split()) for p in passages]
+    if not raw:
+        return ExtractiveAnswer("", None, "")
+    best = (align_span(raw, passages[0]) if passages else raw, 1 if passages else None)
+    for number, passage in enumerate(passages[:used], start=1):
+        span = align_span(raw, passage)
+        if span.lower() in passage.lower():
+            best = (span, number)
+            break
+    span, number = best
+    if number is None or span.lower() not in passages[number - 1].lower():
+        return ExtractiveAnswer(span, number, f"{span} [{number}]" if number else span)
+    text = f"**{span}** [{number}]"
+    sentence = sentence_with(span, passages[number - 1])
+    if sentence and normalize_answer(sentence) != normalize_answer(span):
+        text += f"\n\n> {sentence} [{number}]"
+    return ExtractiveAnswer(span, number, text)

@@ -1,0 +1,29 @@
+from assistant.extractive import (align_span, example_questions, extractive_prompt, finish,
+                                  sentence_with)
+
+PASSAGE = ("The league narrowed the bids to three sites: New Orleans' Mercedes-Benz Superdome,\n"
+           "Miami's Sun Life Stadium, and the San Francisco Bay Area's Levi's Stadium. The game "
+           "was played on February 7, 2016.")
+
+
+def test_prompt_has_examples_then_the_question():
+    prompt = extractive_prompt("When was the game played?", PASSAGE)
+    assert prompt.count("Context: ") == 4 and prompt.endswith("Question: When was the game played?\nAnswer:")
+    assert "Bay Area's Levi's Stadium. The game" in prompt  # line breaks collapsed
+    assert len(example_questions()) == 3
+    assert all(q in prompt for q in example_questions())
+
+
+def test_align_span_uses_the_passage_words():
+    assert align_span("February 7, 2016.", PASSAGE) == "February 7, 2016"
+    assert align_span("the sun life stadium in Miami", PASSAGE) == "Sun Life Stadium"
+    assert align_span("Paris", PASSAGE) == "Paris"  # no support: left as generated
+
+
+def test_finish_renders_span_citation_and_sentence():
+    done = finish(" Levi's Stadium\n", ["Nothing relevant here.", PASSAGE], used=2)
+    assert done.span == "Levi's Stadium" and done.source == 2
+    assert done.text.startswith("**Levi's Stadium** [2]\n\n> ")
+    assert "San Francisco Bay Area's Levi's Stadium. [2]" in done.text
+    assert finish("", [PASSAGE]).text == ""
+    assert sentence_with("February 7", PASSAGE) == "The game was played on February 7, 2016."
