@@ -71,8 +71,9 @@ class Settings:
     top_k: int = 5
     """Passages retrieved per question and shown as numbered sources."""
 
-    retrieval_mode: str = "hybrid"
-    """``hybrid`` (dense + BM25 fused with RRF), ``dense`` or ``bm25``."""
+    retrieval_mode: str = "convex"
+    """``convex`` (dense + BM25 scores, min-max normalised, weighted by ``fusion_alpha``),
+    ``hybrid`` (reciprocal rank fusion), ``dense`` or ``bm25``."""
 
     fusion_alpha: float = 0.5
     """Weight of dense scores in ``convex`` fusion (0 = BM25 only, 1 = dense only)."""

@@ -29,7 +29,7 @@ _FOLLOW_UP = re.compile(
 
 
 class _Retriever(Protocol):
-    def search(self, query: str, *, k: int = 5, mode: str = "hybrid"): ...
+    def search(self, query: str, *, k: int = 5, mode: str = "convex"): ...
 
 
 def cited_numbers(answer: str) -> list[int]:
@@ -200,7 +200,7 @@ class DialogueManager:
     """
 
     def __init__(self, *, retriever: _Retriever | None, generator: Generator, history: History,
-                 top_k: int = 5, mode: str = "hybrid", context_tokens: int = 2048,
+                 top_k: int = 5, mode: str = "convex", context_tokens: int = 2048,
                  history_tokens: int = 512, max_new_tokens: int = 256, temperature: float = 0.0,
                  prompt_style: str = "auto"):
         self.retriever = retriever
