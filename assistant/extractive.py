@@ -90,24 +90,19 @@ class ExtractiveAnswer:
     text: str
 
 
-def finish(raw: str, passages: Sequence[str], *, used: int = 1) -> ExtractiveAnswer:
-    """Align the generated ``raw`` answer to the first ``used`` passages (numbered from 1) and
-    render it: ``**span** [n]`` and, quoted below, the passage's sentence holding it."""
+def finish(raw: str, passage: str, number: int = 1) -> ExtractiveAnswer:
+    """Align the generated ``raw`` answer to ``passage`` (source number ``number``) and render
+    it: ``**span** [n]`` and, quoted below, the passage's sentence holding it. An answer with no
+    support in the passage is shown as generated, still citing the passage it was read from."""
     raw = raw.strip().split("\n")[0].strip()
-    passages = [" ".join(p.split()) for p in passages]
+    passage = " ".join(passage.split())
     if not raw:
         return ExtractiveAnswer("", None, "")
-    best = (align_span(raw, passages[0]) if passages else raw, 1 if passages else None)
-    for number, passage in enumerate(passages[:used], start=1):
-        span = align_span(raw, passage)
-        if span.lower() in passage.lower():
-            best = (span, number)
-            break
-    span, number = best
-    if number is None or span.lower() not in passages[number - 1].lower():
-        return ExtractiveAnswer(span, number, f"{span} [{number}]" if number else span)
+    span = align_span(raw, passage)
+    if span.lower() not in passage.lower():
+        return ExtractiveAnswer(span, number, f"{span} [{number}]")
     text = f"**{span}** [{number}]"
-    sentence = sentence_with(span, passages[number - 1])
+    sentence = sentence_with(span, passage)
     if sentence and normalize_answer(sentence) != normalize_answer(span):
         text += f"\n\n> {sentence} [{number}]"
     return ExtractiveAnswer(span, number, text)

@@ -21,9 +21,10 @@ def test_align_span_uses_the_passage_words():
 
 
 def test_finish_renders_span_citation_and_sentence():
-    done = finish(" Levi's Stadium\n", ["Nothing relevant here.", PASSAGE], used=2)
+    done = finish(" Levi's Stadium\n", PASSAGE, 2)
     assert done.span == "Levi's Stadium" and done.source == 2
     assert done.text.startswith("**Levi's Stadium** [2]\n\n> ")
     assert "San Francisco Bay Area's Levi's Stadium. [2]" in done.text
-    assert finish("", [PASSAGE]).text == ""
+    assert finish("", PASSAGE).text == ""
+    assert finish("Paris", PASSAGE, 3).text == "Paris [3]"  # unsupported: as generated
     assert sentence_with("February 7", PASSAGE) == "The game was played on February 7, 2016."
