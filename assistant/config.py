@@ -61,10 +61,6 @@ class Settings:
     """Decoder model: an embedded name (``gemma-3-270m``, ``SmolLM2-135M-Instruct``), a local
     directory or a Hugging Face hub id."""
 
-    read_passages: int = 1
-    """Extractive style: top passages the model reads (one prompt each, batched); the most
-    confident answer wins."""
-
     prompt_style: str = "auto"
     """``chat`` (instruction models), ``extractive`` (base models: few-shot span answers) or
     ``auto`` (extractive when the model has no chat template)."""
@@ -172,8 +168,6 @@ class Settings:
             raise ConfigError(f"retrieval_mode must be convex, hybrid, dense or bm25, not {self.retrieval_mode!r}")
         if self.prompt_style not in ("auto", "chat", "extractive"):
             raise ConfigError(f"prompt_style must be auto, chat or extractive, not {self.prompt_style!r}")
-        if not 1 <= self.read_passages <= 10:
-            raise ConfigError("read_passages must be between 1 and 10")
         if not 0 <= self.fusion_alpha <= 1:
             raise ConfigError("fusion_alpha must be between 0 and 1")
         if self.top_k < 1:

@@ -89,7 +89,6 @@ class Turn:
     status: str = "pending"
     error: str = ""
     extractive: bool = False
-    read_from: int = 0
     short_answer: str = ""
     _saved_at: float = 0.0
 
@@ -98,7 +97,7 @@ class Turn:
             if self.reply is not None and self.extractive:
                 # A few-token span: aligned to its passage and rendered once it is complete.
                 raw = "".join(self.reply)
-                done = finish(raw, self.hits[self.read_from].passage.text, self.read_from + 1)
+                done = finish(raw, self.hits[0].passage.text, 1)
                 self.short_answer, self.answer = done.span, done.text
                 if done.text:
                     yield done.text
@@ -198,18 +197,12 @@ class DialogueManager:
             ``extractive`` (base models: few-shot completion over the top passage, a short
             span as the answer, see :mod:`assistant.extractive`) or ``auto`` (extractive when
             the model has no chat template).
-        read_passages: extractive style: the top passages the model reads, one prompt each,
-            in one batch; the answer with the best confidence (mean token log-probability
-            minus ``RANK_PENALTY`` per rank) wins and cites its passage.
     """
-
-    RANK_PENALTY = 0.15
-    """Log-probability per token an answer from a lower-ranked passage must gain to win."""
 
     def __init__(self, *, retriever: _Retriever | None, generator: Generator, history: History,
                  top_k: int = 5, mode: str = "convex", context_tokens: int = 2048,
                  history_tokens: int = 512, max_new_tokens: int = 256, temperature: float = 0.0,
-                 prompt_style: str = "auto", read_passages: int = 1):
+                 prompt_style: str = "auto"):
         self.retriever = retriever
         self.generator = generator
         self.history = history
@@ -222,7 +215,6 @@ class DialogueManager:
         if prompt_style == "auto":
             prompt_style = "chat" if getattr(generator, "has_chat_template", True) else "extractive"
         self.prompt_style = prompt_style
-        self.read_passages = max(1, read_passages)
         self._lock = threading.Lock()
 
     @property
@@ -300,19 +292,12 @@ class DialogueManager:
         hits = list(result.hits)
         if not hits:
             raise RuntimeError("no passage matches the question")
-        max_new = min(self.max_new_tokens, 48)
-        read = hits[: self.read_passages]
-        texts = [extractive_prompt(question, h.passage.text) for h in read]
-        best = 0
-        if len(texts) > 1 and hasattr(self.generator, "score_completions"):
-            scored, stats = self.generator.score_completions(texts, max_new_tokens=max_new)
-            best = max(range(len(scored)), key=lambda i: scored[i][1] - self.RANK_PENALTY * i)
-            reply = Reply(iter([scored[best][0]]), stats, threading.Event(), threading.Event())
-        else:
-            reply = self.generator.complete(texts[0], max_new_tokens=max_new,
-                                            temperature=self.temperature, stop=("\n",))
-        prompt = Prompt([{"role": "user", "content": texts[best]}], passages_used=len(hits),
+        # The top passage only: reading the top two in one batch and keeping the more
+        # confident answer measured worse (token F1 38.5 vs 43.2 on 100 SQuAD dev questions).
+        text = extractive_prompt(question, hits[0].passage.text)
+        reply = self.generator.complete(text, max_new_tokens=min(self.max_new_tokens, 48),
+                                        temperature=self.temperature, stop=("\n",))
+        prompt = Prompt([{"role": "user", "content": text}], passages_used=len(hits),
                         tokens=reply.stats.prompt_tokens)
         return Turn(conversation_id, turn_id, question, query, hits, result.milliseconds,
-                    prompt, reply, self.generator.name, self.history, extractive=True,
-                    read_from=best)
+                    prompt, reply, self.generator.name, self.history, extractive=True)

@@ -307,67 +307,6 @@ class TransformersGenerator:
         return self._stream(self._bos() + text, max_new_tokens=max_new_tokens,
                             temperature=temperature, stop=stop)
 
-    def score_completions(self, prompts: Sequence[str], *, max_new_tokens: int = 32
-                          ) -> tuple[list[tuple[str, float]], GenerationStats]:
-        """Greedy completions of several raw prompts in one batch (left-padded), each cut at
-        its first new line, with the mean log-probability (natural log, per token, the new
-        line included) the model gave its own tokens: a confidence to choose among answers
-        read from different passages.
-
-        Returns:
-            ``[(text, mean_logprob)]`` in the order of ``prompts``, and the stats of the batch
-            (prompt_tokens: the longest prompt; first_token_s = total_s: nothing streams).
-
-        Raises:
-            GenerationError: out of memory or another failure in the model.
-        """
-        import torch
-
-        tok = self.tokenizer
-        started = time.perf_counter()
-        side, tok.padding_side = tok.padding_side, "left"
-        try:
-            enc = tok([self._bos() + p for p in prompts], return_tensors="pt", padding=True,
-                      add_special_tokens=False)
-        finally:
-            tok.padding_side = side
-        enc = {k: v.to(self.device) for k, v in enc.items()}
-        stops = self._newline_ids() | {tok.eos_token_id}
-        try:
-            with self._lock, torch.inference_mode():
-                out = self.model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                    top_p=None, top_k=None, eos_token_id=sorted(stops),
-                    pad_token_id=tok.pad_token_id or tok.eos_token_id,
-                    output_scores=True, return_dict_in_generate=True)
-        except torch.OutOfMemoryError as exc:
-            raise GenerationError(f"out of memory generating on {self.device}") from exc
-        except RuntimeError as exc:
-            raise GenerationError(f"generation failed: {exc}") from exc
-        new = out.sequences[:, enc["input_ids"].shape[1]:]  # (batch, new_tokens)
-        results, produced = [], 0
-        for b in range(len(prompts)):
-            ids, logprobs = [], []
-            for step, scores in enumerate(out.scores):  # scores: (batch, vocab) per step
-                token = int(new[b, step])
-                logprobs.append(float(torch.log_softmax(scores[b].float(), -1)[token]))
-                if token in stops:
-                    break
-                ids.append(token)
-            produced += len(logprobs)
-            text = tok.decode(ids, skip_special_tokens=True).split("\n")[0]
-            results.append((text, sum(logprobs) / max(len(logprobs), 1)))
-        seconds = time.perf_counter() - started
-        stats = GenerationStats(prompt_tokens=int(enc["input_ids"].shape[1]), new_tokens=produced,
-                                first_token_s=seconds, total_s=seconds)
-        return results, stats
-
-    def _newline_ids(self) -> set[int]:
-        if not hasattr(self, "_newlines"):
-            self._newlines = {i for t, i in self.tokenizer.get_vocab().items()
-                              if "\n" in t or t == "<0x0A>" or "Ċ" in t}
-        return self._newlines
-
     def _stream(self, prompt: str, *, max_new_tokens: int, temperature: float,
                 stop: Sequence[str]) -> Reply:
         import torch
