@@ -100,9 +100,15 @@ def finish(raw: str, passage: str, number: int = 1) -> ExtractiveAnswer:
         return ExtractiveAnswer("", None, "")
     span = align_span(raw, passage)
     if span.lower() not in passage.lower():
-        return ExtractiveAnswer(span, number, f"{span} [{number}]")
-    text = f"**{span}** [{number}]"
+        return ExtractiveAnswer(span, number, f"{markdown_escape(span)} [{number}]")
+    text = f"**{markdown_escape(span)}** [{number}]"
     sentence = sentence_with(span, passage)
     if sentence and normalize_answer(sentence) != normalize_answer(span):
-        text += f"\n\n> {sentence} [{number}]"
+        text += f"\n\n> {markdown_escape(sentence)} [{number}]"
     return ExtractiveAnswer(span, number, text)
+
+
+def markdown_escape(text: str) -> str:
+    """``text`` with Markdown's inline markup characters backslash-escaped, so a passage's
+    ``*``, ``_``, backticks or ``[3]`` show as written (and are not taken for citations)."""
+    return re.sub(r"([\\`*_\[\]<>#|])", r"\\\1", text)

@@ -28,3 +28,11 @@ def test_finish_renders_span_citation_and_sentence():
     assert finish("", PASSAGE).text == ""
     assert finish("Paris", PASSAGE, 3).text == "Paris [3]"  # unsupported: as generated
     assert sentence_with("February 7", PASSAGE) == "The game was played on February 7, 2016."
+
+
+def test_markup_in_a_passage_is_escaped():
+    done = finish("identifier (\",\" identifier)*", 'stmt ::= "nonlocal" identifier (",") '
+                  'identifier)* [3] and more.')
+    assert "\\*" in done.text and "\\[3\\]" in done.text
+    from assistant.dialogue import cited_numbers
+    assert cited_numbers(done.text) == [1]  # the passage's "[3]" is not a citation
