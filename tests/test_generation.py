@@ -46,6 +46,8 @@ def test_real_model_can_be_cancelled_and_stopped(real_generator):
             reply.cancel()
     assert reply.stats.cancelled and reply.stats.new_tokens < 20
 
-    stopped = real_generator.generate(messages, max_new_tokens=200, stop=[","])
+    # a base model continues a list; the stop string ends it at the first comma
+    listing = [{"role": "user", "content": "Numbers in words: one, two, three,"}]
+    stopped = real_generator.generate(listing, max_new_tokens=200, stop=[","])
     text = stopped.text()
     assert "," not in text and not stopped.stats.cancelled and stopped.stats.new_tokens < 30
