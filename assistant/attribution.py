@@ -14,7 +14,8 @@ from typing import Sequence
 
 _WORD = re.compile(r"[a-z0-9]+")
 _SENTENCE_END = re.compile(r"[.!?](?=\s)|\n\n")
-_HAS_CITATION = re.compile(r"\[\d+(?:\s*[,;-]\s*\d+)*\]")
+CITATION = re.compile(r"\[(\d+(?:\s*[,;-]\s*\d+)*)\]")
+"""A citation marker: ``[n]``, ``[n, m]`` or ``[n-m]`` (group 1: the numbers)."""
 STOPWORDS = frozenset(
     "a an the and or but if of to in on at by for with from as is are was were be been being "
     "it its this that these those there here which who whom what when where why how not no "
@@ -94,7 +95,7 @@ class CitationShaper:
             self.repeated = True
             return ""
         self.seen.append(key)
-        if _HAS_CITATION.search(sentence) or len(content_words(sentence)) < 2:
+        if CITATION.search(sentence) or len(content_words(sentence)) < 2:
             return unshown
         number = best_source(sentence, self.passages, min_overlap=self.min_overlap)
         if number is None:

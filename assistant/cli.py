@@ -438,13 +438,11 @@ def history_delete(ctx, conversation_id, yes) -> None:
 
 
 def _bench_index(settings: Settings, folder: Path, embedder):
-    """Index a benchmark corpus (``folder/corpus.jsonl``) once under the data dir; returns a
-    retriever. Later runs find every file unchanged and embed nothing."""
+    """Index a benchmark corpus (``folder/corpus.jsonl``) once under the data dir; returns
+    ``(retriever, settings pointing at that index)``. Later runs find every file unchanged and embed nothing."""
     import hashlib
 
-    from index.ingest import Indexer
-    from index.retrieval import Retriever
-    from index.store import Store, StoreError
+    from index.store import Store
 
     from .evaluate import read_jsonl, write_corpus
 
@@ -464,10 +462,7 @@ def _bench_index(settings: Settings, folder: Path, embedder):
     report = run_index(bench, [docs], embedder=embedder, quiet=Store.exists(index_dir))
     if report.passages_added:
         click.echo(f"embedded {report.passages_added} passages in {report.seconds:.0f} s", err=True)
-    try:
-        return Retriever(Store.open(index_dir, embedding_model=embedder.name), embedder), bench
-    except StoreError as exc:
-        raise UserError(str(exc)) from None
+    return open_retriever(bench, embedder), bench
 
 
 def _table(rows: list[dict], title: str) -> None:
@@ -550,7 +545,6 @@ def eval_command(ctx, beir_dir, split, squad_dir, questions_name, own, modes, al
     embedder = load_embedder(settings)
     if beir_dir:
         retriever, _ = _bench_index(settings, beir_dir, embedder)
-        retriever.alpha = settings.fusion_alpha
         try:
             qrels = ev.read_qrels(beir_dir, split)
         except FileNotFoundError as exc:
@@ -568,7 +562,6 @@ def eval_command(ctx, beir_dir, split, squad_dir, questions_name, own, modes, al
                                             f"{len(queries)} queries)")
     if squad_dir:
         retriever, bench = _bench_index(settings, squad_dir, embedder)
-        retriever.alpha = settings.fusion_alpha
         names = [questions_name] if questions_name else sorted(
             p.name for p in squad_dir.glob("questions*.jsonl"))
         if not names or not (squad_dir / names[0]).is_file():
@@ -589,7 +582,6 @@ def eval_command(ctx, beir_dir, split, squad_dir, questions_name, own, modes, al
         if not no_qa:
             manager = build_manager(bench, embedder=embedder, history=_scratch_history(
                 tempfile.mkdtemp(prefix="assistant-eval-")))
-            manager.retriever.alpha = settings.fusion_alpha
             skip = set(getattr(manager, "example_questions", ()))
             asked = ev.sample([q for q in questions if q["question"] not in skip], qa_limit, seed)
             bar, advance = _bar(len(asked), f"{squad_dir.name} answers")
@@ -611,7 +603,6 @@ def eval_command(ctx, beir_dir, split, squad_dir, questions_name, own, modes, al
         if not Store.exists(settings.index_path):
             raise UserError("no index yet: run `assistant index PATH` first")
         retriever = open_retriever(settings, embedder)
-        retriever.alpha = settings.fusion_alpha
         generator = load_generator(settings, say=lambda m: click.echo(m, err=True))
         n = limit or 50
         click.echo(f"writing {n} questions with {settings.generator_model}…", err=True)

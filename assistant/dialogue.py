@@ -14,13 +14,12 @@ from typing import Iterator, Protocol, Sequence
 
 from index.retrieval import Hit
 
-from .attribution import CitationShaper
+from .attribution import CITATION, CitationShaper
 from .generation import GenerationError, Generator, Reply
 from .history import History, SourceRecord
 from .extractive import example_questions, extractive_prompt, finish
 from .prompts import Prompt, build_prompt
 
-_CITATION = re.compile(r"\[(\d+(?:\s*[,;-]\s*\d+)*)\]")
 _FOLLOW_UP = re.compile(
     r"^(and|but|also|so|what about|how about|why|then)\b|\b(it|its|they|them|their|this|that|"
     r"these|those|he|she|his|her|one|ones|former|latter|same|there)\b",
@@ -35,7 +34,7 @@ class _Retriever(Protocol):
 def cited_numbers(answer: str) -> list[int]:
     """Source numbers cited in ``answer`` as ``[n]``, ``[n, m]`` or ``[n-m]``, in first-seen order."""
     seen: dict[int, None] = {}
-    for match in _CITATION.finditer(answer):
+    for match in CITATION.finditer(answer):
         for part in re.split(r"\s*[,;]\s*", match.group(1)):
             if "-" in part:
                 lo, hi = (int(x) for x in part.split("-", 1))

@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Sequence
 from urllib.parse import quote, unquote
 
 from . import metrics
+from .attribution import CITATION
 
 _SAFE = "-_.()"
 
@@ -196,14 +197,14 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-_CITATION = re.compile(r"\s*\[\d+(?:\s*[,;-]\s*\d+)*\]")
+_MARKER = re.compile(r"\s*" + CITATION.pattern)
 
 
 def answer_text(turn) -> str:
     """The answer to score: the short answer of an extractive turn, else the answer text
     without citation markers."""
     short = getattr(turn, "short_answer", "")
-    return short or _CITATION.sub("", turn.answer).strip()
+    return short or _MARKER.sub("", turn.answer).strip()
 
 
 def answer_question(manager, question: dict, k_found: int = 5) -> QAResult:

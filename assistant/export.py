@@ -7,22 +7,16 @@ from __future__ import annotations
 
 import re
 import time
-from types import SimpleNamespace
 from typing import Any
 
+from .attribution import CITATION
 from .dialogue import cited_numbers
 from .output import location
 
-_CITATION = re.compile(r"\[(\d+(?:\s*[,;-]\s*\d+)*)\]")
 
 
 def _when(seconds: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds)) if seconds else ""
-
-
-def source_location(source: dict) -> str:
-    """``path:start-end`` / ``path, p. N`` for a stored source row (a dict)."""
-    return location(SimpleNamespace(**source))
 
 
 def _footnotes(answer: str, ordinal: int, numbers: set[int]) -> str:
@@ -34,7 +28,7 @@ def _footnotes(answer: str, ordinal: int, numbers: set[int]) -> str:
             return match.group(0)
         return "".join(f"[^{ordinal}.{n}]" for n in found)
 
-    return _CITATION.sub(replace, answer)
+    return CITATION.sub(replace, answer)
 
 
 def to_markdown(conversation: dict, turns: list[dict]) -> str:
@@ -74,7 +68,7 @@ def to_markdown(conversation: dict, turns: list[dict]) -> str:
 
 def _describe(source: dict) -> str:
     heading = f" — {source['heading']}" if source.get("heading") else ""
-    return f"`{source_location(source)}`{heading}"
+    return f"`{location(source)}`{heading}"
 
 
 def to_json(conversation: dict, turns: list[dict]) -> dict[str, Any]:
@@ -85,7 +79,7 @@ def to_json(conversation: dict, turns: list[dict]) -> dict[str, Any]:
     out["turns"] = []
     for turn in turns:
         item = {k: v for k, v in turn.items() if k != "sources"}
-        item["sources"] = [dict(s, cited=bool(s["cited"]), location=source_location(s))
+        item["sources"] = [dict(s, cited=bool(s["cited"]), location=location(s))
                            for s in turn.get("sources", [])]
         out["turns"].append(item)
     return out

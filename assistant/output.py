@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 
 def location(source: Any) -> str:
-    """``path:start-end``, ``path, p. N`` or ``path`` for a passage or source record."""
-    if source.page is not None:
-        return f"{source.path}, p. {source.page}"
-    if source.line_start and source.line_end and source.line_end != source.line_start:
-        return f"{source.path}:{source.line_start}-{source.line_end}"
-    if source.line_start:
-        return f"{source.path}:{source.line_start}"
-    return source.path
+    """``path:start-end``, ``path, p. N`` or ``path`` for a passage, a source record, or a
+    stored source row (a dict with the same keys)."""
+    if isinstance(source, Mapping):
+        path, page = source["path"], source.get("page")
+        start, end = source.get("line_start"), source.get("line_end")
+    else:
+        path, page, start, end = source.path, source.page, source.line_start, source.line_end
+    if page is not None:
+        return f"{path}, p. {page}"
+    if start and end and end != start:
+        return f"{path}:{start}-{end}"
+    if start:
+        return f"{path}:{start}"
+    return path
 
 
 def sources_text(turn) -> str:

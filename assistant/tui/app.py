@@ -180,7 +180,7 @@ class ChatApp(App[None]):
     # ---- asking ------------------------------------------------------------------------
     @on(PromptArea.Submitted)
     async def _submitted(self, event: PromptArea.Submitted) -> None:
-        if self.turn is not None or not self._turn_done.is_set():
+        if self.busy:
             self.notify("An answer is still being written: wait, or press Esc to cancel it.",
                         severity="warning")
             return
@@ -312,8 +312,13 @@ class ChatApp(App[None]):
         await asyncio.to_thread(self._turn_done.wait, 5)
         self.exit()
 
+    @property
+    def busy(self) -> bool:
+        """True while an answer is being retrieved, generated or recorded."""
+        return self.turn is not None or not self._turn_done.is_set()
+
     def _idle(self) -> bool:
-        if self.turn is not None or not self._turn_done.is_set():
+        if self.busy:
             self.notify("An answer is being written: press Esc to cancel it first.",
                         severity="warning")
             return False

@@ -133,9 +133,7 @@ def highlight(text: str, query: str) -> Text:
 def source_label(source: dict) -> Text:
     """The sources-list entry: number, file name with lines or page, heading, score; the
     sources the answer cites are starred. (The full path is shown with the passage.)"""
-    row = _Row(source)
-    row.path = Path(row.path).name
-    where = location(row)
+    where = location({**source, "path": Path(source["path"]).name})
     label = Text()
     label.append(f"{'*' if source.get('cited') else ' '}[{source['number']}] ", style="bold")
     label.append(where)
@@ -143,14 +141,6 @@ def source_label(source: dict) -> Text:
         label.append(f" · {source['heading'].split(' > ')[-1]}", style="italic")
     label.append(f"  {source['score']:.3f}", style="dim")
     return label
-
-
-class _Row:
-    """Attribute access to a source dict (for :func:`assistant.output.location`)."""
-
-    def __init__(self, row: dict):
-        self.path, self.page = row["path"], row.get("page")
-        self.line_start, self.line_end = row.get("line_start"), row.get("line_end")
 
 
 class SourceList(OptionList):
@@ -206,7 +196,7 @@ class SourcesPane(Vertical):
         if not 0 <= index < len(self.sources):
             return
         s = self.sources[index]
-        head = Text(f"[{s['number']}] {location(_Row(s))}\n", style="bold")
+        head = Text(f"[{s['number']}] {location(s)}\n", style="bold")
         if s.get("heading"):
             head.append(f"{s['heading']}\n", style="italic")
         head.append("\n")
