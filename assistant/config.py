@@ -78,6 +78,10 @@ class Settings:
     fusion_alpha: float = 0.5
     """Weight of dense scores in ``convex`` fusion (0 = BM25 only, 1 = dense only)."""
 
+    rerank_k: int = 5
+    """The top passages re-ordered by the generator's likelihood of the question after each
+    (query-likelihood reranking, one prompt prefill per passage); 0 turns it off."""
+
     chunk_tokens: int = 200
     """Passage size budget in embedder tokens (MiniLM reads at most 256)."""
 
@@ -170,6 +174,8 @@ class Settings:
             raise ConfigError(f"prompt_style must be auto, chat or extractive, not {self.prompt_style!r}")
         if not 0 <= self.fusion_alpha <= 1:
             raise ConfigError("fusion_alpha must be between 0 and 1")
+        if self.rerank_k < 0:
+            raise ConfigError("rerank_k must be 0 (off) or more")
         if self.top_k < 1:
             raise ConfigError("top_k must be at least 1")
         if not 0 <= self.chunk_overlap < self.chunk_tokens:

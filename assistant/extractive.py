@@ -88,6 +88,8 @@ class ExtractiveAnswer:
     span: str
     source: int | None
     text: str
+    supported: bool = False
+    """True when the span occurs in the passage (case-insensitive)."""
 
 
 def finish(raw: str, passage: str, number: int = 1) -> ExtractiveAnswer:
@@ -105,7 +107,7 @@ def finish(raw: str, passage: str, number: int = 1) -> ExtractiveAnswer:
     sentence = sentence_with(span, passage)
     if sentence and normalize_answer(sentence) != normalize_answer(span):
         text += f"\n\n> {markdown_escape(sentence)} [{number}]"
-    return ExtractiveAnswer(span, number, text)
+    return ExtractiveAnswer(span, number, text, supported=True)
 
 
 def markdown_escape(text: str) -> str:

@@ -111,6 +111,30 @@ class Generator(Protocol):
         ...
 
 
+def copy_constraint(span_ids: Sequence[int], end_ids: Sequence[int]):
+    """The allowed next tokens when an answer must copy a contiguous run of ``span_ids``.
+
+    Returns a function from the answer's tokens so far (a list of ids) to the sorted ids that
+    may come next: the token after each occurrence of the answer in ``span_ids`` plus
+    ``end_ids``; any token of ``span_ids`` to start with. Cost: O(len(span_ids) * len(answer))
+    per step, a few milliseconds for a 300-token passage.
+    """
+    span_ids = list(span_ids)
+    first = sorted(set(span_ids))
+
+    def allowed(answer: list[int]) -> list[int]:
+        if not answer:
+            return first
+        size = len(answer)
+        following = set(end_ids)
+        for start in range(len(span_ids) - size):
+            if span_ids[start:start + size] == answer:
+                following.add(span_ids[start + size])
+        return sorted(following)
+
+    return allowed
+
+
 class StopStrings:
     """Cuts a text stream at the first of some stop strings, holding back text that could be
     the start of one; feed fragments with :meth:`push`, then :meth:`flush`."""
@@ -301,14 +325,62 @@ class TransformersGenerator:
                             temperature=temperature, stop=stop)
 
     def complete(self, text: str, *, max_new_tokens: int = 32, temperature: float = 0.0,
-                 stop: Sequence[str] = ()) -> Reply:
+                 stop: Sequence[str] = (), within: str | None = None) -> Reply:
         """Continue ``text`` as is (no chat template; a base model's few-shot prompt), with
-        the same streaming, stopping and cancelling as :meth:`generate`."""
+        the same streaming, stopping and cancelling as :meth:`generate`.
+
+        With ``within``, decoding is constrained to copy: every token must continue a
+        contiguous run of ``within``'s tokens (tokenised after a space, as it follows
+        ``Answer:``), or end the answer with a new line or end-of-sequence token. The answer is
+        then a span of ``within`` (or empty).
+        """
+        allowed = None
+        if within is not None:
+            span_ids = self.tokenizer(" " + " ".join(within.split()),
+                                      add_special_tokens=False)["input_ids"]
+            allowed = copy_constraint(span_ids, self._end_ids())
         return self._stream(self._bos() + text, max_new_tokens=max_new_tokens,
-                            temperature=temperature, stop=stop)
+                            temperature=temperature, stop=stop, allowed=allowed)
+
+    def score(self, prefixes: Sequence[str], continuation: str) -> list[float]:
+        """Log-likelihood (natural log, summed over tokens) of ``continuation`` after each of
+        ``prefixes``: one float per prefix. Each prefix is run on its own (no padding), and
+        logits are kept only for the continuation's positions ``(1, len(continuation), vocab)``,
+        so the cost is one prompt prefill per prefix.
+
+        Raises:
+            GenerationError: out of memory, or the model fails.
+        """
+        import torch
+
+        target = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        if not target:
+            return [0.0 for _ in prefixes]
+        scores = []
+        with self._lock, torch.inference_mode():
+            for prefix in prefixes:
+                ids = self.tokenizer(self._bos() + prefix, add_special_tokens=False)["input_ids"]
+                ids = torch.tensor([ids + target], device=self.device)
+                try:
+                    logits = self.model(input_ids=ids, logits_to_keep=len(target) + 1).logits
+                except torch.OutOfMemoryError as exc:
+                    raise GenerationError(f"out of memory scoring on {self.device}") from exc
+                logp = torch.log_softmax(logits[0, :-1].float(), dim=-1)
+                picked = logp.gather(-1, ids[0, -len(target):, None])
+                scores.append(float(picked.sum()))
+        return scores
+
+    def _end_ids(self) -> list[int]:
+        """Token ids that end a one-line answer: any token holding a new line, and EOS."""
+        if not hasattr(self, "_ends"):
+            ends = {i for t, i in self.tokenizer.get_vocab().items() if "\n" in t or "Ċ" in t}
+            if self.tokenizer.eos_token_id is not None:
+                ends.add(self.tokenizer.eos_token_id)
+            self._ends = sorted(ends)
+        return self._ends
 
     def _stream(self, prompt: str, *, max_new_tokens: int, temperature: float,
-                stop: Sequence[str]) -> Reply:
+                stop: Sequence[str], allowed=None) -> Reply:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -337,6 +409,9 @@ class TransformersGenerator:
             stopping_criteria=StoppingCriteriaList([_Stop()]),
             pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
         )
+        if allowed is not None:
+            prompt_len = stats.prompt_tokens
+            kwargs["prefix_allowed_tokens_fn"] = lambda _b, ids: allowed(ids[prompt_len:].tolist())
         if temperature > 0:
             kwargs.update(do_sample=True, temperature=temperature)
         else:

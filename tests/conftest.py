@@ -103,8 +103,16 @@ class FakeGenerator:
     def prompt_tokens(self, messages) -> int:
         return sum(self.count_tokens(m["content"]) + 4 for m in messages)
 
-    def complete(self, text, *, max_new_tokens=32, temperature=0.0, stop=()) -> Reply:
-        """Continue a raw prompt (base-model style); recorded like a one-message chat."""
+    def complete(self, text, *, max_new_tokens=32, temperature=0.0, stop=(), within=None) -> Reply:
+        """Continue a raw prompt (base-model style); recorded like a one-message chat. With
+        ``within`` (copy a span), the reply is the first three words of ``within``."""
+        if within is not None:
+            scripted, self.fragments = self.fragments, [" ".join(within.split()[:3])]
+            try:
+                return self.generate([{"role": "user", "content": text}],
+                                     max_new_tokens=max_new_tokens)
+            finally:
+                self.fragments = scripted
         return self.generate([{"role": "user", "content": text}], max_new_tokens=max_new_tokens)
 
     def generate(self, messages, *, max_new_tokens=256, temperature=0.0, stop=()) -> Reply:
@@ -116,10 +124,12 @@ class FakeGenerator:
         stop_event = threading.Event()
         started = time.perf_counter()
 
+        script = list(self.fragments)
+
         def fragments():
             if self.gate is not None:
                 self.gate.wait(10)
-            for fragment in self.fragments[:max_new_tokens]:
+            for fragment in script[:max_new_tokens]:
                 if cancel.is_set() or stop_event.is_set():
                     break
                 if self.delay:

@@ -94,7 +94,7 @@ def test_base_model_answers_with_an_aligned_span(tmp_path, retriever):
     turn = m.ask("Which NFL team won Super Bowl 50?")
     text = "".join(turn)
     prompt = gen.calls[0][0]["content"]
-    assert prompt.count("Context: ") == 4 and prompt.endswith(
+    assert prompt.count("Context: ") == 8 and prompt.endswith(
         "Question: Which NFL team won Super Bowl 50?\nAnswer:")
     assert " ".join(turn.hits[0].passage.text.split()) in prompt  # the top passage is read
     assert turn.short_answer == "the Denver Broncos"  # as the passage has it
@@ -102,3 +102,23 @@ def test_base_model_answers_with_an_aligned_span(tmp_path, retriever):
     assert len(turn.sources()) == 3  # every retrieved passage is listed
     row = m.history.turns(turn.conversation_id)[0]
     assert row["answer"] == text and row["status"] == "complete"
+
+
+def test_answer_not_in_the_passage_is_read_again_as_a_copied_span(tmp_path, retriever):
+    gen = FakeGenerator([" Dan", " Fouts", "\n"], chat=False)  # a name from the examples
+    m = manager(tmp_path, retriever, gen)
+    turn = m.ask("Which NFL team won Super Bowl 50?")
+    text = "".join(turn)
+    assert len(gen.calls) == 2 and gen.calls[1] == gen.calls[0]  # same prompt, read again
+    top = " ".join(turn.hits[0].passage.text.split())
+    assert turn.short_answer and turn.short_answer in top and "Fouts" not in text
+    assert turn.cited() == [1]
+    assert m.history.turns(turn.conversation_id)[0]["answer"] == text
+
+
+def test_answer_found_in_the_passage_is_read_once(tmp_path, retriever):
+    gen = FakeGenerator([" Denver", " Broncos", "\n"], chat=False)
+    m = manager(tmp_path, retriever, gen)
+    turn = m.ask("Which NFL team won Super Bowl 50?")
+    "".join(turn)
+    assert len(gen.calls) == 1 and turn.short_answer == "Denver Broncos"

@@ -1,7 +1,8 @@
 import pytest
 
 from assistant.attribution import best_source
-from assistant.generation import StopStrings
+from assistant.extractive import extractive_prompt
+from assistant.generation import StopStrings, copy_constraint
 from assistant.prompts import build_prompt
 
 
@@ -51,3 +52,23 @@ def test_real_model_can_be_cancelled_and_stopped(real_generator):
     stopped = real_generator.generate(listing, max_new_tokens=200, stop=[","])
     text = stopped.text()
     assert "," not in text and not stopped.stats.cancelled and stopped.stats.new_tokens < 30
+
+
+def test_copy_constraint_follows_runs_of_the_span():
+    allowed = copy_constraint([5, 6, 7, 5, 8], end_ids=[0])
+    assert allowed([]) == [5, 6, 7, 8]  # any token of the span starts an answer
+    assert allowed([5]) == [0, 6, 8]  # what follows either 5, or the end
+    assert allowed([5, 6]) == [0, 7]
+    assert allowed([7, 5, 8]) == [0]  # the span's last token: only the end
+    assert allowed([6, 5]) == [0]  # not a run of the span: nothing but the end
+
+
+@pytest.mark.slow
+def test_real_model_copies_a_span_when_constrained(real_generator, squad_passages):
+    passage = " ".join(squad_passages[0]["text"].split())
+    prompt = extractive_prompt("What is the capital of France?", passage)
+    free = "".join(real_generator.complete(prompt, max_new_tokens=12, stop=["\n"])).strip()
+    copied = "".join(real_generator.complete(prompt, max_new_tokens=12, stop=["\n"],
+                                             within=passage)).strip()
+    assert "Paris" in free  # what the model knows, not what the passage says
+    assert copied and copied in passage
