@@ -470,13 +470,28 @@ def _table(rows: list[dict], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    def cell(key: str, value) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float) and value < 1.0001 and "ms" not in key and "_s" not in key:
+            return f"{value:.3f}"
+        return str(value)
+
     table = Table(title=title, title_justify="left")
-    for column in rows[0]:
-        table.add_column(column, justify="left" if column == "mode" else "right")
-    for row in rows:
-        table.add_row(*("-" if v is None else f"{v:.3f}" if isinstance(v, float) and v < 1.0001
-                        and "ms" not in k and "_s" not in k else str(v) for k, v in row.items()))
-    Console().print(table)
+    if len(rows) == 1 and len(rows[0]) > 8:  # one wide result (answers): a metric per line
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in rows[0].items():
+            table.add_row(key, cell(key, value))
+    else:
+        for column in rows[0]:
+            table.add_column(column, justify="left" if column == "mode" else "right")
+        for row in rows:
+            table.add_row(*(cell(k, v) for k, v in row.items()))
+    console = Console()
+    if not console.is_terminal:  # a file or a pipe: never cut columns to 80 characters
+        console = Console(width=200)
+    console.print(table)
 
 
 def _bar(total: int, label: str):
@@ -597,7 +612,7 @@ def eval_command(ctx, beir_dir, split, squad_dir, questions_name, own, modes, al
             if not as_json:
                 _table([{"model": Path(settings.generator_model).name, **summary}],
                        f"{squad_dir.name} answers ({settings.retrieval_mode} retrieval, "
-                       f"top {settings.top_k})")
+                       f"top {settings.top_k}, generator reranks top {settings.rerank_k})")
     if own:
         from index.store import Store
 
