@@ -610,9 +610,11 @@ def eval_command(ctx, beir_dir, split, squad_dir, questions_name, own, modes, al
             out["squad_qa"] = {"model": settings.generator_model, "mode": settings.retrieval_mode,
                                **summary, "examples": [r.__dict__ for r in results[:20]]}
             if not as_json:
+                reranked = (f"generator reranks top {settings.rerank_k}"
+                            if settings.rerank_k > 1 else "no reranking")
                 _table([{"model": Path(settings.generator_model).name, **summary}],
                        f"{squad_dir.name} answers ({settings.retrieval_mode} retrieval, "
-                       f"top {settings.top_k}, generator reranks top {settings.rerank_k})")
+                       f"top {settings.top_k}, {reranked})")
     if own:
         from index.store import Store
 

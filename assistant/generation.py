@@ -349,7 +349,7 @@ class TransformersGenerator:
         so the cost is one prompt prefill per prefix.
 
         Raises:
-            GenerationError: out of memory, or the model fails.
+            GenerationError: out of memory.
         """
         import torch
 
