@@ -107,7 +107,7 @@ def build_manager(settings: Settings, *, say=None, embedder=None, generator=None
         mode=settings.retrieval_mode, context_tokens=settings.context_tokens,
         history_tokens=settings.history_tokens, max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature, prompt_style=settings.prompt_style,
-        rerank_k=settings.rerank_k,
+        rerank_k=settings.rerank_k, read_k=settings.read_k,
     )
 
 

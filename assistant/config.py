@@ -82,6 +82,11 @@ class Settings:
     """The top passages re-ordered by the generator's likelihood of the question after each
     (query-likelihood reranking, one prompt prefill per passage); 0 turns it off."""
 
+    read_k: int = 3
+    """Extractive answers (base models): how many of the reranked top passages may be read;
+    the answer kept has the best reranked score plus answer confidence. 1 reads only the top
+    passage (fastest)."""
+
     chunk_tokens: int = 200
     """Passage size budget in embedder tokens (MiniLM reads at most 256)."""
 
@@ -176,6 +181,8 @@ class Settings:
             raise ConfigError("fusion_alpha must be between 0 and 1")
         if self.rerank_k < 0:
             raise ConfigError("rerank_k must be 0 (off) or more")
+        if self.read_k < 1:
+            raise ConfigError("read_k must be at least 1")
         if self.top_k < 1:
             raise ConfigError("top_k must be at least 1")
         if not 0 <= self.chunk_overlap < self.chunk_tokens:

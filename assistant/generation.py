@@ -41,6 +41,9 @@ class GenerationStats:
             (time to first token, prompt processing included).
         total_s: seconds from the call until generation ended.
         cancelled: True when stopped by :meth:`Reply.cancel` (not by a stop string).
+        logprob: natural-log probability of the generated tokens, summed (the token that
+            ended a one-line answer included), from the distribution each was chosen from;
+            None until generation ends.
     """
 
     prompt_tokens: int = 0
@@ -48,6 +51,14 @@ class GenerationStats:
     first_token_s: float | None = None
     total_s: float = 0.0
     cancelled: bool = False
+    logprob: float | None = None
+
+    @property
+    def mean_logprob(self) -> float | None:
+        """``logprob`` per generated token (<= 0; 0 means certain): the answer's confidence."""
+        if self.logprob is None or not self.new_tokens:
+            return None
+        return self.logprob / self.new_tokens
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -382,7 +393,8 @@ class TransformersGenerator:
     def _stream(self, prompt: str, *, max_new_tokens: int, temperature: float,
                 stop: Sequence[str], allowed=None) -> Reply:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import (LogitsProcessor, LogitsProcessorList, StoppingCriteria,
+                                  StoppingCriteriaList, TextIteratorStreamer)
 
         started = time.perf_counter()
         inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
@@ -397,6 +409,24 @@ class TransformersGenerator:
                 return torch.full((input_ids.shape[0],), done, dtype=torch.bool,
                                   device=input_ids.device)
 
+        class _TokenLogprobs(LogitsProcessor):
+            """Keeps the log-softmax of the last step, and adds the chosen token's value."""
+
+            def __init__(self):
+                self.last, self.total = None, 0.0
+
+            def add(self, token: int) -> None:
+                if self.last is not None:
+                    self.total += float(self.last[token])
+
+            def __call__(self, input_ids, scores):
+                if self.last is not None:
+                    self.add(int(input_ids[0, -1]))
+                self.last = torch.log_softmax(scores[0].float(), dim=-1)
+                return scores
+
+        logprobs = _TokenLogprobs()
+
         class _CountingStreamer(TextIteratorStreamer):
             def put(self, value):
                 if not self.next_tokens_are_prompt:
@@ -407,8 +437,11 @@ class TransformersGenerator:
         kwargs = dict(
             **inputs, streamer=streamer, max_new_tokens=max_new_tokens,
             stopping_criteria=StoppingCriteriaList([_Stop()]),
+            logits_processor=LogitsProcessorList([logprobs]),
             pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
         )
+        if "\n" in stop:  # end exactly at the new line (no token decoded past it)
+            kwargs["eos_token_id"] = self._end_ids()
         if allowed is not None:
             prompt_len = stats.prompt_tokens
             kwargs["prefix_allowed_tokens_fn"] = lambda _b, ids: allowed(ids[prompt_len:].tolist())
@@ -421,7 +454,10 @@ class TransformersGenerator:
         def run() -> None:
             with self._lock, torch.inference_mode():
                 try:
-                    self.model.generate(**kwargs)
+                    out = self.model.generate(**kwargs)
+                    if out.shape[1] > stats.prompt_tokens:
+                        logprobs.add(int(out[0, -1]))
+                        stats.logprob = logprobs.total
                 except BaseException as exc:  # reported to the reader of the stream
                     failure.append(exc)
                     streamer.end()

@@ -122,3 +122,54 @@ def test_answer_found_in_the_passage_is_read_once(tmp_path, retriever):
     turn = m.ask("Which NFL team won Super Bowl 50?")
     "".join(turn)
     assert len(gen.calls) == 1 and turn.short_answer == "Denver Broncos"
+
+
+class ScoringFake(FakeGenerator):
+    """A base model that also reranks: ``score`` gives the passages likelihoods 0, -1, -2 in
+    retrieval order (so reranking keeps that order), and each reading answers with the first
+    two words of the passage it reads, with the mean token log-probability ``confidence[n]``
+    for the n-th passage read (0-based, in the order read)."""
+
+    def __init__(self, confidence):
+        super().__init__(chat=False)
+        self.confidence = list(confidence)
+        self.read = []
+
+    def score(self, prefixes, continuation):
+        return [-float(i) for i in range(len(prefixes))]
+
+    def complete(self, text, *, max_new_tokens=32, temperature=0.0, stop=(), within=None):
+        context = text.rsplit("Context: ", 1)[1].split("\nQuestion:")[0]
+        self.fragments = [" " + " ".join(context.split()[:2]), "\n"]
+        reply = super().complete(text, max_new_tokens=max_new_tokens, within=within)
+        self.read.append(context)
+        reply.stats.logprob = self.confidence[len(self.read) - 1] * len(self.fragments)
+        return reply
+
+
+def test_a_confident_answer_from_the_second_passage_beats_an_unsure_first(tmp_path, retriever):
+    # reranked scores: 1 + 2*1 = 3 for the top passage, r2 + 1 (r2 in [0, 1]) for the second
+    gen = ScoringFake(confidence=[-1.5, -0.01, -0.01])  # top answer: 3 - 3 = 0; second ~ 1 + r2
+    m = DialogueManager(retriever=retriever, generator=gen, history=History(tmp_path / "h.db"),
+                        top_k=3, rerank_k=3, read_k=3)
+    turn = m.ask("Which NFL team won Super Bowl 50?")
+    text = "".join(turn)
+    second = " ".join(turn.hits[1].passage.text.split())
+    assert gen.read[1] == second and turn.short_answer == " ".join(second.split()[:2])
+    assert turn.cited() == [2] and text.startswith(f"**{turn.short_answer}** [2]")
+    # the third passage's score (<= 1) cannot beat the second answer's value: never read
+    assert len(gen.read) == 2
+    assert turn.timings()["first_token_s"] == pytest.approx(turn.answer_ready_s, abs=1e-3)
+    stored = m.history.turns(turn.conversation_id)[0]
+    assert stored["answer"] == text and [s["cited"] for s in stored["sources"]] == [0, 1, 0]
+
+
+def test_a_confident_top_answer_is_the_only_reading(tmp_path, retriever):
+    gen = ScoringFake(confidence=[-0.1, -0.0, -0.0])  # 3 - 0.2 beats any other score (<= 2)
+    m = DialogueManager(retriever=retriever, generator=gen, history=History(tmp_path / "h.db"),
+                        top_k=3, rerank_k=3, read_k=3)
+    turn = m.ask("Which NFL team won Super Bowl 50?")
+    "".join(turn)
+    assert len(gen.read) == 1 and turn.cited() == [1]
+    assert DialogueManager(retriever=retriever, generator=gen, history=m.history,
+                           rerank_k=0).ask("Who won?").read_k == 1  # no reranking: top only
