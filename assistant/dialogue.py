@@ -17,7 +17,8 @@ from index.retrieval import Hit, SearchResult
 from .attribution import CITATION, CitationShaper
 from .generation import GenerationError, GenerationStats, Generator, Reply
 from .history import History, SourceRecord
-from .extractive import ExtractiveAnswer, example_questions, extractive_prompt, finish
+from .extractive import (ExtractiveAnswer, example_questions, extractive_prefix,
+                         extractive_prompt, finish)
 from .prompts import Prompt, build_prompt
 from .rerank import answer_value, rerank
 
@@ -360,10 +361,13 @@ class DialogueManager:
         options = dict(max_new_tokens=min(self.max_new_tokens, 48), temperature=self.temperature,
                        stop=("\n",))
 
+        prefix = extractive_prefix()
+
         def read(i: int, copy: bool) -> Reply:
             passage = hits[i].passage.text
             return self.generator.complete(extractive_prompt(question, passage),
-                                           within=passage if copy else None, **options)
+                                           within=passage if copy else None,
+                                           shared_prefix=prefix, **options)
 
         text = extractive_prompt(question, hits[0].passage.text)
         reply = read(0, False)

@@ -35,6 +35,14 @@ def extractive_prompt(question: str, context: str, template: str | None = None) 
                                                                         question.strip())
 
 
+def extractive_prefix(template: str | None = None) -> str:
+    """The part of every extractive prompt before the passage (the worked examples): the same
+    for every question, so a generator can keep its key/value cache
+    (``complete(shared_prefix=...)``)."""
+    text = template if template is not None else load_template(TEMPLATE)
+    return text[: text.index("Context: {context}")] if "Context: {context}" in text else ""
+
+
 def align_span(answer: str, passage: str, *, min_f1: float = 0.5) -> str:
     """The passage's own words for ``answer``: the span of the passage with the best token F1
     against the answer (spans up to the answer's length + 3 words); the answer as is when it

@@ -7,6 +7,7 @@ lazily, so ``assistant --help`` and the TUI's first frame do not wait for them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import threading
 import time
@@ -336,7 +337,8 @@ class TransformersGenerator:
                             temperature=temperature, stop=stop)
 
     def complete(self, text: str, *, max_new_tokens: int = 32, temperature: float = 0.0,
-                 stop: Sequence[str] = (), within: str | None = None) -> Reply:
+                 stop: Sequence[str] = (), within: str | None = None,
+                 shared_prefix: str = "") -> Reply:
         """Continue ``text`` as is (no chat template; a base model's few-shot prompt), with
         the same streaming, stopping and cancelling as :meth:`generate`.
 
@@ -344,14 +346,34 @@ class TransformersGenerator:
         contiguous run of ``within``'s tokens (tokenised after a space, as it follows
         ``Answer:``), or end the answer with a new line or end-of-sequence token. The answer is
         then a span of ``within`` (or empty).
+
+        ``shared_prefix``: a leading part of ``text`` that many calls share (a template's
+        worked examples). Its key/value cache is computed once, kept (the latest prefix only)
+        and copied into each call, so only the rest of the prompt is prefilled; the output is
+        the same. Ignored when ``text`` does not start with it or it does not tokenise as a
+        prefix of ``text``.
         """
         allowed = None
         if within is not None:
             span_ids = self.tokenizer(" " + " ".join(within.split()),
                                       add_special_tokens=False)["input_ids"]
             allowed = copy_constraint(span_ids, self._end_ids())
+        prefix = self._bos() + shared_prefix if shared_prefix and text.startswith(
+            shared_prefix) else None
         return self._stream(self._bos() + text, max_new_tokens=max_new_tokens,
-                            temperature=temperature, stop=stop, allowed=allowed)
+                            temperature=temperature, stop=stop, allowed=allowed, prefix=prefix)
+
+    def _prefix_cache(self, prefix_ids: list[int]):
+        """The model's key/value cache after ``prefix_ids`` (computed on first use, then
+        kept for the latest prefix); callers copy it. Call with ``self._lock`` held."""
+        import torch
+
+        key = tuple(prefix_ids)
+        if getattr(self, "_cached_prefix", (None,))[0] != key:
+            ids = torch.tensor([prefix_ids], device=self.device)
+            cache = self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+            self._cached_prefix = (key, cache)
+        return self._cached_prefix[1]
 
     def score(self, prefixes: Sequence[str], continuation: str) -> list[float]:
         """Log-likelihood (natural log, summed over tokens) of ``continuation`` after each of
@@ -391,7 +413,7 @@ class TransformersGenerator:
         return self._ends
 
     def _stream(self, prompt: str, *, max_new_tokens: int, temperature: float,
-                stop: Sequence[str], allowed=None) -> Reply:
+                stop: Sequence[str], allowed=None, prefix: str | None = None) -> Reply:
         import torch
         from transformers import (LogitsProcessor, LogitsProcessorList, StoppingCriteria,
                                   StoppingCriteriaList, TextIteratorStreamer)
@@ -400,6 +422,12 @@ class TransformersGenerator:
         inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         stats = GenerationStats(prompt_tokens=int(inputs["input_ids"].shape[1]))
+        prefix_ids = None
+        if prefix:
+            prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+            if (len(prefix_ids) >= stats.prompt_tokens
+                    or inputs["input_ids"][0, :len(prefix_ids)].tolist() != prefix_ids):
+                prefix_ids = None  # tokenised differently inside the prompt: no reuse
         cancel = threading.Event()
         stop_now = threading.Event()  # cancel, or a stop string seen
 
@@ -454,6 +482,8 @@ class TransformersGenerator:
         def run() -> None:
             with self._lock, torch.inference_mode():
                 try:
+                    if prefix_ids:
+                        kwargs["past_key_values"] = copy.deepcopy(self._prefix_cache(prefix_ids))
                     out = self.model.generate(**kwargs)
                     if out.shape[1] > stats.prompt_tokens:
                         logprobs.add(int(out[0, -1]))

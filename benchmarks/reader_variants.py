@@ -31,14 +31,18 @@ from assistant.prompts import load_template
 BENCH = Path(__file__).resolve().parents[1].parent / "shared/bench/squad"
 
 
-def read(question: str, passage: str, template: str, generator, fallback: bool) -> str:
-    """The aligned answer span for one question over one passage."""
+def read(question: str, passage: str, template: str, generator, fallback: bool, *,
+         max_new_tokens: int = 24) -> tuple[str, float | None]:
+    """The aligned answer span for one question over one passage, and the free reading's mean
+    token log-probability (the confidence ``assistant ask`` weighs answers by)."""
     prompt = extractive_prompt(question, passage, template)
-    done = finish("".join(generator.complete(prompt, max_new_tokens=24, stop=["\n"])), passage)
+    free = generator.complete(prompt, max_new_tokens=max_new_tokens, stop=["\n"])
+    done = finish("".join(free), passage)
     if fallback and not done.supported:
-        copied = generator.complete(prompt, max_new_tokens=24, stop=["\n"], within=passage)
+        copied = generator.complete(prompt, max_new_tokens=max_new_tokens, stop=["\n"],
+                                    within=passage)
         done = finish("".join(copied), passage)
-    return done.span
+    return done.span, free.stats.mean_logprob
 
 
 def main() -> None:
@@ -74,7 +78,7 @@ def main() -> None:
         em = f1 = 0.0
         for q in sample:
             passage = " ".join(corpus[q["gold_passage"]].split())
-            span = read(q["question"], passage, template, generator, not args.no_fallback)
+            span, _ = read(q["question"], passage, template, generator, not args.no_fallback)
             em += exact_match(span, q["answers"])
             f1 += token_f1(span, q["answers"])
         n = len(sample)

@@ -96,6 +96,7 @@ class FakeGenerator:
         self.context_window = 4096
         self.has_chat_template = chat
         self.calls: list[list[dict]] = []
+        self.prefixes: list[str] = []
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
@@ -103,9 +104,12 @@ class FakeGenerator:
     def prompt_tokens(self, messages) -> int:
         return sum(self.count_tokens(m["content"]) + 4 for m in messages)
 
-    def complete(self, text, *, max_new_tokens=32, temperature=0.0, stop=(), within=None) -> Reply:
+    def complete(self, text, *, max_new_tokens=32, temperature=0.0, stop=(), within=None,
+                 shared_prefix="") -> Reply:
         """Continue a raw prompt (base-model style); recorded like a one-message chat. With
-        ``within`` (copy a span), the reply is the first three words of ``within``."""
+        ``within`` (copy a span), the reply is the first three words of ``within``.
+        ``shared_prefix`` is recorded in ``prefixes``."""
+        self.prefixes.append(shared_prefix)
         if within is not None:
             scripted, self.fragments = self.fragments, [" ".join(within.split()[:3])]
             try:

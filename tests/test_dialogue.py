@@ -94,9 +94,11 @@ def test_base_model_answers_with_an_aligned_span(tmp_path, retriever):
     turn = m.ask("Which NFL team won Super Bowl 50?")
     text = "".join(turn)
     prompt = gen.calls[0][0]["content"]
-    assert prompt.count("Context: ") == 8 and prompt.endswith(
+    assert prompt.count("Context: ") == 11 and prompt.endswith(
         "Question: Which NFL team won Super Bowl 50?\nAnswer:")
     assert " ".join(turn.hits[0].passage.text.split()) in prompt  # the top passage is read
+    head = gen.prefixes[0]  # the worked examples, the same for every question: cached
+    assert prompt.startswith(head) and head.count("Context: ") == 10
     assert turn.short_answer == "the Denver Broncos"  # as the passage has it
     assert text.startswith("**the Denver Broncos** [1]\n\n> ") and turn.cited() == [1]
     assert len(turn.sources()) == 3  # every retrieved passage is listed
@@ -138,7 +140,8 @@ class ScoringFake(FakeGenerator):
     def score(self, prefixes, continuation):
         return [-float(i) for i in range(len(prefixes))]
 
-    def complete(self, text, *, max_new_tokens=32, temperature=0.0, stop=(), within=None):
+    def complete(self, text, *, max_new_tokens=32, temperature=0.0, stop=(), within=None,
+                 shared_prefix=""):
         context = text.rsplit("Context: ", 1)[1].split("\nQuestion:")[0]
         self.fragments = [" " + " ".join(context.split()[:2]), "\n"]
         reply = super().complete(text, max_new_tokens=max_new_tokens, within=within)

@@ -8,9 +8,9 @@ PASSAGE = ("The league narrowed the bids to three sites: New Orleans' Mercedes-B
 
 def test_prompt_has_examples_then_the_question():
     prompt = extractive_prompt("When was the game played?", PASSAGE)
-    assert prompt.count("Context: ") == 8 and prompt.endswith("Question: When was the game played?\nAnswer:")
+    assert prompt.count("Context: ") == 11 and prompt.endswith("Question: When was the game played?\nAnswer:")
     assert "Bay Area's Levi's Stadium. The game" in prompt  # line breaks collapsed
-    assert len(example_questions()) == 7
+    assert len(example_questions()) == 10
     assert all(q in prompt for q in example_questions())
 
 

@@ -71,4 +71,63 @@ def test_real_model_copies_a_span_when_constrained(real_generator, squad_passage
     copied = "".join(real_generator.complete(prompt, max_new_tokens=12, stop=["\n"],
                                              within=passage)).strip()
     assert "Paris" in free  # what the model knows, not what the passage says
+    from assistant.extractive import extractive_prefix  # the examples' cache changes nothing
+
+    assert "".join(real_generator.complete(prompt, max_new_tokens=12, stop=["\n"],
+                                           shared_prefix=extractive_prefix())).strip() == free
     assert copied and copied in passage
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma(tmp_path_factory):
+    """A two-layer Gemma 3 built from a config with random weights (one sliding-window layer,
+    window 4 tokens, so prompts cross it) and a byte-level BPE tokenizer trained on the
+    extractive template: the architecture of the embedded default in a few hundred kB."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+
+    from assistant.prompts import load_template
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([load_template("extractive.txt")] * 3, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>", "<eos>", "<bos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>",
+                                        eos_token="<eos>", pad_token="<pad>")
+    config = Gemma3TextConfig(
+        vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+        sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=1024, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-gemma")
+    Gemma3ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    from assistant.generation import TransformersGenerator
+
+    return TransformersGenerator("tiny-gemma", str(folder), device="cpu")
+
+
+def test_a_shared_prefix_is_cached_and_changes_nothing(tiny_gemma):
+    from assistant.extractive import extractive_prefix
+
+    head = extractive_prefix()
+    assert head.count("Context: ") == 10 and head.endswith("\n\n")
+    outputs = []
+    for question in ("Who won Super Bowl 50?", "Where was it played?"):
+        prompt = extractive_prompt(question, "Denver beat Carolina in Santa Clara.")
+        plain = tiny_gemma.complete(prompt, max_new_tokens=6)
+        text = plain.text()
+        cached = tiny_gemma.complete(prompt, max_new_tokens=6, shared_prefix=head)
+        assert cached.text() == text and cached.stats.new_tokens == plain.stats.new_tokens
+        assert cached.stats.logprob == pytest.approx(plain.stats.logprob, abs=1e-4)
+        assert cached.stats.logprob < 0 and cached.stats.mean_logprob <= 0
+        outputs.append(text)
+    key, _ = tiny_gemma._cached_prefix  # computed once, for the prompt's own tokens of `head`
+    assert list(key) == tiny_gemma.tokenizer("<bos>" + head, add_special_tokens=False)["input_ids"]
+    # a prefix the prompt does not start with is ignored
+    other = tiny_gemma.complete(prompt, max_new_tokens=6, shared_prefix="Nothing like it")
+    assert other.text() == outputs[-1]
