@@ -612,6 +612,8 @@ def eval_command(ctx, beir_dir, split, squad_dir, questions_name, own, modes, al
             if not as_json:
                 reranked = (f"generator reranks top {settings.rerank_k}"
                             if settings.rerank_k > 1 else "no reranking")
+                if manager.prompt_style == "extractive" and manager.reranks and settings.read_k > 1:
+                    reranked += f", reads up to {min(settings.read_k, settings.rerank_k)}"
                 _table([{"model": Path(settings.generator_model).name, **summary}],
                        f"{squad_dir.name} answers ({settings.retrieval_mode} retrieval, "
                        f"top {settings.top_k}, {reranked})")
