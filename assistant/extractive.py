@@ -63,7 +63,22 @@ def align_span(answer: str, passage: str, *, min_f1: float = 0.5) -> str:
             f1 = token_f1(span, [answer])
             if f1 > best_f1 or (f1 == best_f1 and best is not answer and len(span) < len(best)):
                 best, best_f1 = span, f1
-    return best
+    return best if best is answer else _close_brackets(best)
+
+
+def _close_brackets(span: str) -> str:
+    """A span cut inside a parenthesis ends before it ("by a manager (see section" -> "by a
+    manager"); one starting inside it begins after it. Keeps the whole span when that would
+    leave nothing."""
+    for left, right in (("(", ")"), ("[", "]")):
+        if span.count(left) > span.count(right):
+            cut = _trim(span[:span.rindex(left)])
+        elif span.count(right) > span.count(left):
+            cut = _trim(span[span.index(right) + 1:])
+        else:
+            continue
+        span = cut or span
+    return span
 
 
 def _trim(span: str) -> str:

@@ -36,3 +36,13 @@ def test_markup_in_a_passage_is_escaped():
     assert "\\*" in done.text and "\\[3\\]" in done.text
     from assistant.dialogue import cited_numbers
     assert cited_numbers(done.text) == [1]  # the passage's "[3]" is not a citation
+
+
+def test_an_aligned_span_does_not_stop_inside_a_parenthesis():
+    passage = ('The "with" statement is used to wrap the execution of a block with methods '
+               "defined by a context manager (see section With Statement Context Managers).")
+    # the model's own words; the best-overlap span ends inside the parenthesis
+    span = align_span("the with statement is executed by the context manager.", passage)
+    assert span == "by a context manager"
+    # a span inside the parenthesis loses only the bracket at its edge
+    assert align_span("see the section With Statement", passage) == "see section With Statement"
