@@ -331,8 +331,7 @@ class DialogueManager:
                 hits, ms = rerank(question, result.hits, self.generator, k=self.rerank_k)
                 result = SearchResult(hits, result.milliseconds + ms)
             if self.prompt_style == "extractive":
-                return self._ask_extractive(conversation_id, turn_id, question, query, result,
-                                            reranked=self.reranks)
+                return self._ask_extractive(conversation_id, turn_id, question, query, result)
             prompt = build_prompt(
                 question, [h.passage for h in result.hits], counter=self.generator,
                 budget_tokens=self.budget_tokens, history=earlier,
@@ -354,7 +353,7 @@ class DialogueManager:
         return self.rerank_k > 1 and hasattr(self.generator, "score")
 
     def _ask_extractive(self, conversation_id: str, turn_id: int, question: str, query: str,
-                        result, *, reranked: bool) -> Turn:
+                        result) -> Turn:
         hits = list(result.hits)
         if not hits:
             raise RuntimeError("no passage matches the question")
@@ -375,4 +374,4 @@ class DialogueManager:
                         tokens=reply.stats.prompt_tokens)
         return Turn(conversation_id, turn_id, question, query, hits, result.milliseconds,
                     prompt, reply, self.generator.name, self.history, extractive=True,
-                    read=read, read_k=min(self.read_k, self.rerank_k) if reranked else 1)
+                    read=read, read_k=min(self.read_k, self.rerank_k) if self.reranks else 1)

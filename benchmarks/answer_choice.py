@@ -17,22 +17,17 @@ the weight is not chosen on the reported questions.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from pathlib import Path
 
-from assistant.cli import _bench_index, load_embedder
+import common
 from assistant.config import Settings
 from assistant.evaluate import doc_id_of, sample
 from assistant.extractive import example_questions
-from assistant.generation import TransformersGenerator
 from assistant.metrics import exact_match, token_f1
-from assistant.models import generator_path
 from assistant.prompts import load_template
 from assistant.rerank import answer_value, rerank
 from reader_variants import read
-
-BENCH = Path(__file__).resolve().parents[1].parent / "shared/bench/squad"
 WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 
@@ -46,15 +41,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=300)
     parser.add_argument("--seed", type=int, default=21)
-    parser.add_argument("--bench", type=Path, default=BENCH)
+    parser.add_argument("--bench", type=Path, default=common.BENCH)
     args = parser.parse_args()
     settings = Settings.load()
-    retriever, _ = _bench_index(settings, args.bench, load_embedder(settings))
-    generator = TransformersGenerator(settings.generator_model, generator_path(
-        settings.generator_model, Path(settings.data_dir) / "models"), device="cpu")
+    retriever = common.retriever(settings, args.bench)
+    generator = common.generator(settings)
     template = load_template("extractive.txt")
-    questions = [json.loads(line) for line in
-                 (args.bench / "questions.dev.jsonl").read_text(encoding="utf-8").splitlines()]
+    questions = common.questions(args.bench)
     skip = set(example_questions(template))
     pool = [q for q in questions if q["question"] not in skip]
     reported = {q["question"] for q in sample(pool, 300, 0)}  # what `assistant eval` reports

@@ -9,34 +9,25 @@ the same answers.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 from pathlib import Path
 
+import common
 from assistant.config import Settings
 from assistant.extractive import extractive_prefix, extractive_prompt
-from assistant.generation import TransformersGenerator
-from assistant.models import generator_path
-
-BENCH = Path(__file__).resolve().parents[1].parent / "shared/bench/squad"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=30)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--bench", type=Path, default=BENCH)
+    parser.add_argument("--bench", type=Path, default=common.BENCH)
     args = parser.parse_args()
     settings = Settings.load()
-    generator = TransformersGenerator(settings.generator_model, generator_path(
-        settings.generator_model, Path(settings.data_dir) / "models"), device=args.device)
-    corpus = {}
-    for line in (args.bench / "corpus.jsonl").read_text(encoding="utf-8").splitlines():
-        doc = json.loads(line)
-        corpus[doc["_id"]] = doc["text"]
-    questions = [json.loads(line) for line in
-                 (args.bench / "questions.dev.jsonl").read_text(encoding="utf-8").splitlines()]
+    generator = common.generator(settings, device=args.device)
+    corpus = common.corpus(args.bench)
+    questions = common.questions(args.bench)
     head = extractive_prefix()
     generator.complete(extractive_prompt("Warm-up?", "Warm-up."), max_new_tokens=1,
                        shared_prefix=head).text()  # builds the cache once, outside the timing

@@ -16,19 +16,15 @@ so every template is scored on the same questions.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from pathlib import Path
 
+import common
 from assistant.config import Settings
 from assistant.extractive import example_questions, extractive_prompt, finish
 from assistant.metrics import exact_match, token_f1
-from assistant.models import generator_path
-from assistant.generation import TransformersGenerator
 from assistant.prompts import load_template
-
-BENCH = Path(__file__).resolve().parents[1].parent / "shared/bench/squad"
 
 
 def read(question: str, passage: str, template: str, generator, fallback: bool, *,
@@ -53,24 +49,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--no-fallback", action="store_true")
     parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--bench", type=Path, default=BENCH)
+    parser.add_argument("--bench", type=Path, default=common.BENCH)
     args = parser.parse_args()
 
     templates = {str(p): p.read_text(encoding="utf-8").strip() for p in args.templates} or {
         "prompts/extractive.txt": load_template("extractive.txt")}
     skip = {q for t in templates.values() for q in example_questions(t)}
-    corpus = {}
-    for line in (args.bench / "corpus.jsonl").read_text(encoding="utf-8").splitlines():
-        p = json.loads(line)
-        corpus[p["_id"]] = p["text"]
-    questions = [json.loads(line) for line in
-                 (args.bench / "questions.dev.jsonl").read_text(encoding="utf-8").splitlines()]
+    corpus = common.corpus(args.bench)
+    questions = common.questions(args.bench)
     pool = random.Random(args.seed).sample(questions, args.n + len(skip) + 10)
     sample = [q for q in pool if q["question"] not in skip][: args.n]
 
     settings = Settings.load()
-    generator = TransformersGenerator(args.model, generator_path(args.model, Path(
-        settings.data_dir) / "models"), device="cpu")
+    generator = common.generator(settings, args.model)
     print(f"| template | fallback | questions | EM | token F1 | s/question |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, template in templates.items():

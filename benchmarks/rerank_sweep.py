@@ -12,18 +12,13 @@ combination is then computed with :func:`assistant.rerank.rerank` from those sco
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from pathlib import Path
 
-from assistant.cli import _bench_index, load_embedder
+import common
 from assistant.config import Settings
 from assistant.evaluate import doc_id_of
-from assistant.generation import TransformersGenerator
-from assistant.models import generator_path
 from assistant.rerank import rerank
-
-BENCH = Path(__file__).resolve().parents[1].parent / "shared/bench/squad"
 
 
 class Cached:
@@ -50,14 +45,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=300)
     parser.add_argument("--seed", type=int, default=3)
-    parser.add_argument("--bench", type=Path, default=BENCH)
+    parser.add_argument("--bench", type=Path, default=common.BENCH)
     args = parser.parse_args()
     settings = Settings.load()
-    retriever, _ = _bench_index(settings, args.bench, load_embedder(settings))
-    generator = TransformersGenerator(settings.generator_model, generator_path(
-        settings.generator_model, Path(settings.data_dir) / "models"), device="cpu")
-    questions = [json.loads(line) for line in
-                 (args.bench / "questions.dev.jsonl").read_text(encoding="utf-8").splitlines()]
+    retriever = common.retriever(settings, args.bench)
+    generator = common.generator(settings)
+    questions = common.questions(args.bench)
     sample = random.Random(args.seed).sample(questions, args.n)
     grid = [(k, w) for k in (2, 3, 5) for w in (0.5, 1.0, 2.0, 4.0, 1000.0)]
     found = {key: 0 for key in [(1, 0.0)] + grid}
