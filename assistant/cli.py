@@ -107,7 +107,8 @@ def build_manager(settings: Settings, *, say=None, embedder=None, generator=None
         mode=settings.retrieval_mode, context_tokens=settings.context_tokens,
         history_tokens=settings.history_tokens, max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature, prompt_style=settings.prompt_style,
-        rerank_k=settings.rerank_k, read_k=settings.read_k,
+        rerank_k=settings.rerank_k, read_k=settings.read_k, reader=settings.reader,
+        read_mode=settings.read_mode, abstain_threshold=settings.abstain_threshold,
     )
 
 
@@ -290,8 +291,9 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
         t = turn.timings()
         ttft = f"{t['first_token_s']:.2f} s" if t["first_token_s"] is not None else "-"
         tps = f"{t['tokens_per_s']:.1f}" if t["tokens_per_s"] else "-"
-        click.echo(f"retrieval {t['retrieval_ms']:.0f} ms · first token {ttft} · {tps} tokens/s "
-                   f"· {settings.generator_model} on {manager.generator.device} "
+        done = f" · answer in {t['answer_s']:.2f} s" if t.get("answer_s") is not None else ""
+        click.echo(f"retrieval {t['retrieval_ms']:.0f} ms · first token {ttft} · {tps} tokens/s"
+                   f"{done} · {settings.generator_model} on {manager.generator.device} "
                    f"· conversation {turn.conversation_id}", err=True)
 
 
@@ -438,9 +440,11 @@ def history_delete(ctx, conversation_id, yes) -> None:
     click.echo(f"Deleted conversation {cid}.", err=True)
 
 
-def _bench_index(settings: Settings, folder: Path, embedder):
+def _bench_index(settings: Settings, folder: Path, embedder, *,
+                 leave_out: frozenset[str] = frozenset()):
     """Index a benchmark corpus (``folder/corpus.jsonl``) once under the data dir; returns
-    ``(retriever, settings pointing at that index)``. Later runs find every file unchanged and embed nothing."""
+    ``(retriever, settings pointing at that index)``. Later runs find every file unchanged and
+    embed nothing. ``leave_out``: document ids to keep out (a separate index, named by them)."""
     import hashlib
 
     from index.store import Store
@@ -452,9 +456,13 @@ def _bench_index(settings: Settings, folder: Path, embedder):
         raise UserError(f"no corpus.jsonl in {folder}")
     key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:8]
     work = Path(settings.data_dir) / "bench" / f"{folder.name}-{key}"
+    if leave_out:
+        work = work.with_name(work.name + "-without-" + hashlib.sha1(
+            "\n".join(sorted(leave_out)).encode()).hexdigest()[:8])
     docs = work / "docs"
     try:
-        count = write_corpus(read_jsonl(corpus_file), docs)
+        count = write_corpus((d for d in read_jsonl(corpus_file) if d["_id"] not in leave_out),
+                             docs)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     index_dir = work / f"index-{Path(embedder.name).name}-{settings.chunk_tokens}-{settings.chunk_overlap}"
@@ -526,10 +534,17 @@ def _bar(total: int, label: str):
               help="Questions to answer with the generator (0: all; answering is the slow part).")
 @click.option("--no-qa", is_flag=True, help="With --squad, measure retrieval only.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--reader", "readers", default=None,
+              help="Extractive readers to compare on the same questions, comma-separated: "
+                   "blocks (passage key/value blocks), text (passages as prompt text). "
+                   "Default: the configured one.")
+@click.option("--unanswerable", type=click.FloatRange(0, 0.9), default=0.0,
+              help="Leave this fraction of the question articles out of the index (chosen "
+                   "with --seed): their questions have no answer there; report abstention.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def eval_command(ctx, beir_dir, split, squad_dir, questions_name, own, modes, alpha, limit,
-                 qa_limit, no_qa, seed, as_json) -> None:
+                 qa_limit, no_qa, seed, readers, unanswerable, as_json) -> None:
     """Measure retrieval and answers on benchmarks or on your own corpus, and print a table.
 
     Retrieval (BEIR): nDCG@10, recall@10/@100, MRR@10 per mode. QA (SQuAD): recall@1/@5 of
@@ -577,12 +592,15 @@ def eval_command(ctx, beir_dir, split, squad_dir, questions_name, own, modes, al
             _table(out["beir"]["results"], f"{beir_dir.name} ({split} judgements, "
                                             f"{len(queries)} queries)")
     if squad_dir:
-        retriever, bench = _bench_index(settings, squad_dir, embedder)
         names = [questions_name] if questions_name else sorted(
             p.name for p in squad_dir.glob("questions*.jsonl"))
         if not names or not (squad_dir / names[0]).is_file():
             raise UserError(f"no questions file in {squad_dir}")
         questions = ev.read_jsonl(squad_dir / names[0])
+        left_out = ev.left_out_articles(questions, unanswerable, seed)
+        leave = frozenset(d["_id"] for d in ev.read_jsonl(squad_dir / "corpus.jsonl")
+                          if ev.article_of(d["_id"]) in left_out) if left_out else frozenset()
+        retriever, bench = _bench_index(settings, squad_dir, embedder, leave_out=leave)
         for_retrieval = ev.sample(questions, limit, seed)
         qrels = {str(i): {q["gold_passage"]: 1} for i, q in enumerate(for_retrieval)}
         queries = [{"_id": str(i), "text": q["question"]} for i, q in enumerate(for_retrieval)]
@@ -596,27 +614,49 @@ def eval_command(ctx, beir_dir, split, squad_dir, questions_name, own, modes, al
         if not as_json:
             _table(rows, f"{squad_dir.name} retrieval ({names[0]}, {len(queries)} questions)")
         if not no_qa:
-            manager = build_manager(bench, embedder=embedder, history=_scratch_history(
-                tempfile.mkdtemp(prefix="assistant-eval-")))
-            skip = set(getattr(manager, "example_questions", ()))
+            reader_list = [r.strip() for r in (readers or settings.reader).split(",") if r.strip()]
+            if any(r not in ("blocks", "text") for r in reader_list):
+                raise UserError("--reader takes blocks, text or both (comma-separated)")
+            history = _scratch_history(tempfile.mkdtemp(prefix="assistant-eval-"))
+            managers = {}
+            generator = None
+            for name in reader_list:
+                managers[name] = build_manager(bench.replace(reader=name), embedder=embedder,
+                                               history=history, generator=generator)
+                generator = managers[name].generator
+            first = next(iter(managers.values()))
+            skip = set(getattr(first, "example_questions", ()))
             asked = ev.sample([q for q in questions if q["question"] not in skip], qa_limit, seed)
-            bar, advance = _bar(len(asked), f"{squad_dir.name} answers")
-            results = []
+            bar, advance = _bar(len(asked) * len(managers), f"{squad_dir.name} answers")
+            results: dict[str, list] = {name: [] for name in managers}
             with bar:
-                for q in asked:
-                    results.append(ev.answer_question(manager, q))
-                    advance()
-            summary = ev.qa_summary(results)
-            out["squad_qa"] = {"model": settings.generator_model, "mode": settings.retrieval_mode,
-                               **summary, "examples": [r.__dict__ for r in results[:20]]}
+                for q in asked:  # the readers take turns, so load on the machine hits both alike
+                    answerable = ev.article_of(q["gold_passage"]) not in left_out
+                    for name, manager in managers.items():
+                        results[name].append(ev.answer_question(manager, q,
+                                                                answerable=answerable))
+                        advance()
+            rows = []
+            for name, manager in managers.items():
+                summary = ev.qa_summary(results[name])
+                label = f"{Path(settings.generator_model).name}, {name} reader"
+                rows.append({"model": label, **summary})
+                out.setdefault("squad_qa", []).append({
+                    "model": settings.generator_model, "reader": name,
+                    "mode": settings.retrieval_mode, "left_out_articles": sorted(left_out),
+                    **summary, "examples": [r.__dict__ for r in results[name][:20]]})
             if not as_json:
                 reranked = (f"generator reranks top {settings.rerank_k}"
                             if settings.rerank_k > 1 else "no reranking")
-                if manager.prompt_style == "extractive" and manager.reranks and settings.read_k > 1:
+                if first.prompt_style == "extractive" and settings.rerank_k > 1 and settings.read_k > 1:
                     reranked += f", reads up to {min(settings.read_k, settings.rerank_k)}"
-                _table([{"model": Path(settings.generator_model).name, **summary}],
-                       f"{squad_dir.name} answers ({settings.retrieval_mode} retrieval, "
-                       f"top {settings.top_k}, {reranked})")
+                if left_out:
+                    reranked += (f"; {len(left_out)} question articles left out of the index: "
+                                 f"{sum(not r.answerable for r in results[reader_list[0]])} "
+                                 f"questions unanswerable")
+                for row in rows:
+                    _table([row], f"{squad_dir.name} answers ({settings.retrieval_mode} "
+                                  f"retrieval, top {settings.top_k}, {reranked})")
     if own:
         from index.store import Store
 

@@ -87,6 +87,21 @@ class Settings:
     the answer kept has the best reranked score plus answer confidence. 1 reads only the top
     passage (fastest)."""
 
+    reader: str = "blocks"
+    """Extractive answers: ``blocks`` (each passage's key/value cache computed once and shared
+    by reranking, reading and attention citations; can abstain) or ``text`` (each step
+    prefills passages as prompt text: the earlier pipeline, kept for comparison)."""
+
+    read_mode: str = "each"
+    """With ``reader = "blocks"``: ``each`` reads the reranked passages one at a time and keeps
+    the best answer; ``fused`` reads once with the question attending over the top
+    ``read_k`` passages together."""
+
+    abstain_threshold: float = 0.5
+    """With ``reader = "blocks"``: answer "I could not find this in your documents" when the
+    estimated probability that the passages hold the answer is below this; 0 never
+    abstains."""
+
     chunk_tokens: int = 200
     """Passage size budget in embedder tokens (MiniLM reads at most 256)."""
 
@@ -179,6 +194,12 @@ class Settings:
             raise ConfigError(f"prompt_style must be auto, chat or extractive, not {self.prompt_style!r}")
         if not 0 <= self.fusion_alpha <= 1:
             raise ConfigError("fusion_alpha must be between 0 and 1")
+        if self.reader not in ("blocks", "text"):
+            raise ConfigError(f"reader must be blocks or text, not {self.reader!r}")
+        if self.read_mode not in ("each", "fused"):
+            raise ConfigError(f"read_mode must be each or fused, not {self.read_mode!r}")
+        if not 0 <= self.abstain_threshold <= 1:
+            raise ConfigError("abstain_threshold must be between 0 and 1")
         if self.rerank_k < 0:
             raise ConfigError("rerank_k must be 0 (off) or more")
         if self.read_k < 1:

@@ -20,6 +20,7 @@ from .history import History, SourceRecord
 from .extractive import (ExtractiveAnswer, example_questions, extractive_prefix,
                          extractive_prompt, finish)
 from .prompts import Prompt, build_prompt
+from .reader import ExtractiveReader, Reading, question_text
 from .rerank import answer_value, rerank
 
 _FOLLOW_UP = re.compile(
@@ -81,6 +82,13 @@ class Turn:
             :meth:`_read_passages`); ``reply`` is the reading of hit 0, already started.
         answer_ready_s: for an extractive turn, seconds from the first reading's start until
             the answer was complete (all readings); its time to first token.
+        job: for a turn read over passage blocks, ``job(cancelled)`` runs the whole reading
+            (:class:`~assistant.reader.ExtractiveReader`) and returns its ``Reading``;
+            ``reading`` holds it afterwards, with the reranked hits.
+        abstained: the answer says the documents do not hold it.
+        support: per shown source, its share of the answer's attention (0..1), or empty.
+        answer_s: seconds from the question until the answer was complete (reranking and
+            every reading included).
     """
 
     conversation_id: str
@@ -101,8 +109,15 @@ class Turn:
     read: Callable[[int, bool], Reply] | None = field(default=None, repr=False)
     read_k: int = 1
     answer_ready_s: float | None = None
+    job: Callable[[Callable[[], bool]], Reading] | None = field(default=None, repr=False)
+    reading: Reading | None = field(default=None, repr=False)
+    abstained: bool = False
+    support: list[float] = field(default_factory=list)
+    answer_s: float | None = None
+    started: float = field(default_factory=time.perf_counter, repr=False)
     _answer_stats: GenerationStats | None = field(default=None, repr=False)
     _saved_at: float = 0.0
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def _read_passages(self) -> ExtractiveAnswer:
         """The extractive answer: read the top ``read_k`` passages in rank order and keep the
@@ -142,9 +157,18 @@ class Turn:
 
     def __iter__(self) -> Iterator[str]:
         try:
-            if self.reply is not None and self.extractive:
+            if self.job is not None:
+                self.reading = reading = self.job(self._cancel.is_set)
+                self.hits = reading.hits + self.hits[len(reading.hits):]
+                self.short_answer, self.answer = reading.answer.span, reading.answer.text
+                self.abstained, self.support = reading.abstained, reading.support
+                self.answer_s = time.perf_counter() - self.started
+                if self.answer:
+                    yield self.answer
+            elif self.reply is not None and self.extractive:
                 done = self._read_passages()
                 self.short_answer, self.answer = done.span, done.text
+                self.answer_s = time.perf_counter() - self.started
                 if done.text:
                     yield done.text
             elif self.reply is not None:
@@ -178,10 +202,13 @@ class Turn:
     @property
     def cancelled(self) -> bool:
         """True when generation was cancelled."""
-        return bool(self.reply and self.reply.stats.cancelled) or self.status == "cancelled"
+        return (self._cancel.is_set() or bool(self.reply and self.reply.stats.cancelled)
+                or self.status == "cancelled")
 
     def cancel(self) -> None:
-        """Stop generating; the partial answer is kept and the turn marked cancelled."""
+        """Stop generating, whichever reading is running (and start no other); the partial
+        answer is kept and the turn marked cancelled."""
+        self._cancel.set()
         if self.reply is not None:
             self.reply.cancel()
 
@@ -195,7 +222,26 @@ class Turn:
         return self.prompt.passages_used if self.prompt else 0
 
     def timings(self) -> dict[str, float | int | None]:
-        """retrieval_ms, first_token_s, tokens_per_s, prompt_tokens, new_tokens, total_s."""
+        """retrieval_ms, first_token_s, tokens_per_s, prompt_tokens, new_tokens, total_s,
+        answer_s; for a block reading also encode_s, score_s, read_s, support_s and
+        blocks_computed. For extractive answers (shown whole), first_token_s is the time
+        from the first reading's start until the answer is complete, and retrieval_ms
+        includes reranking."""
+        if self.reading is not None:
+            sec = self.reading.seconds
+            read_s = sec.get("read", 0.0) + sec.get("support", 0.0)
+            return {
+                "retrieval_ms": round(self.retrieval_ms + 1000 * (
+                    sec.get("encode", 0.0) + sec.get("score", 0.0)), 2),
+                "first_token_s": round(read_s, 4),
+                "tokens_per_s": round(self.reading.new_tokens / sec["read"], 2)
+                if sec.get("read") and self.reading.new_tokens > 1 else None,
+                "prompt_tokens": 0, "new_tokens": self.reading.new_tokens,
+                "total_s": round(read_s, 4),
+                "answer_s": round(self.answer_s, 4) if self.answer_s is not None else None,
+                **{f"{k}_s": round(v, 4) for k, v in sec.items()},
+                "blocks_computed": self.reading.encoded,
+            }
         stats = self._answer_stats or (self.reply.stats if self.reply else None)
         first = self.answer_ready_s if self.answer_ready_s is not None else (
             stats.first_token_s if stats else None)
@@ -206,6 +252,7 @@ class Turn:
             "prompt_tokens": stats.prompt_tokens if stats else 0,
             "new_tokens": stats.new_tokens if stats else 0,
             "total_s": round(stats.total_s, 4) if stats else 0.0,
+            "answer_s": round(self.answer_s, 4) if self.answer_s is not None else None,
         }
 
     def sources(self) -> list[SourceRecord]:
@@ -216,6 +263,7 @@ class Turn:
                 number=n, passage_id=h.passage.id, path=h.passage.path, title=h.passage.title,
                 heading=h.passage.heading, page=h.passage.page, line_start=h.passage.line_start,
                 line_end=h.passage.line_end, score=h.score, text=h.passage.text, cited=n in cited,
+                support=round(self.support[n - 1], 4) if n <= len(self.support) else None,
             )
             for n, h in enumerate(self.hits[: self.sources_shown], start=1)
         ]
@@ -224,6 +272,7 @@ class Turn:
         self._history.finish_turn(
             self.turn_id, answer=self.answer, status=self.status, sources=self.sources(),
             retrieval_query=self.query, timings=self.timings(), error=self.error,
+            abstained=self.abstained,
         )
 
 
@@ -252,12 +301,22 @@ class DialogueManager:
             answer kept is the one with the best reranked score plus answer confidence
             (:meth:`Turn._read_passages`). 1 reads the top passage only; without reranking
             only the top passage is read.
+        reader: extractive answers: ``blocks`` (every passage a key/value block computed
+            once; reranking, readings and attention support share them, see
+            :mod:`assistant.reader`) or ``text`` (each step prefills the passage as prompt
+            text: the earlier pipeline, kept for comparison). ``blocks`` needs a generator
+            with ``has_blocks``.
+        read_mode: with ``blocks``: ``each`` or ``fused`` (see :mod:`assistant.reader`).
+        abstain_threshold: with ``blocks``: say the documents do not hold the answer when the
+            reader's estimate that they do is below this (0 never abstains).
     """
 
     def __init__(self, *, retriever: _Retriever | None, generator: Generator, history: History,
                  top_k: int = 5, mode: str = "convex", context_tokens: int = 2048,
                  history_tokens: int = 512, max_new_tokens: int = 256, temperature: float = 0.0,
-                 prompt_style: str = "auto", rerank_k: int = 5, read_k: int = 3):
+                 prompt_style: str = "auto", rerank_k: int = 5, read_k: int = 3,
+                 reader: str = "blocks", read_mode: str = "each",
+                 abstain_threshold: float = 0.5):
         self.retriever = retriever
         self.generator = generator
         self.history = history
@@ -272,6 +331,9 @@ class DialogueManager:
         self.prompt_style = prompt_style
         self.rerank_k = rerank_k
         self.read_k = read_k
+        self.reader = reader
+        self.read_mode = read_mode
+        self.abstain_threshold = abstain_threshold
         self._lock = threading.Lock()
 
     @property
@@ -311,6 +373,12 @@ class DialogueManager:
             ValueError: empty question.
             RuntimeError: there is no index to search (the turn is recorded as an error).
         """
+        started = time.perf_counter()
+        turn = self._ask(question, conversation_id=conversation_id, turn_id=turn_id)
+        turn.started = started
+        return turn
+
+    def _ask(self, question: str, *, conversation_id: str | None, turn_id: int | None) -> Turn:
         question = question.strip()
         if not question:
             raise ValueError("the question is empty")
@@ -327,6 +395,8 @@ class DialogueManager:
             raise RuntimeError(message)
         try:
             result = self.retriever.search(query, k=self.top_k, mode=self.mode)
+            if self.reads_blocks:
+                return self._ask_blocks(conversation_id, turn_id, question, query, result)
             if self.reranks:
                 hits, ms = rerank(question, result.hits, self.generator, k=self.rerank_k)
                 result = SearchResult(hits, result.milliseconds + ms)
@@ -346,6 +416,27 @@ class DialogueManager:
             raise
         return Turn(conversation_id, turn_id, question, query, list(result.hits),
                     result.milliseconds, prompt, reply, self.generator.name, self.history)
+
+    @property
+    def reads_blocks(self) -> bool:
+        """True when extractive answers are read over passage blocks."""
+        return (self.prompt_style == "extractive" and self.reader == "blocks"
+                and getattr(self.generator, "has_blocks", False))
+
+    def _ask_blocks(self, conversation_id: str, turn_id: int, question: str, query: str,
+                    result) -> Turn:
+        hits = list(result.hits)
+        if not hits:
+            raise RuntimeError("no passage matches the question")
+        reader = ExtractiveReader(
+            self.generator, rerank_k=self.rerank_k, read_k=self.read_k,
+            read_mode=self.read_mode, abstain_below=self.abstain_threshold,
+            max_new_tokens=min(self.max_new_tokens, 48))
+        prompt = Prompt([{"role": "user", "content": question_text(question)}],
+                        passages_used=len(hits), tokens=0)
+        return Turn(conversation_id, turn_id, question, query, hits, result.milliseconds,
+                    prompt, None, self.generator.name, self.history, extractive=True,
+                    job=lambda cancelled: reader.read(question, hits, cancelled=cancelled))
 
     @property
     def reranks(self) -> bool:

@@ -145,6 +145,24 @@ def evaluate_retrieval(retriever, queries: Sequence[dict], qrels: dict[str, dict
     return results
 
 
+def article_of(doc_id: str) -> str:
+    """The article part of a SQuAD-style passage id (``squad-AA-PPP`` -> ``squad-AA``); the id
+    itself when it has no paragraph part."""
+    head, _, tail = str(doc_id).rpartition("-")
+    return head if head and tail.isdigit() else str(doc_id)
+
+
+def left_out_articles(questions: Sequence[dict], fraction: float, seed: int) -> set[str]:
+    """``round(fraction * n)`` of the ``n`` articles that questions are asked about, drawn
+    with ``random.Random(seed)`` (at least one when ``fraction`` > 0): indexing without them
+    makes their questions unanswerable."""
+    if fraction <= 0:
+        return set()
+    articles = sorted({article_of(q["gold_passage"]) for q in questions})
+    count = max(1, round(fraction * len(articles)))
+    return set(random.Random(seed).sample(articles, count))
+
+
 def sample(items: Sequence, limit: int, seed: int) -> list:
     """``limit`` items drawn with ``random.Random(seed)`` (all of them, in order, when
     ``limit`` is 0 or not smaller)."""
@@ -167,19 +185,63 @@ class QAResult:
     retrieval_ms: float
     first_token_s: float | None
     tokens_per_s: float | None
+    answer_s: float | None = None
+    """Seconds from the question to the complete answer (reranking and readings included)."""
+    answerable: bool = True
+    """False when the gold passage's article was left out of the index (``--unanswerable``)."""
+    abstained: bool = False
+    attended_doc: str | None = None
+    """The source with the largest support weight (the answer's attention), if measured."""
+    f1_raw: float = 0.0
+    """Token F1 of the reader's answer as if it had not abstained."""
 
 
 def qa_summary(results: Sequence[QAResult]) -> dict:
-    """Means (as percentages) and latency median/p95 over answered questions."""
+    """Means (as percentages) and latency median/p95 over answered questions.
+
+    Answer metrics (EM, token F1, citation accuracy) are over the answerable questions; an
+    abstention on one scores 0. ``citation_accuracy_retrieved`` counts only questions whose
+    gold passage was retrieved, for the cited source and for the source with the most
+    attention support. With unanswerable questions it adds abstention precision, recall and
+    F1 (an abstention is right on an unanswerable question) and the token F1 of the
+    answerable ones without abstention (the reader's answer as if it had not abstained).
+    """
+    everything = list(results)
+    results = [r for r in everything if r.answerable]
     n = max(len(results), 1)
 
-    def pct(values) -> float:
-        return round(100 * sum(values) / n, 1)
+    def pct(values, over: int = n) -> float:
+        return round(100 * sum(values) / max(over, 1), 1)
+
+    retrieved = [r for r in results if r.found_at is not None]
+    extra: dict = {
+        "citation_accuracy_retrieved": pct((r.cited_doc == r.gold_doc for r in retrieved),
+                                           len(retrieved)),
+    }
+    if any(r.attended_doc for r in results):
+        extra["attention_citation_accuracy_retrieved"] = pct(
+            (r.attended_doc == r.gold_doc for r in retrieved), len(retrieved))
+    unanswerable = [r for r in everything if not r.answerable]
+    if unanswerable or any(r.abstained for r in everything):
+        said = [r for r in everything if r.abstained]
+        right = sum(1 for r in said if not r.answerable)
+        precision = right / len(said) if said else 0.0
+        recall = right / len(unanswerable) if unanswerable else 0.0
+        extra.update({
+            "unanswerable_questions": len(unanswerable),
+            "abstention_precision": round(100 * precision, 1),
+            "abstention_recall": round(100 * recall, 1),
+            "abstention_f1": round(100 * (2 * precision * recall / (precision + recall))
+                                   if precision + recall else 0.0, 1),
+            "abstained_answerable": sum(1 for r in said if r.answerable),
+            "token_f1_without_abstention": pct(r.f1_raw for r in results),
+        })
 
     lat = {
-        "retrieval_ms": [r.retrieval_ms for r in results],
-        "first_token_s": [r.first_token_s for r in results if r.first_token_s is not None],
-        "tokens_per_s": [r.tokens_per_s for r in results if r.tokens_per_s],
+        "retrieval_ms": [r.retrieval_ms for r in everything],
+        "first_token_s": [r.first_token_s for r in everything if r.first_token_s is not None],
+        "tokens_per_s": [r.tokens_per_s for r in everything if r.tokens_per_s],
+        "answer_s": [r.answer_s for r in everything if r.answer_s is not None],
     }
     return {
         "questions": len(results),
@@ -190,6 +252,7 @@ def qa_summary(results: Sequence[QAResult]) -> dict:
         "citation_accuracy": pct(r.cited_doc == r.gold_doc for r in results),
         **{f"{name}_median": _round(metrics.percentile(v, 50)) for name, v in lat.items()},
         **{f"{name}_p95": _round(metrics.percentile(v, 95)) for name, v in lat.items()},
+        **extra,
     }
 
 
@@ -207,23 +270,36 @@ def answer_text(turn) -> str:
     return short or _MARKER.sub("", turn.answer).strip()
 
 
-def answer_question(manager, question: dict, k_found: int = 5) -> QAResult:
+def answer_question(manager, question: dict, k_found: int = 5, *,
+                    answerable: bool = True) -> QAResult:
     """Ask ``question`` (``{"question", "answers", "gold_passage"}``) through the dialogue
-    manager, as `ask` would, and score it."""
+    manager, as `ask` would, and score it (``answerable``: its gold passage is indexed)."""
     turn = manager.ask(question["question"])
     for _ in turn:
         pass
     docs = [doc_id_of(h.passage.path) for h in turn.hits]
     gold = question["gold_passage"]
     found = next((i for i, d in enumerate(docs[:k_found], 1) if d == gold), None)
-    cited = turn.cited()
-    cited_doc = docs[cited[0] - 1] if cited else None
-    prediction = answer_text(turn)
+    reading = getattr(turn, "reading", None)
+    if getattr(turn, "abstained", False):
+        cited_doc = None
+        raw = reading.raw_span if reading is not None else ""
+    else:
+        cited = turn.cited()
+        cited_doc = docs[cited[0] - 1] if cited else None
+        raw = answer_text(turn)
+    prediction = answer_text(turn) if not getattr(turn, "abstained", False) else ""
+    support = getattr(turn, "support", None) or []
+    attended = docs[max(range(len(support)), key=support.__getitem__)] if support else None
     timings = turn.timings()
+    # the retrieval column includes reranking, as in the text pipeline
     return QAResult(question["question"], prediction,
                     metrics.exact_match(prediction, question["answers"]),
                     metrics.token_f1(prediction, question["answers"]), found, cited_doc, gold,
-                    turn.retrieval_ms, timings["first_token_s"], timings["tokens_per_s"])
+                    timings["retrieval_ms"], timings["first_token_s"], timings["tokens_per_s"],
+                    answer_s=timings.get("answer_s"), answerable=answerable,
+                    abstained=bool(getattr(turn, "abstained", False)), attended_doc=attended,
+                    f1_raw=metrics.token_f1(raw, question["answers"]))
 
 
 QUESTION_PROMPT = ("Write one question that the following passage answers. Reply with the "

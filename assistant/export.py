@@ -47,6 +47,8 @@ def to_markdown(conversation: dict, turns: list[dict]) -> str:
         status = turn.get("status", "")
         if answer:
             lines += [_footnotes(answer, ordinal, set(sources)), ""]
+        if turn.get("abstained"):
+            lines += ["*(not found in the documents; the closest sources are listed)*", ""]
         if status == "cancelled":
             lines += ["*(answer cancelled)*", ""]
         elif status == "error":
@@ -68,7 +70,9 @@ def to_markdown(conversation: dict, turns: list[dict]) -> str:
 
 def _describe(source: dict) -> str:
     heading = f" — {source['heading']}" if source.get("heading") else ""
-    return f"`{location(source)}`{heading}"
+    support = (f" (support {100 * source['support']:.0f}%)"
+               if source.get("support") is not None else "")
+    return f"`{location(source)}`{heading}{support}"
 
 
 def to_json(conversation: dict, turns: list[dict]) -> dict[str, Any]:
@@ -79,6 +83,7 @@ def to_json(conversation: dict, turns: list[dict]) -> dict[str, Any]:
     out["turns"] = []
     for turn in turns:
         item = {k: v for k, v in turn.items() if k != "sources"}
+        item["abstained"] = bool(item.get("abstained"))
         item["sources"] = [dict(s, cited=bool(s["cited"]), location=location(s))
                            for s in turn.get("sources", [])]
         out["turns"].append(item)

@@ -50,6 +50,15 @@ def m002_turn_search(db: sqlite_utils.Database) -> None:
     db["turns"].enable_fts(["question", "answer"], create_triggers=True, tokenize="porter")
 
 
+@migrations()
+def m003_support(db: sqlite_utils.Database) -> None:
+    """Support weights of sources (share of the answer's attention on each passage, 0..1),
+    whether a turn abstained ("not in your documents"), and the time to a complete answer."""
+    db["turn_sources"].add_column("support", float)
+    db["turns"].add_column("abstained", int)
+    db["turns"].add_column("answer_s", float)
+
+
 @dataclass(frozen=True)
 class SourceRecord:
     """A passage as stored with a turn (a copy, so history survives re-indexing)."""
@@ -65,6 +74,8 @@ class SourceRecord:
     score: float
     text: str
     cited: bool = False
+    support: float | None = None
+    """Share of the answer's attention on this passage (0..1), None when not measured."""
 
 
 class History:
@@ -124,21 +135,25 @@ class History:
         self, turn_id: int, *, answer: str, status: str = "complete",
         sources: Iterable[SourceRecord] = (), retrieval_query: str = "",
         timings: dict[str, float | int | None] | None = None, error: str = "",
+        abstained: bool = False,
     ) -> None:
         """Complete a turn with its answer, status, sources and timings.
 
         Args:
             status: ``complete``, ``cancelled`` or ``error``.
             timings: any of retrieval_ms, first_token_s, tokens_per_s, prompt_tokens,
-                new_tokens.
+                new_tokens, answer_s.
+            abstained: the answer says the documents do not hold it.
         """
         timings = {k: v for k, v in (timings or {}).items() if k in {
-            "retrieval_ms", "first_token_s", "tokens_per_s", "prompt_tokens", "new_tokens"}}
+            "retrieval_ms", "first_token_s", "tokens_per_s", "prompt_tokens", "new_tokens",
+            "answer_s"}}
         with self._lock:
             with self.db.conn:
                 self.db["turns"].update(turn_id, {
                     "answer": answer, "status": status, "error": error,
-                    "retrieval_query": retrieval_query, "completed_at": time.time(), **timings,
+                    "retrieval_query": retrieval_query, "completed_at": time.time(),
+                    "abstained": int(abstained), **timings,
                 })
                 self.db["turn_sources"].insert_all(
                     [{"turn_id": turn_id, **s.__dict__, "cited": int(s.cited)} for s in sources],

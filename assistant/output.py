@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 
@@ -22,16 +23,28 @@ def location(source: Any) -> str:
     return path
 
 
+def support_bar(support: float | None, width: int = 5) -> str:
+    """A small bar and percentage for a support weight (0..1): ``'███▏  71%'``; '' if None."""
+    if support is None:
+        return ""
+    eighths = round(max(0.0, min(1.0, support)) * width * 8)
+    bar = "█" * (eighths // 8) + ("" if eighths % 8 == 0 else " ▏▎▍▌▋▊▉"[eighths % 8])
+    return f"{bar:<{width}} {100 * support:3.0f}%"
+
+
 def sources_text(turn) -> str:
-    """The numbered sources of a turn, one per line; cited ones are marked with ``*``."""
+    """The numbered sources of a turn, one per line; cited ones are marked with ``*``, and
+    each shows its support (share of the answer's attention) when it was measured."""
     sources = turn.sources()
     if not sources:
         return "Sources: none found."
-    lines = ["Sources:"]
+    lines = ["Closest sources (none holds the answer):" if getattr(turn, "abstained", False)
+             else "Sources:"]
     for s in sources:
         mark = "*" if s.cited else " "
         heading = f" — {s.heading}" if s.heading else ""
-        lines.append(f"{mark}[{s.number}] {location(s)}{heading} (score {s.score:.3f})")
+        support = f", support {support_bar(s.support).strip()}" if s.support is not None else ""
+        lines.append(f"{mark}[{s.number}] {location(s)}{heading} (score {s.score:.3f}{support})")
     return "\n".join(lines)
 
 
@@ -50,13 +63,34 @@ def turn_json(turn, *, model: str, device: str = "", load_s: float | None = None
         "model": model,
         "device": device,
         "retrieval_query": turn.query,
+        "abstained": bool(getattr(turn, "abstained", False)),
         "cited": turn.cited(),
+        "sentences": sentence_support(turn),
         "sources": [
             {"number": s.number, "path": s.path, "title": s.title, "heading": s.heading,
              "page": s.page, "line_start": s.line_start, "line_end": s.line_end,
              "location": location(s), "score": round(s.score, 6), "cited": s.cited,
-             "text": s.text}
+             "support": s.support, "text": s.text}
             for s in turn.sources()
         ],
         "timings": timings,
     }
+
+
+def sentence_support(turn) -> list[dict]:
+    """Per answer sentence: its text, the sources it cites and their support weights
+    (``{"text", "cites", "support"}``); a sentence citing nothing is ``unsupported``."""
+    from .attribution import CITATION
+    from .dialogue import cited_numbers
+
+    weights = {s.number: s.support for s in turn.sources()}
+    out = []
+    for part in re.split(r"(?<=[.!?\]])\s+|\n\n+", turn.answer.strip()):
+        text = CITATION.sub("", part).strip().lstrip("> ").strip()
+        if not text:
+            continue
+        cites = [n for n in cited_numbers(part) if n in weights]
+        out.append({"text": text, "cites": cites,
+                    "support": {str(n): weights[n] for n in cites},
+                    "unsupported": not cites})
+    return out

@@ -42,16 +42,29 @@ def rerank(question: str, hits: Sequence[Hit], scorer: Scorer, *, k: int = 5,
     if k < 2 or len(hits) < 2:
         return hits, 0.0
     started = time.perf_counter()
-    head, tail = hits[:k], hits[k:]
+    head = hits[:k]
     prefixes = [PROMPT.format(passage=" ".join(h.passage.text.split())) for h in head]
     likelihood = scorer.score(prefixes, " " + " ".join(question.split()))
+    return combine(hits, likelihood, k=k, weight=weight), (time.perf_counter() - started) * 1000
+
+
+def combine(hits: Sequence[Hit], likelihood: Sequence[float], *, k: int = 5,
+            weight: float = WEIGHT) -> list[Hit]:
+    """The hits with the top ``k`` re-ordered by ``min_max(score) + weight *
+    min_max(likelihood)`` (``likelihood``: one log-likelihood of the question per top hit, in
+    hit order). Reranked hits get their new 1-based ``rank`` and the combined ``score`` (0 to
+    1 + ``weight``); hits below ``k`` keep their order after them."""
+    hits = list(hits)
+    if k < 2 or len(hits) < 2:
+        return hits
+    head, tail = hits[:k], hits[k:]
     retrieval = min_max(list(enumerate(h.score for h in head)))
-    question_fit = min_max(list(enumerate(likelihood)))
+    question_fit = min_max(list(enumerate(likelihood[:len(head)])))
     combined = {i: retrieval[i] + weight * question_fit[i] for i in range(len(head))}
     order = sorted(combined, key=lambda i: -combined[i])
     ranked = [replace(head[i], rank=r, score=combined[i]) for r, i in enumerate(order, 1)]
     ranked += [replace(h, rank=r) for r, h in enumerate(tail, len(ranked) + 1)]
-    return ranked, (time.perf_counter() - started) * 1000
+    return ranked
 
 
 def answer_value(score: float, mean_logprob: float | None, *,

@@ -95,6 +95,7 @@ class FakeGenerator:
         self.device = "cpu"
         self.context_window = 4096
         self.has_chat_template = chat
+        self.has_blocks = False
         self.calls: list[list[dict]] = []
         self.prefixes: list[str] = []
 
@@ -183,3 +184,46 @@ def settings(tmp_path):
 
     return Settings.load(config_path=None, env={"ASSISTANT_CONFIG": str(tmp_path / "none.toml")},
                          overrides={"data_dir": tmp_path / "data"})
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer (400 tokens) trained on the extractive template: small
+    enough for models built from configs, real enough to tokenise any text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from assistant.prompts import load_template
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([load_template("extractive.txt")] * 3, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>", "<eos>", "<bos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>")
+
+
+def tiny_model(kind: str, vocab_size: int, **overrides):
+    """A causal LM with random weights built from a config: ``gemma3`` (one sliding-window
+    layer with a 4-token window, one global layer, two RoPE bases), ``llama`` (SmolLM2's
+    architecture) or ``qwen2`` (biases on q/k/v)."""
+    import torch
+    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig,
+                              LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                  num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                  max_position_embeddings=1024, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    common.update(overrides)
+    torch.manual_seed(0)
+    if kind == "gemma3":
+        config = Gemma3TextConfig(head_dim=16, sliding_window=4,
+                                  layer_types=["sliding_attention", "full_attention"], **common)
+        return Gemma3ForCausalLM(config).eval()
+    if kind == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common)).eval()
+    if kind == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
+    raise ValueError(kind)

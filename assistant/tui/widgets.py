@@ -19,7 +19,7 @@ from textual.widgets import Input, Markdown, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
 from ..attribution import content_words
-from ..output import location
+from ..output import location, support_bar
 from .keys import binding
 
 
@@ -131,8 +131,9 @@ def highlight(text: str, query: str) -> Text:
 
 
 def source_label(source: dict) -> Text:
-    """The sources-list entry: number, file name with lines or page, heading, score; the
-    sources the answer cites are starred. (The full path is shown with the passage.)"""
+    """The sources-list entry: number, file name with lines or page, heading, score and, when
+    measured, a bar with the share of the answer's attention on it (support); the sources
+    the answer cites are starred. (The full path is shown with the passage.)"""
     where = location({**source, "path": Path(source["path"]).name})
     label = Text()
     label.append(f"{'*' if source.get('cited') else ' '}[{source['number']}] ", style="bold")
@@ -140,6 +141,9 @@ def source_label(source: dict) -> Text:
     if source.get("heading"):
         label.append(f" · {source['heading'].split(' > ')[-1]}", style="italic")
     label.append(f"  {source['score']:.3f}", style="dim")
+    if source.get("support") is not None:
+        label.append(f"  {support_bar(source['support'])}",
+                     style="bold green" if source.get("cited") else "green")
     return label
 
 
@@ -312,4 +316,6 @@ def turn_figures(retrieved: int, timings: dict) -> str:
         parts.append(f"first token {timings['first_token_s']:.2f} s")
     if timings.get("tokens_per_s"):
         parts.append(f"{timings['tokens_per_s']:.1f} tok/s")
+    if timings.get("answer_s") is not None:
+        parts.append(f"answer in {timings['answer_s']:.2f} s")
     return " · ".join(parts)

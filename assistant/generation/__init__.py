@@ -109,8 +109,25 @@ class Generator(Protocol):
     context_window: int
     """Most tokens the model attends to (prompt + answer)."""
 
+    has_chat_template: bool
+    """True for instruction models (answers as chat); False for base models (extractive)."""
+    has_blocks: bool
+    """True when the generator offers passage blocks (``blocks``, ``bos``, ``end_ids()``:
+    see :class:`~assistant.generation.blocks.BlockReader`)."""
+
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text`` (no special tokens added)."""
+        ...
+
+    def complete(self, text: str, *, max_new_tokens: int = 32, temperature: float = 0.0,
+                 stop: Sequence[str] = (), within: str | None = None,
+                 shared_prefix: str = "") -> Reply:
+        """Continue ``text`` as is (a base model's completion prompt); see
+        :meth:`TransformersGenerator.complete`."""
+        ...
+
+    def score(self, prefixes: Sequence[str], continuation: str) -> list[float]:
+        """Log-likelihood of ``continuation`` after each prefix (natural log, summed)."""
         ...
 
     def prompt_tokens(self, messages: Sequence[Message]) -> int:
@@ -298,6 +315,33 @@ class TransformersGenerator:
             or getattr(self.tokenizer, "model_max_length", 2048)
         )
         self._lock = threading.Lock()  # one generation at a time per model
+        self._blocks = None
+
+    has_blocks = True
+
+    block_cache_bytes: int = 512 * 2**20
+    """Bound of the passage-block LRU in bytes (Gemma 3 270M: about 36 KB per token in
+    float32, so 512 MiB holds about 60 passages of 250 tokens)."""
+
+    @property
+    def blocks(self):
+        """The :class:`~assistant.generation.blocks.BlockReader` of this model: passages as
+        key/value blocks (made on first use)."""
+        if self._blocks is None:
+            from .blocks import BlockReader
+
+            self._blocks = BlockReader(self.model, self.tokenizer, self.device, name=self.name,
+                                       max_bytes=self.block_cache_bytes, lock=self._lock)
+        return self._blocks
+
+    @property
+    def bos(self) -> str:
+        """The text of the beginning-of-sequence token ('' when the model has none)."""
+        return self._bos()
+
+    def end_ids(self) -> list[int]:
+        """Token ids that end a one-line answer: any token holding a new line, and EOS."""
+        return self._end_ids()
 
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text`` without special tokens."""

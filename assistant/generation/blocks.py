@@ -1,0 +1,635 @@
+"""Passages as key/value blocks: cross-attention over retrieved context for decoder-only models.
+
+A *block* is one passage's key/value cache, computed once, on its own, right after a shared
+prefix (the worked examples of the extractive prompt); the question and the answer tokens then
+attend over the prefix and any set of blocks. This is the decoder-only form of Fusion-in-Decoder
+(Izacard & Grave 2021) with the position layout of Parallel Context Windows (Ratner et al.
+2023): every block starts at the position right after the prefix, and the tokens after the
+blocks start after the longest block. With one block that is exactly the concatenated prompt
+(prefix + passage + question), so the logits are the same as reading the prompt as text.
+
+The attention mask is built from positions, per layer type, and passed explicitly: a key is
+visible when it is valid, not after the query, and (sliding-window layers, e.g. 15 of Gemma 3's
+18) less than ``sliding_window`` positions before it. Caches are kept whole (a plain
+``DynamicCache`` of full layers), so no block is silently dropped on a sliding layer.
+
+Attention mass on the blocks is read with a registered attention function that wraps
+``sdpa``: only the rows of the tokens asked for, ``(batch, heads, rows, keys)``, are computed
+again in float32; no full attention matrix is kept.
+
+This module imports torch and transformers; only :mod:`assistant.generation` imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+CAPTURE = "assistant_capture"
+"""Name of the attention implementation registered by :func:`enable_capture`."""
+
+_local = threading.local()
+
+
+@dataclass
+class KV:
+    """Keys and values of a run of ``n`` tokens for every layer, and their positions.
+
+    Attributes:
+        keys, values: one tensor per layer, ``(kv_heads, n, head_dim)``, as stored in the
+            model's cache (keys already rotated by RoPE at ``positions``).
+        positions: ``(n,)`` long, the RoPE position of each token.
+        ids: the token ids.
+    """
+
+    keys: list
+    values: list
+    positions: "torch.Tensor"
+    ids: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.positions.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held, in bytes."""
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+
+@dataclass
+class Row:
+    """One sequence to run: what it attends to (``context``, segments in order) and the new
+    token ``ids`` with their ``positions``."""
+
+    context: list[KV]
+    ids: list[int]
+    positions: list[int]
+
+
+class Recorder:
+    """Collects attention probabilities of chosen query rows while active on this thread.
+
+    ``rows``: a slice of the new tokens' positions (query rows) to record. ``probs[layer]``
+    is then ``(batch, heads, rows, keys)`` float32, keys in cache order (context then new).
+    """
+
+    def __init__(self, rows: slice):
+        self.rows = rows
+        self.probs: dict[int, torch.Tensor] = {}
+
+    def __enter__(self) -> "Recorder":
+        _local.recorder = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _local.recorder = None
+
+
+def _capture_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                       **kwargs):
+    """sdpa attention that, while a :class:`Recorder` is active, also records softmax(q k^T)
+    for its rows. Shapes: query ``(batch, heads, q_len, d)``, key ``(batch, kv_heads, k_len, d)``."""
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    recorder = getattr(_local, "recorder", None)
+    if recorder is not None:
+        q = query[:, :, recorder.rows, :].float()
+        k = repeat_kv(key, query.shape[1] // key.shape[1]).float()
+        scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+        logits = q @ k.transpose(-1, -2) * scale  # (batch, heads, rows, keys)
+        cap = getattr(getattr(module, "config", None), "attn_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        if attention_mask is not None and attention_mask.dim() == 4:
+            logits = logits + attention_mask[:, :, recorder.rows, : k.shape[-2]].float()
+        recorder.probs[module.layer_idx] = torch.softmax(logits, dim=-1)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                  dropout=dropout, **kwargs)
+
+
+def enable_capture(model) -> bool:
+    """Register the recording attention (once per process) and switch ``model`` to it.
+    Returns False, leaving the model as it is, when the model's attention cannot be
+    switched (older architectures)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if CAPTURE not in AttentionInterface._global_mapping:
+        AttentionInterface.register(CAPTURE, _capture_attention)
+        AttentionMaskInterface.register(CAPTURE, sdpa_mask)
+    try:
+        model.set_attn_implementation(CAPTURE)
+    except (ValueError, KeyError, AttributeError):
+        return False
+    return model.config._attn_implementation == CAPTURE
+
+
+def text_hash(text: str) -> str:
+    """A short stable digest of ``text`` (sha1, 16 hex digits), for cache keys."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+class BlockCache:
+    """An LRU of :class:`KV` blocks bounded in bytes.
+
+    Keys are tuples the caller builds from everything that changes a block: model, passage
+    id, a hash of the passage text and a hash of the prefix, so a changed passage is never
+    served from an old block. Thread-safe.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[tuple, KV] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> KV | None:
+        """The block stored under ``key`` (now the most recently used), or None."""
+        with self._lock:
+            block = self._items.get(key)
+            if block is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return block
+
+    def put(self, key: tuple, block: KV) -> None:
+        """Store ``block``; the least recently used blocks are dropped past ``max_bytes``."""
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= old.nbytes
+            self._items[key] = block
+            self.bytes += block.nbytes
+            while self.bytes > self.max_bytes and len(self._items) > 1:
+                _, dropped = self._items.popitem(last=False)
+                self.bytes -= dropped.nbytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class BlockModel:
+    """Runs a Hugging Face causal LM over explicit key/value segments.
+
+    Args:
+        model: a transformers causal LM whose layers keep a ``DynamicCache`` (Llama, Qwen2,
+            Gemma 3, SmolLM2 and most decoder-only models).
+        device: where it runs.
+
+    The model's attention is switched to :data:`CAPTURE` (sdpa plus optional recording).
+    """
+
+    def __init__(self, model, device: str):
+        self.model = model
+        self.device = device
+        config = model.config.get_text_config(decoder=True)
+        self.layers = int(config.num_hidden_layers)
+        self.layer_types = list(getattr(config, "layer_types", None) or
+                                ["full_attention"] * self.layers)
+        self.sliding_window = getattr(config, "sliding_window", None)
+        self.dtype = next(model.parameters()).dtype
+        self.capturing = enable_capture(model)
+
+    # --- positions ---------------------------------------------------------------------
+    def shifted(self, block: KV, delta: int) -> KV:
+        """``block`` moved ``delta`` positions on: its keys rotated by RoPE's angle for
+        ``delta`` with each layer's own base (Gemma 3: 10,000 on sliding layers, 1,000,000 on
+        global ones), as Block-Attention (Sun et al. 2024) re-rotates cached keys. Exact for
+        plain RoPE (a rotation by p + d is the rotation by p then by d); models whose RoPE
+        scales the angle's magnitude are not supported by this (their keys would be scaled
+        twice)."""
+        if delta == 0:
+            return block
+        rotary = self.model.get_decoder().rotary_emb
+        keys = []
+        cos_sin: dict[str, tuple] = {}
+        for layer, k in enumerate(block.keys):
+            kind = self.layer_types[layer]
+            if kind not in cos_sin:
+                where = torch.full((1, 1), delta, dtype=torch.long, device=k.device)
+                try:
+                    cos, sin = rotary(k[None], where, kind)
+                except TypeError:  # one RoPE for every layer (Llama, Qwen2)
+                    cos, sin = rotary(k[None], where)
+                cos_sin[kind] = (cos[0].to(k.dtype), sin[0].to(k.dtype))  # (1, head_dim)
+            cos, sin = cos_sin[kind]
+            half = k.shape[-1] // 2
+            rotated_half = torch.cat((-k[..., half:], k[..., :half]), dim=-1)
+            keys.append(k * cos + rotated_half * sin)
+        return KV(keys, block.values, block.positions + delta, block.ids)
+
+    # --- masks -------------------------------------------------------------------------
+    def _masks(self, key_pos, key_ok, query_pos, query_key_index):
+        """Additive masks ``(batch, 1, queries, keys)`` per layer type.
+
+        key_pos, key_ok: ``(batch, keys)`` positions and validity of every key (context then
+        new tokens). query_pos: ``(batch, queries)``. query_key_index: ``(queries,)`` index of
+        each query's own key (always visible, so a padding row never softmaxes nothing).
+        """
+        qp, kp = query_pos[:, :, None], key_pos[:, None, :]
+        causal = key_ok[:, None, :] & (kp <= qp)
+        rows = torch.arange(query_pos.shape[1], device=query_pos.device)
+        low = torch.finfo(self.dtype).min
+        masks = {}
+        for kind in set(self.layer_types):
+            allowed = causal
+            if kind == "sliding_attention" and self.sliding_window:
+                allowed = causal & (qp - kp < int(self.sliding_window))
+            allowed = allowed.clone()
+            allowed[:, rows, query_key_index] = True
+            mask = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
+            masks[kind] = mask.masked_fill_(~allowed, low)[:, None]
+        if len(masks) == 1 and "sliding_attention" not in masks:
+            return next(iter(masks.values()))  # models whose forward takes one 4-D mask
+        return masks
+
+    # --- one forward pass ---------------------------------------------------------------
+    def run(self, rows: Sequence[Row], *, logits_at: Sequence[int] = (), record: slice | None = None,
+            keep: bool = True):
+        """One forward pass over a batch of rows, each attending to its own context segments.
+
+        Rows are padded to the longest context and the longest new run; padding is masked.
+
+        Args:
+            logits_at: indices into the new tokens (the same for every row) whose next-token
+                logits to return.
+            record: query rows (a slice of the new tokens) whose attention to record.
+            keep: return the new tokens' keys and values.
+
+        Returns:
+            ``(logits, new, probs)``: logits ``(batch, len(logits_at), vocab)`` float32 or
+            None; ``new`` one :class:`KV` per row (its own length, no padding) or None;
+            ``probs`` ``{layer: (batch, heads, recorded rows, keys)}`` or None.
+        """
+        from transformers import DynamicCache
+
+        batch = len(rows)
+        ctx_len = [sum(len(s) for s in r.context) for r in rows]
+        new_len = [len(r.ids) for r in rows]
+        width, steps = max(ctx_len), max(new_len)
+        dev = self.device
+        key_pos = torch.zeros(batch, width + steps, dtype=torch.long, device=dev)
+        key_ok = torch.zeros(batch, width + steps, dtype=torch.bool, device=dev)
+        ids = torch.zeros(batch, steps, dtype=torch.long, device=dev)
+        pos = torch.zeros(batch, steps, dtype=torch.long, device=dev)
+        past = []
+        for layer in range(self.layers if width else 0):
+            k_rows, v_rows = [], []
+            for r, n in zip(rows, ctx_len):
+                parts_k = [s.keys[layer] for s in r.context]
+                parts_v = [s.values[layer] for s in r.context]
+                k = torch.cat(parts_k, dim=1) if parts_k else None
+                v = torch.cat(parts_v, dim=1) if parts_v else None
+                if n < width:
+                    like = k if k is not None else rows_like(rows, layer)
+                    pad = torch.zeros(like.shape[0], width - n, like.shape[2], dtype=like.dtype,
+                                      device=like.device)
+                    k = pad if k is None else torch.cat([k, pad], dim=1)
+                    v = pad if v is None else torch.cat([v, pad], dim=1)
+                k_rows.append(k)
+                v_rows.append(v)
+            past.append((torch.stack(k_rows), torch.stack(v_rows)))  # (batch, kv_heads, width, d)
+        for b, (r, n, t) in enumerate(zip(rows, ctx_len, new_len)):
+            if n:
+                key_pos[b, :n] = torch.cat([s.positions for s in r.context]).to(dev)
+                key_ok[b, :n] = True
+            ids[b, :t] = torch.tensor(r.ids, device=dev)
+            pos[b, :t] = torch.tensor(r.positions, device=dev)
+            if t < steps:  # padding continues the positions, masked as keys
+                pos[b, t:] = pos[b, t - 1] + 1 + torch.arange(steps - t, device=dev)
+            key_pos[b, width:] = pos[b]
+            key_ok[b, width:width + t] = True
+        masks = self._masks(key_pos, key_ok, pos, width + torch.arange(steps, device=dev))
+        cache = DynamicCache(ddp_cache_data=past) if width else DynamicCache()
+        keep_logits = torch.tensor(list(logits_at) or [steps - 1], device=dev)
+        recorder = Recorder(record) if record is not None else None
+        with torch.inference_mode():
+            if recorder is not None:
+                with recorder:
+                    out = self.model(input_ids=ids, position_ids=pos, attention_mask=masks,
+                                     past_key_values=cache, use_cache=True,
+                                     logits_to_keep=keep_logits)
+            else:
+                out = self.model(input_ids=ids, position_ids=pos, attention_mask=masks,
+                                 past_key_values=cache, use_cache=True, logits_to_keep=keep_logits)
+        logits = out.logits.float() if logits_at else None
+        new = None
+        if keep:
+            layers = out.past_key_values.layers
+            new = [KV([layers[i].keys[b, :, width:width + t] for i in range(self.layers)],
+                      [layers[i].values[b, :, width:width + t] for i in range(self.layers)],
+                      pos[b, :t].clone(), list(r.ids))
+                   for b, (r, t) in enumerate(zip(rows, new_len))]
+        return logits, new, (recorder.probs if recorder is not None else None)
+
+    # --- greedy decoding ----------------------------------------------------------------
+    def decode(self, context: Sequence[KV], first_logits: "torch.Tensor", *, max_new_tokens: int,
+               end_ids: Sequence[int], allowed: Callable[[list[int]], list[int]] | None = None,
+               cancelled: Callable[[], bool] = lambda: False,
+               on_token: Callable[[list[int]], None] | None = None) -> "Decoded":
+        """Greedy decoding after ``context`` (the prompt's segments, already run), starting
+        from ``first_logits`` ``(vocab,)`` (the logits after the prompt's last token).
+
+        Stops at a token of ``end_ids`` (not returned), after ``max_new_tokens`` or when
+        ``cancelled()`` turns true. ``allowed(ids so far)`` restricts each step's choice
+        (copy constraint). ``on_token`` is called with the ids after each new token.
+
+        Returns:
+            :class:`Decoded`: the token ids, their summed natural-log probability (the ending
+            token's included), and the seconds until the first token.
+        """
+        from transformers import DynamicCache
+
+        started = time.perf_counter()
+        ends = set(end_ids)
+        keys = [torch.cat([s.keys[i] for s in context], dim=1)[None] for i in range(self.layers)]
+        values = [torch.cat([s.values[i] for s in context], dim=1)[None]
+                  for i in range(self.layers)]
+        key_pos = torch.cat([s.positions for s in context]).to(self.device)
+        cache = DynamicCache(ddp_cache_data=list(zip(keys, values)))
+        position = int(key_pos.max()) + 1
+        logits = first_logits
+        out: list[int] = []
+        logprob = 0.0
+        first_s = None
+        ended = False
+        for _ in range(max_new_tokens + 1):
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            if allowed is not None:
+                choice = allowed(out)
+                pick = torch.tensor(choice, device=logp.device)
+                token = int(pick[int(torch.argmax(logp[pick]))])
+            else:
+                token = int(torch.argmax(logp))
+            logprob += float(logp[token])
+            if token in ends:
+                ended = True
+                break
+            if len(out) >= max_new_tokens or cancelled():
+                logprob -= float(logp[token])
+                break
+            out.append(token)
+            if first_s is None:
+                first_s = time.perf_counter() - started
+            if on_token is not None:
+                on_token(list(out))
+            # one step: the new token attends to everything before it
+            key_pos = torch.cat([key_pos, torch.tensor([position], device=self.device)])
+            ok = torch.ones(1, key_pos.shape[0], dtype=torch.bool, device=self.device)
+            masks = self._masks(key_pos[None], ok, torch.tensor([[position]], device=self.device),
+                                torch.tensor([key_pos.shape[0] - 1], device=self.device))
+            with torch.inference_mode():
+                result = self.model(input_ids=torch.tensor([[token]], device=self.device),
+                                    position_ids=torch.tensor([[position]], device=self.device),
+                                    attention_mask=masks, past_key_values=cache, use_cache=True,
+                                    logits_to_keep=1)
+            logits = result.logits[0, -1]
+            position += 1
+        return Decoded(out, logprob, first_s, time.perf_counter() - started, ended)
+
+
+def rows_like(rows: Sequence[Row], layer: int):
+    """A key tensor of some row's context at ``layer`` (for the shape of padding)."""
+    for r in rows:
+        for s in r.context:
+            return s.keys[layer]
+    raise ValueError("no row has a context")
+
+
+@dataclass
+class Decoded:
+    """The result of :meth:`BlockModel.decode`.
+
+    Attributes:
+        ids: generated token ids (the ending token excluded).
+        logprob: natural-log probability of ``ids`` plus the ending token, summed.
+        first_token_s: seconds until the first token was chosen (None if none).
+        total_s: seconds in all.
+        ended: True when an end token stopped it (not the length limit or a cancel).
+    """
+
+    ids: list[int]
+    logprob: float
+    first_token_s: float | None
+    total_s: float
+    ended: bool
+
+    @property
+    def mean_logprob(self) -> float:
+        """``logprob`` per token counted (ids plus the end token when ``ended``)."""
+        return self.logprob / max(len(self.ids) + int(self.ended), 1)
+
+
+@dataclass
+class State:
+    """A prompt already run over blocks, ready to decode: its segments (``context``) and the
+    logits after its last token ``(vocab,)``."""
+
+    context: list[KV]
+    first_logits: "torch.Tensor"
+
+
+@dataclass
+class Scored:
+    """Question likelihoods from :meth:`BlockReader.score`.
+
+    Attributes:
+        loglik: per block, log P(target | prefix + block + lead), natural log, summed over
+            the target's tokens.
+        null_loglik: the same with no block (prefix + lead only), or None if not asked.
+        target_tokens: tokens in the target.
+        states: per block, the prompt (prefix + block + lead + target + tail) ready to decode.
+    """
+
+    loglik: list[float]
+    null_loglik: float | None
+    target_tokens: int
+    states: list[State]
+
+
+class BlockReader:
+    """Passage blocks for one model: a prefix cache, an LRU of blocks, question scoring,
+    readings and attention support, all over the same key/value blocks.
+
+    Args:
+        model, tokenizer: the loaded transformers model and its tokenizer.
+        device: where the model runs.
+        name: the model's name (part of every block key).
+        max_bytes: the block LRU's bound in bytes.
+        lock: held around every forward pass (one model, one pass at a time).
+    """
+
+    def __init__(self, model, tokenizer, device: str, *, name: str, max_bytes: int,
+                 lock: threading.Lock):
+        self.engine = BlockModel(model, device)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.cache = BlockCache(max_bytes)
+        self.lock = lock
+        self._prefix: tuple[str, KV] | None = None
+        self.encoded = 0
+        """Blocks computed (not served from the LRU) since this reader was made."""
+
+    def tokens(self, text: str) -> list[int]:
+        """Token ids of ``text``, no special tokens added."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prefix(self, text: str) -> KV:
+        """The key/value cache of ``text`` at positions 0.. (kept for the latest text)."""
+        if self._prefix is None or self._prefix[0] != text:
+            ids = self.tokens(text)
+            with self.lock:
+                _, new, _ = self.engine.run([Row([], ids, list(range(len(ids))))])
+            self._prefix = (text, new[0])
+        return self._prefix[1]
+
+    def blocks(self, prefix: KV, items: Sequence[tuple[object, str]], *,
+               batch: int = 4) -> list[KV]:
+        """One block per ``(passage id, block text)``: served from the LRU when the same
+        model, passage, text and prefix were seen before, else computed after ``prefix``
+        (positions right after it), ``batch`` at a time, and stored."""
+        prefix_key = text_hash(self._prefix[0]) if self._prefix else str(len(prefix))
+        keys = [(self.name, pid, text_hash(text), prefix_key) for pid, text in items]
+        out: list[KV | None] = [self.cache.get(k) for k in keys]
+        todo = [i for i, b in enumerate(out) if b is None]
+        start = len(prefix)
+        # similar lengths together: less padding in a batch
+        todo.sort(key=lambda i: len(items[i][1]))
+        for at in range(0, len(todo), batch):
+            part = todo[at:at + batch]
+            rows = []
+            for i in part:
+                ids = self.tokens(items[i][1])
+                rows.append(Row([prefix], ids, list(range(start, start + len(ids)))))
+            with self.lock:
+                _, new, _ = self.engine.run(rows)
+            for i, block in zip(part, new):
+                out[i] = block
+                self.cache.put(keys[i], block)
+                self.encoded += 1
+        return out  # type: ignore[return-value]
+
+    def score(self, prefix: KV, blocks: Sequence[KV], *, lead: str, target: str, tail: str = "",
+              null: bool = False) -> Scored:
+        """log P(target | prefix + block + lead) for every block in one batched pass; each
+        row also runs ``tail`` after the target, so its prompt is ready to decode.
+
+        With ``null``, one more row without a block gives the target's likelihood from the
+        prefix alone (a baseline: how much the passage helps predict the question).
+        """
+        lead_ids, target_ids, tail_ids = self.tokens(lead), self.tokens(target), self.tokens(tail)
+        ids = lead_ids + target_ids + tail_ids
+        rows = []
+        for block in blocks:
+            start = int(block.positions[-1]) + 1
+            rows.append(Row([prefix, block], ids, list(range(start, start + len(ids)))))
+        if null:
+            start = len(prefix)
+            rows.append(Row([prefix], ids, list(range(start, start + len(ids)))))
+        # logits that predict each target token, then the one after the whole prompt
+        first = len(lead_ids) - 1
+        at = list(range(first, first + len(target_ids))) + [len(ids) - 1]
+        with self.lock:
+            logits, new, _ = self.engine.run(rows, logits_at=at)
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (rows, target, vocab)
+        picked = logp.gather(-1, torch.tensor(target_ids)[None, :, None].expand(
+            len(rows), -1, 1).to(logp.device))[..., 0]
+        loglik = [float(x) for x in picked.sum(dim=1)]
+        states = [State([prefix, block, kv], logits[b, -1])
+                  for b, (block, kv) in enumerate(zip(blocks, new))]
+        return Scored(loglik[:len(blocks)], loglik[-1] if null else None, len(target_ids), states)
+
+    def place(self, blocks: Sequence[KV], layout: str) -> tuple[list[KV], int]:
+        """The blocks at their positions for reading them together, and the position where
+        the tokens after them start.
+
+        ``start``: every block where it was computed, right after the prefix (Parallel Context
+        Windows); ``end``: every block moved so that all end at the same position, right
+        before the question (no block is nearer to it than another); ``sequence``: one after
+        another in the given order, as if concatenated (Block-Attention).
+
+        Raises:
+            ValueError: an unknown layout.
+        """
+        ends = [int(b.positions[-1]) + 1 for b in blocks]
+        last = max(ends)
+        if layout == "start":
+            return list(blocks), last
+        if layout == "end":
+            return [self.engine.shifted(b, last - e) for b, e in zip(blocks, ends)], last
+        if layout == "sequence":
+            placed, at = [], int(blocks[0].positions[0])
+            for b in blocks:
+                placed.append(self.engine.shifted(b, at - int(b.positions[0])))
+                at += len(b)
+            return placed, at
+        raise ValueError(f"unknown block layout {layout!r} (start, end or sequence)")
+
+    def fused(self, prefix: KV, blocks: Sequence[KV], text: str, *, layout: str = "end") -> State:
+        """The prompt ``text`` run over the prefix and all ``blocks`` at once (it starts after
+        the longest block): cross-attention over every block, ready to decode."""
+        ids = self.tokens(text)
+        blocks, start = self.place(blocks, layout) if blocks else ([], len(prefix))
+        row = Row([prefix, *blocks], ids, list(range(start, start + len(ids))))
+        with self.lock:
+            logits, new, _ = self.engine.run([row], logits_at=[len(ids) - 1])
+        return State([prefix, *blocks, new[0]], logits[0, 0])
+
+    def decode(self, state: State, *, max_new_tokens: int, end_ids: Sequence[int],
+               within: str | None = None, cancelled: Callable[[], bool] = lambda: False):
+        """Greedy answer after ``state``; with ``within``, constrained to copy a run of its
+        tokens (as it follows a space). Returns ``(text, Decoded)``."""
+        from . import copy_constraint
+
+        allowed = None
+        if within is not None:
+            allowed = copy_constraint(self.tokens(" " + " ".join(within.split())), end_ids)
+        with self.lock:
+            done = self.engine.decode(state.context, state.first_logits,
+                                      max_new_tokens=max_new_tokens, end_ids=end_ids,
+                                      allowed=allowed, cancelled=cancelled)
+        return self.tokenizer.decode(done.ids, skip_special_tokens=True), done
+
+    def support(self, prefix: KV, blocks: Sequence[KV], text: str, answer: Sequence[int], *,
+                layout: str = "end"):
+        """Attention of the answer over the blocks: ``text`` (the question part of the prompt)
+        then the ``answer`` token ids are run over the prefix and every block at once (placed
+        by ``layout``, see :meth:`place`), and the attention of each query row that predicts
+        an answer token is summed per block.
+
+        Returns:
+            ``(masses, other)``: ``masses[layer][head][block]``, the mean over answer tokens of
+            the attention probability on that block's keys (0..1); ``other[layer][head]`` the
+            rest (prefix and question). Empty lists when nothing can be recorded.
+        """
+        ids = self.tokens(text)
+        answer = list(answer)
+        if not answer or not blocks or not self.engine.capturing:
+            return [], []
+        blocks, start = self.place(blocks, layout)
+        seq = ids + answer
+        row = Row([prefix, *blocks], seq, list(range(start, start + len(seq))))
+        rows = slice(len(ids) - 1, len(seq) - 1)
+        with self.lock:
+            _, _, probs = self.engine.run([row], record=rows, keep=False)
+        bounds, at = [], len(prefix)
+        for b in blocks:
+            bounds.append((at, at + len(b)))
+            at += len(b)
+        masses, other = [], []
+        for layer in range(self.engine.layers):
+            p = probs[layer][0].mean(dim=1)  # (heads, keys), mean over answer rows
+            per = torch.stack([p[:, lo:hi].sum(dim=-1) for lo, hi in bounds], dim=-1)
+            masses.append(per.tolist())
+            other.append((1 - per.sum(dim=-1)).tolist())
+        return masses, other

@@ -1,0 +1,250 @@
+"""The extractive reader over passage blocks: rerank, read, cite from attention, or abstain.
+
+Every retrieved passage becomes a key/value block once (:mod:`assistant.generation.blocks`),
+after the worked examples of ``prompts/extractive.txt``. On those blocks, in order:
+
+1. **Reranking**: one batched pass gives log P(question | examples + passage) for every block
+   (query likelihood, :mod:`assistant.rerank`), and the same pass runs "\\nAnswer:" after the
+   question, so every passage's prompt is ready to decode with nothing prefilled again.
+2. **Reading** (``read_mode``): ``each`` reads the reranked passages one at a time and keeps
+   the answer with the best reranked score + confidence (as the text pipeline does, now
+   without any prefill); ``fused`` reads once with the question attending over the top
+   ``read_k`` blocks together (cross-attention over the retrieved set).
+3. **Support**: the question and the answer's tokens attend over every block at once (all
+   ending right before the question, see ``BlockReader.place``); the attention mass that the
+   answer tokens put on each block, averaged over the heads in :data:`HEADS`, is the block's
+   support (0..1, summing to 1 over the sources). The answer cites the passage it was read
+   from; the support weights are shown beside every source.
+4. **Abstention**: when the passages do not hold the answer (:func:`abstain_score` below a
+   threshold) the reader says so instead of giving a span.
+
+This module does not import torch; the generator does the tensor work.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from index.retrieval import Hit
+
+from .extractive import ExtractiveAnswer, extractive_prefix, finish
+from .rerank import answer_value, combine
+
+LEAD = "Question:"
+TAIL = "\nAnswer:"
+HEADS: tuple[tuple[int, int], ...] = ()
+"""(layer, head) pairs whose attention gives the support weights; empty = every head of
+every layer. Chosen by measurement (``benchmarks/attention_citations.py``)."""
+
+NOT_FOUND = "I could not find this in your documents."
+
+ABSTAIN = (0.0, 0.0, 0.0)
+"""Weights of :func:`abstain_score`: (bias, per-token pointwise mutual information of question
+and best passage, answer mean log-probability). Fitted by logistic regression on dev
+questions (``benchmarks/abstention.py``)."""
+
+
+def block_text(passage: str) -> str:
+    """A passage as it appears in the extractive prompt: ``Context: <text>\\n``."""
+    return f"Context: {' '.join(passage.split())}\n"
+
+
+def question_text(question: str) -> str:
+    """The prompt after the passage: ``Question: <question>\\nAnswer:``."""
+    return f"{LEAD} {' '.join(question.split())}{TAIL}"
+
+
+@dataclass
+class Reading:
+    """What the reader made of one question.
+
+    Attributes:
+        hits: the passages, reranked (numbered from 1 in this order).
+        answer: the extractive answer (span, cited source, rendered text), or the
+            not-found message when ``abstained``.
+        support: per hit, the share of the answer's attention on its block (0..1, sums to 1;
+            empty when it could not be measured).
+        masses: per layer, per head, per hit: the raw attention mass of the answer tokens.
+        abstained: True when the reader judged that the passages do not hold the answer.
+        features: what the abstention decision saw (``pmi``, ``logprob``, ``score``).
+        ids: the answer's token ids (for support).
+        logprob, new_tokens: the kept reading's summed log-probability and its length.
+        read: passages read (free readings, copy readings).
+        encoded: blocks computed for this question (the rest came from the block cache).
+        seconds: ``encode``, ``score``, ``read``, ``support`` wall times.
+        raw_span: the span found, also when the reader then abstained.
+    """
+
+    hits: list[Hit]
+    answer: ExtractiveAnswer
+    support: list[float] = field(default_factory=list)
+    masses: list = field(default_factory=list, repr=False)
+    abstained: bool = False
+    features: dict = field(default_factory=dict)
+    ids: list[int] = field(default_factory=list, repr=False)
+    logprob: float | None = None
+    new_tokens: int = 0
+    read: int = 0
+    encoded: int = 0
+    seconds: dict = field(default_factory=dict)
+    raw_span: str = ""
+
+
+def support_weights(masses, heads: Sequence[tuple[int, int]] = HEADS) -> list[float]:
+    """Per block, its share of the answer's attention: ``masses[layer][head][block]`` averaged
+    over ``heads`` (all when empty), normalised to sum to 1 (all zeros stay zeros)."""
+    if not masses:
+        return []
+    picks = list(heads) or [(l, h) for l in range(len(masses)) for h in range(len(masses[l]))]
+    blocks = len(masses[0][0])
+    total = [sum(masses[l][h][b] for l, h in picks) / len(picks) for b in range(blocks)]
+    norm = sum(total)
+    return [t / norm if norm > 0 else 0.0 for t in total]
+
+
+def abstain_score(features: dict, weights: Sequence[float] = ABSTAIN) -> float:
+    """Probability (0..1) that the passages hold the answer: a logistic function of the
+    features (see :data:`ABSTAIN`); 1.0 when no weights were fitted."""
+    if not any(weights):
+        return 1.0
+    z = weights[0] + weights[1] * features.get("pmi", 0.0) + weights[2] * features.get(
+        "logprob", 0.0)
+    return 1 / (1 + math.exp(-z))
+
+
+class ExtractiveReader:
+    """Answers a question from retrieved passages with a base model's block API.
+
+    Args:
+        generator: a generator with ``blocks`` (``BlockReader``), ``bos`` and ``end_ids()``.
+        rerank_k: top hits reranked by query likelihood (< 2: retrieval order kept).
+        read_k: how many reranked passages may be read (``each``) or are read together
+            (``fused``).
+        read_mode: ``each`` or ``fused`` (see the module docstring).
+        layout: block positions for the support pass (``end``, ``start``, ``sequence``).
+        abstain_below: abstain when :func:`abstain_score` is below this (0 never abstains).
+        max_new_tokens: longest answer in tokens.
+    """
+
+    def __init__(self, generator, *, rerank_k: int = 5, read_k: int = 3,
+                 read_mode: str = "each", layout: str = "end", abstain_below: float = 0.5,
+                 max_new_tokens: int = 48, heads: Sequence[tuple[int, int]] = HEADS):
+        self.generator = generator
+        self.rerank_k = rerank_k
+        self.read_k = max(1, read_k)
+        self.read_mode = read_mode
+        self.layout = layout
+        self.abstain_below = abstain_below
+        self.max_new_tokens = max_new_tokens
+        self.heads = tuple(heads)
+
+    def read(self, question: str, hits: Sequence[Hit], *,
+             cancelled: Callable[[], bool] = lambda: False) -> Reading:
+        """Rerank, read and cite over ``hits`` (every hit becomes a block).
+
+        Raises:
+            RuntimeError: no hits.
+            GenerationError: the model failed (out of memory).
+        """
+        hits = list(hits)
+        if not hits:
+            raise RuntimeError("no passage matches the question")
+        blocks_api = self.generator.blocks
+        seconds: dict[str, float] = {}
+        started = time.perf_counter()
+        prefix = blocks_api.prefix(self.generator.bos + extractive_prefix())
+        before = blocks_api.encoded
+        blocks = blocks_api.blocks(prefix, [(h.passage.id, block_text(h.passage.text))
+                                            for h in hits])
+        encoded = blocks_api.encoded - before
+        seconds["encode"] = time.perf_counter() - started
+
+        at = time.perf_counter()
+        scored = blocks_api.score(prefix, blocks, lead=LEAD, target=" " + " ".join(
+            question.split()), tail=TAIL, null=True)
+        reranked = combine(hits, scored.loglik, k=self.rerank_k)
+        index_of = {h.passage.id: i for i, h in enumerate(hits)}
+        order = [index_of[r.passage.id] for r in reranked]
+        hits = reranked
+        blocks = [blocks[i] for i in order]
+        states = [scored.states[i] for i in order]
+        loglik = [scored.loglik[i] for i in order]
+        seconds["score"] = time.perf_counter() - at
+
+        at = time.perf_counter()
+        ends = self.generator.end_ids()
+        decode = dict(max_new_tokens=self.max_new_tokens, end_ids=ends, cancelled=cancelled)
+        readable = min(self.read_k, len(hits)) if self.rerank_k > 1 else 1
+        read = 0
+        if self.read_mode == "fused" and readable > 1:
+            state = blocks_api.fused(prefix, blocks[:readable], question_text(question),
+                                     layout=self.layout)
+            text, done = blocks_api.decode(state, **decode)
+            read += 1
+            answer, number = _finish_over(text, hits[:readable])
+            if not answer.supported and not cancelled():
+                union = " ".join(h.passage.text for h in hits[:readable])
+                text, done_copy = blocks_api.decode(state, within=union, **decode)
+                read += 1
+                copied, number = _finish_over(text, hits[:readable])
+                if copied.span:
+                    answer, done = copied, done_copy
+            best = (answer, done)
+        else:
+            best_value, best = None, None
+            for i in range(readable):
+                if best is not None and (cancelled() or hits[i].score <= best_value):
+                    continue
+                text, done = blocks_api.decode(states[i], **decode)
+                read += 1
+                answer = finish(text, hits[i].passage.text, i + 1)
+                confidence = done.mean_logprob
+                if not answer.supported and not cancelled():
+                    text, done_copy = blocks_api.decode(states[i], within=hits[i].passage.text,
+                                                        **decode)
+                    read += 1
+                    copied = finish(text, hits[i].passage.text, i + 1)
+                    if copied.span:
+                        answer, done = copied, done_copy
+                value = answer_value(hits[i].score, confidence)
+                if best is None or (answer.span and value > best_value) or not best[0].span:
+                    best_value, best = value, (answer, done)
+        answer, done = best
+        seconds["read"] = time.perf_counter() - at
+
+        at = time.perf_counter()
+        masses, _ = ([], []) if cancelled() else blocks_api.support(
+            prefix, blocks, question_text(question), done.ids, layout=self.layout)
+        support = support_weights(masses, self.heads)
+        seconds["support"] = time.perf_counter() - at
+
+        tokens = max(scored.target_tokens, 1)
+        features = {
+            "pmi": (max(loglik) - scored.null_loglik) / tokens if scored.null_loglik is not None
+            else 0.0,
+            "loglik": max(loglik) / tokens,
+            "logprob": done.mean_logprob,
+            "score": hits[0].score,
+            "top_support": max(support) if support else 0.0,
+        }
+        abstained = bool(self.abstain_below) and abstain_score(features) < self.abstain_below
+        raw_span = answer.span
+        if abstained:
+            answer = ExtractiveAnswer("", None, NOT_FOUND)
+        return Reading(hits, answer, support, masses, abstained, features, list(done.ids),
+                       done.logprob, len(done.ids), read, encoded, seconds, raw_span)
+
+
+def _finish_over(raw: str, hits: Sequence[Hit]) -> tuple[ExtractiveAnswer, int]:
+    """An answer read over several passages, aligned to the first (in rank order) whose words
+    it matches; returns the answer and its passage's 1-based number."""
+    first = None
+    for number, hit in enumerate(hits, 1):
+        answer = finish(raw, hit.passage.text, number)
+        if answer.supported:
+            return answer, number
+        first = first or answer
+    return first, 1
