@@ -162,3 +162,12 @@ def test_attention_lands_on_the_block_planted_to_hold_the_answer(tiny_tokenizer)
     assert sum(weights) == pytest.approx(1.0)
     assert max(range(3), key=weights.__getitem__) == 1
     assert weights[1] > 1.8 * max(weights[0], weights[2])  # measured 0.50 vs 0.26, 0.24
+
+
+def test_a_stored_block_owns_only_its_own_memory(tiny_tokenizer):
+    model = tiny_model("gemma3", len(tiny_tokenizer))
+    reader = reader_for(model, tiny_tokenizer)
+    prefix = reader.prefix(PREFIX)
+    block = reader.blocks(prefix, [(i, p) for i, p in enumerate(PASSAGES)], batch=3)[0]
+    for t in block.keys + block.values:
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size()

@@ -62,7 +62,20 @@ def test_index_then_ask_json_end_to_end(tmp_path, corpus_dir, shared_data_dir, r
     assert "Denver Broncos" in data["sources"][0]["text"]
     assert data["timings"]["first_token_s"] > 0 and data["timings"]["retrieval_ms"] > 0
     assert data["timings"]["tokens_per_s"] > 0
+    # support weights from the answer's attention over the passage blocks
+    weights = [s["support"] for s in data["sources"]]
+    assert all(0 <= w <= 1 for w in weights) and sum(weights) == pytest.approx(1, abs=1e-3)
+    assert data["abstained"] is False and data["timings"]["blocks_computed"] == 5
+    assert data["sentences"] and data["sentences"][0]["cites"] == [1]
 
     streamed = runner.invoke(cli, [*base, "ask", "--max-new-tokens", "24", "Where was Super Bowl 50 played?"])
     assert streamed.exit_code == 0
     assert "Sources:" in streamed.output and "squad-00-000.md" in streamed.output
+    assert "support" in streamed.output
+
+    # a question the documents cannot answer: said plainly, closest sources still listed
+    result = runner.invoke(cli, [*base, "ask", "--json", "Who won the 2018 FIFA World Cup?"])
+    data = json.loads(result.output[result.output.index("{"):])
+    assert data["abstained"] is True and data["cited"] == []
+    assert data["answer"] == "I could not find this in your documents."
+    assert len(data["sources"]) == 5

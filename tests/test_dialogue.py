@@ -176,3 +176,63 @@ def test_a_confident_top_answer_is_the_only_reading(tmp_path, retriever):
     assert len(gen.read) == 1 and turn.cited() == [1]
     assert DialogueManager(retriever=retriever, generator=gen, history=m.history,
                            rerank_k=0).ask("Who won?").read_k == 1  # no reranking: top only
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tmp_path_factory, tiny_tokenizer):
+    """A TransformersGenerator on a two-layer Gemma 3 built from a config (random weights)."""
+    from assistant.generation import TransformersGenerator
+    from tests.conftest import tiny_model
+
+    folder = tmp_path_factory.mktemp("tiny-gemma-blocks")
+    tiny_model("gemma3", len(tiny_tokenizer)).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return TransformersGenerator("tiny-gemma", str(folder), device="cpu")
+
+
+def test_a_block_turn_reranks_cites_with_support_and_reuses_blocks(tmp_path, retriever,
+                                                                  tiny_generator):
+    history = History(tmp_path / "history.db")
+    m = DialogueManager(retriever=retriever, generator=tiny_generator, history=history,
+                        top_k=3, rerank_k=3, read_k=2, prompt_style="extractive",
+                        abstain_threshold=0)
+    assert m.reads_blocks
+    turn = m.ask("Which NFL team won Super Bowl 50?")
+    answer = "".join(turn)
+    assert turn.status == "complete" and answer == turn.answer
+    assert turn.reading is not None and turn.reading.encoded == 3
+    assert [h.rank for h in turn.hits] == [1, 2, 3]  # reranked order, renumbered
+    assert len(turn.support) == 3 and sum(turn.support) == pytest.approx(1.0, abs=1e-6)
+    timings = turn.timings()
+    assert timings["blocks_computed"] == 3 and timings["answer_s"] > 0
+    row = history.turns(turn.conversation_id)[0]
+    assert [s["support"] for s in row["sources"]] == [round(w, 4) for w in turn.support]
+    assert row["abstained"] == 0 and row["answer_s"] > 0
+    # a follow-up that retrieves the same passages prefills none of them again
+    again = m.ask("Which NFL team won Super Bowl 50?", conversation_id=turn.conversation_id)
+    list(again)
+    assert again.reading.encoded == 0 and again.timings()["blocks_computed"] == 0
+    assert again.answer == turn.answer
+
+
+def test_the_text_reader_stays_selectable(tmp_path, retriever, tiny_generator):
+    m = DialogueManager(retriever=retriever, generator=tiny_generator,
+                        history=History(tmp_path / "history.db"), top_k=3, rerank_k=3,
+                        read_k=1, prompt_style="extractive", reader="text")
+    assert not m.reads_blocks
+    turn = m.ask("Which NFL team won Super Bowl 50?")
+    list(turn)
+    assert turn.reading is None and turn.status == "complete" and turn.support == []
+    assert turn.timings()["answer_s"] > 0
+
+
+def test_cancelling_a_block_turn_stops_the_reading(tmp_path, retriever, tiny_generator):
+    m = DialogueManager(retriever=retriever, generator=tiny_generator,
+                        history=History(tmp_path / "history.db"), top_k=3, rerank_k=3,
+                        read_k=3, prompt_style="extractive", abstain_threshold=0)
+    turn = m.ask("Which NFL team won Super Bowl 50?")
+    turn.cancel()  # before the reading starts: no passage is read past the first token
+    list(turn)
+    assert turn.status == "cancelled"
+    assert turn.reading.read == 1 and turn.reading.new_tokens <= 1
+    assert turn.support == []

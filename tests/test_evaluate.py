@@ -76,8 +76,8 @@ def test_eval_command_end_to_end(tmp_path, squad_passages, squad_questions, shar
     modes = {r["mode"]: r for r in data["beir"]["results"]}
     assert set(modes) == {"bm25", "dense", "hybrid", "convex"}
     assert all(r["queries"] == 12 and 0.5 < r["nDCG@10"] <= 1 for r in modes.values())
-    qa = data["squad_qa"]
-    assert qa["questions"] == 3 and qa["model"] == "gemma-3-270m"
+    qa = data["squad_qa"][0]
+    assert qa["questions"] == 3 and qa["model"] == "gemma-3-270m" and qa["reader"] == "blocks"
     assert 0 <= qa["token_f1"] <= 100 and qa["first_token_s_median"] > 0
     assert "embedded" in result.output
     again = runner.invoke(cli, [*base, "eval", "--beir", str(folder), "--modes", "bm25"])

@@ -326,8 +326,11 @@ class BlockModel:
         new = None
         if keep:
             layers = out.past_key_values.layers
-            new = [KV([layers[i].keys[b, :, width:width + t] for i in range(self.layers)],
-                      [layers[i].values[b, :, width:width + t] for i in range(self.layers)],
+            # copies, not views: a view would keep the whole batch cache (every row's copy
+            # of the prefix) alive behind a small block, and the LRU would undercount it
+            new = [KV([layers[i].keys[b, :, width:width + t].clone() for i in range(self.layers)],
+                      [layers[i].values[b, :, width:width + t].clone()
+                       for i in range(self.layers)],
                       pos[b, :t].clone(), list(r.ids))
                    for b, (r, t) in enumerate(zip(rows, new_len))]
         return logits, new, (recorder.probs if recorder is not None else None)
