@@ -43,6 +43,9 @@ heads put the most mass on the gold passage for 0.655 of them; all heads average
 best single layer 0.571, a linear probe over all 72 heads (AT2-style, 6-fold
 cross-validated) 0.631. Other models: heads are not chosen for them, so all are used."""
 
+HEADS_MODEL = "gemma-3-270m"
+"""The model :data:`HEADS` were chosen for; any other model uses every head."""
+
 NOT_FOUND = "I could not find this in your documents."
 
 ABSTAIN = (-2.849, 4.672, 0.499)
@@ -100,7 +103,7 @@ class Reading:
     raw_span: str = ""
 
 
-def support_weights(masses, heads: Sequence[tuple[int, int]] = HEADS) -> list[float]:
+def support_weights(masses, heads: Sequence[tuple[int, int]] = ()) -> list[float]:
     """Per block, its share of the answer's attention: ``masses[layer][head][block]`` averaged
     over ``heads`` (all when empty), normalised to sum to 1 (all zeros stay zeros)."""
     if not masses:
@@ -134,11 +137,13 @@ class ExtractiveReader:
         layout: block positions for the support pass (``end``, ``start``, ``sequence``).
         abstain_below: abstain when :func:`abstain_score` is below this (0 never abstains).
         max_new_tokens: longest answer in tokens.
+        heads: (layer, head) pairs for support weights; default :data:`HEADS` for the model
+            they were chosen for, else every head.
     """
 
     def __init__(self, generator, *, rerank_k: int = 5, read_k: int = 3,
                  read_mode: str = "each", layout: str = "end", abstain_below: float = 0.5,
-                 max_new_tokens: int = 48, heads: Sequence[tuple[int, int]] = HEADS):
+                 max_new_tokens: int = 48, heads: Sequence[tuple[int, int]] | None = None):
         self.generator = generator
         self.rerank_k = rerank_k
         self.read_k = max(1, read_k)
@@ -146,6 +151,8 @@ class ExtractiveReader:
         self.layout = layout
         self.abstain_below = abstain_below
         self.max_new_tokens = max_new_tokens
+        if heads is None:
+            heads = HEADS if getattr(generator, "name", "") == HEADS_MODEL else ()
         self.heads = tuple(heads)
 
     def read(self, question: str, hits: Sequence[Hit], *,
@@ -225,8 +232,7 @@ class ExtractiveReader:
         at = time.perf_counter()
         masses, _ = ([], []) if cancelled() else blocks_api.support(
             prefix, blocks, question_text(question), done.ids, layout=self.layout)
-        fits = masses and all(l < len(masses) and h < len(masses[l]) for l, h in self.heads)
-        support = support_weights(masses, self.heads if fits else ())
+        support = support_weights(masses, self.heads)
         seconds["support"] = time.perf_counter() - at
 
         tokens = max(scored.target_tokens, 1)

@@ -171,3 +171,38 @@ def test_a_stored_block_owns_only_its_own_memory(tiny_tokenizer):
     block = reader.blocks(prefix, [(i, p) for i, p in enumerate(PASSAGES)], batch=3)[0]
     for t in block.keys + block.values:
         assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "llama"])
+def test_drafted_decoding_gives_the_greedy_tokens_in_fewer_passes(kind, tiny_tokenizer):
+    model = tiny_model(kind, len(tiny_tokenizer))
+    reader = reader_for(model, tiny_tokenizer)
+    prefix = reader.prefix(PREFIX)
+    blocks = reader.blocks(prefix, [(0, PASSAGES[0])])
+    state = reader.score(prefix, blocks, lead=LEAD, target=TARGET, tail=TAIL).states[0]
+    engine = reader.engine
+
+    def run(source):
+        return engine.decode(state.context, state.first_logits, max_new_tokens=12, end_ids=[],
+                             draft_from=source)
+
+    plain = run([])
+    assert len(plain.ids) == 12 and plain.passes == 12
+    # proposals that are exactly what greedy decoding picks: all accepted, few passes
+    copied = run([5, 6] + plain.ids)
+    assert copied.ids == plain.ids and copied.passes < 6
+    assert copied.logprob == pytest.approx(plain.logprob, abs=1e-3)
+    # proposals that are all wrong: rejected, cut from the cache, same tokens
+    wrong = run([(i + 1) % len(tiny_tokenizer) for i in plain.ids] + plain.ids[:1] + [7] * 12)
+    assert wrong.ids == plain.ids
+    assert wrong.logprob == pytest.approx(plain.logprob, abs=1e-3)
+
+
+def test_lookup_proposes_what_follows_the_answer_in_the_passage():
+    from assistant.generation.blocks import _lookup
+
+    passage = [10, 11, 12, 13, 14, 11, 12, 20]
+    assert _lookup([11, 12], passage, 3) == [13, 14, 11]  # first occurrence of the 2-gram
+    assert _lookup([99, 12], passage, 2) == [13, 14]      # falls back to the last token
+    assert _lookup([99], passage, 5) == []
+    assert _lookup([14], passage, 0) == []

@@ -339,13 +339,20 @@ class BlockModel:
     def decode(self, context: Sequence[KV], first_logits: "torch.Tensor", *, max_new_tokens: int,
                end_ids: Sequence[int], allowed: Callable[[list[int]], list[int]] | None = None,
                cancelled: Callable[[], bool] = lambda: False,
-               on_token: Callable[[list[int]], None] | None = None) -> "Decoded":
+               draft_from: Sequence[int] = (), draft: int = 6) -> "Decoded":
         """Greedy decoding after ``context`` (the prompt's segments, already run), starting
         from ``first_logits`` ``(vocab,)`` (the logits after the prompt's last token).
 
         Stops at a token of ``end_ids`` (not returned), after ``max_new_tokens`` or when
         ``cancelled()`` turns true. ``allowed(ids so far)`` restricts each step's choice
-        (copy constraint). ``on_token`` is called with the ids after each new token.
+        (copy constraint).
+
+        Prompt-lookup drafting (Saxena 2023, "Prompt Lookup Decoding"): after each token, the
+        tokens that follow the answer's last 1–3 tokens in ``draft_from`` (the passage) are
+        proposed, up to ``draft`` of them, and run in one pass with it; the longest prefix that
+        greedy decoding would have chosen anyway is kept and the rest cut from the cache. The
+        tokens are those of plain greedy decoding; an extractive answer copied from the
+        passage needs one or two passes instead of one per token.
 
         Returns:
             :class:`Decoded`: the token ids, their summed natural-log probability (the ending
@@ -361,44 +368,89 @@ class BlockModel:
         key_pos = torch.cat([s.positions for s in context]).to(self.device)
         cache = DynamicCache(ddp_cache_data=list(zip(keys, values)))
         position = int(key_pos.max()) + 1
+        source = list(draft_from)
         logits = first_logits
         out: list[int] = []
         logprob = 0.0
         first_s = None
         ended = False
-        for _ in range(max_new_tokens + 1):
-            logp = torch.log_softmax(logits.float(), dim=-1)
+        passes = 0
+
+        def choose(step_logits) -> tuple[int, float]:
+            logp = torch.log_softmax(step_logits.float(), dim=-1)
             if allowed is not None:
-                choice = allowed(out)
-                pick = torch.tensor(choice, device=logp.device)
+                pick = torch.tensor(allowed(out), device=logp.device)
                 token = int(pick[int(torch.argmax(logp[pick]))])
             else:
                 token = int(torch.argmax(logp))
-            logprob += float(logp[token])
+            return token, float(logp[token])
+
+        while True:
+            token, value = choose(logits)
             if token in ends:
+                logprob += value
                 ended = True
                 break
             if len(out) >= max_new_tokens or cancelled():
-                logprob -= float(logp[token])
                 break
+            logprob += value
             out.append(token)
             if first_s is None:
                 first_s = time.perf_counter() - started
-            if on_token is not None:
-                on_token(list(out))
-            # one step: the new token attends to everything before it
-            key_pos = torch.cat([key_pos, torch.tensor([position], device=self.device)])
+            drafts = _lookup(out, source, min(draft, max_new_tokens - len(out)))
+            run = [token] + drafts
+            positions = torch.arange(position, position + len(run), device=self.device)
+            key_pos = torch.cat([key_pos, positions])
             ok = torch.ones(1, key_pos.shape[0], dtype=torch.bool, device=self.device)
-            masks = self._masks(key_pos[None], ok, torch.tensor([[position]], device=self.device),
-                                torch.tensor([key_pos.shape[0] - 1], device=self.device))
+            masks = self._masks(key_pos[None], ok, positions[None],
+                                key_pos.shape[0] - len(run) + torch.arange(len(run)))
             with torch.inference_mode():
-                result = self.model(input_ids=torch.tensor([[token]], device=self.device),
-                                    position_ids=torch.tensor([[position]], device=self.device),
-                                    attention_mask=masks, past_key_values=cache, use_cache=True,
-                                    logits_to_keep=1)
-            logits = result.logits[0, -1]
-            position += 1
-        return Decoded(out, logprob, first_s, time.perf_counter() - started, ended)
+                result = self.model(input_ids=torch.tensor([run], device=self.device),
+                                    position_ids=positions[None], attention_mask=masks,
+                                    past_key_values=cache, use_cache=True,
+                                    logits_to_keep=len(run))
+            passes += 1
+            position += len(run)
+            step_logits = result.logits[0]  # (len(run), vocab)
+            accepted = 0
+            for j, proposed in enumerate(drafts):
+                if len(out) >= max_new_tokens or cancelled():
+                    break
+                choice, value = choose(step_logits[j])
+                if choice != proposed:
+                    break
+                logprob += value
+                if choice in ends:
+                    ended = True
+                    break
+                out.append(choice)
+                accepted += 1
+            if ended:
+                break
+            rejected = len(drafts) - accepted
+            if rejected:  # cut the proposals greedy decoding would not have made
+                for layer in cache.layers:
+                    layer.keys = layer.keys[:, :, :-rejected]
+                    layer.values = layer.values[:, :, :-rejected]
+                key_pos = key_pos[:-rejected]
+                position -= rejected
+            logits = step_logits[accepted]
+        return Decoded(out, logprob, first_s, time.perf_counter() - started, ended, passes)
+
+
+def _lookup(answer: Sequence[int], source: Sequence[int], limit: int) -> list[int]:
+    """Up to ``limit`` tokens that follow the first occurrence in ``source`` of the answer's
+    last 3, 2 or 1 tokens (the longest that occurs); [] when none does."""
+    if limit <= 0 or not source:
+        return []
+    for size in (3, 2, 1):
+        if len(answer) < size:
+            continue
+        tail = list(answer[-size:])
+        for start in range(len(source) - size):
+            if list(source[start:start + size]) == tail:
+                return list(source[start + size:start + size + limit])
+    return []
 
 
 def rows_like(rows: Sequence[Row], layer: int):
@@ -419,6 +471,7 @@ class Decoded:
         first_token_s: seconds until the first token was chosen (None if none).
         total_s: seconds in all.
         ended: True when an end token stopped it (not the length limit or a cancel).
+        passes: forward passes run (fewer than tokens when drafts were accepted).
     """
 
     ids: list[int]
@@ -426,6 +479,7 @@ class Decoded:
     first_token_s: float | None
     total_s: float
     ended: bool
+    passes: int = 0
 
     @property
     def mean_logprob(self) -> float:
@@ -589,9 +643,13 @@ class BlockReader:
         return State([prefix, *blocks, new[0]], logits[0, 0])
 
     def decode(self, state: State, *, max_new_tokens: int, end_ids: Sequence[int],
-               within: str | None = None, cancelled: Callable[[], bool] = lambda: False):
+               within: str | None = None, cancelled: Callable[[], bool] = lambda: False,
+               drafts: bool = True):
         """Greedy answer after ``state``; with ``within``, constrained to copy a run of its
-        tokens (as it follows a space). Returns ``(text, Decoded)``."""
+        tokens (as it follows a space). With ``drafts``, tokens are proposed from the blocks
+        of ``state`` (prompt lookup; the same answer in fewer passes). Returns
+        ``(text, Decoded)``."""
+        draft_from = [i for kv in state.context[1:-1] for i in kv.ids] if drafts else []
         from . import copy_constraint
 
         allowed = None
@@ -600,7 +658,8 @@ class BlockReader:
         with self.lock:
             done = self.engine.decode(state.context, state.first_logits,
                                       max_new_tokens=max_new_tokens, end_ids=end_ids,
-                                      allowed=allowed, cancelled=cancelled)
+                                      allowed=allowed, cancelled=cancelled,
+                                      draft_from=draft_from)
         return self.tokenizer.decode(done.ids, skip_special_tokens=True), done
 
     def support(self, prefix: KV, blocks: Sequence[KV], text: str, answer: Sequence[int], *,
