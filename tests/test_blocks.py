@@ -26,6 +26,17 @@ def reader_for(model, tokenizer, max_bytes: int = 10**9) -> BlockReader:
                        lock=threading.Lock())
 
 
+def first_passage_prompt(kind: str, tokenizer):
+    """A tiny model, its block reader, and the prompt examples + passage 0 + question run
+    over the passage's block, ready to decode."""
+    model = tiny_model(kind, len(tokenizer))
+    reader = reader_for(model, tokenizer)
+    prefix = reader.prefix(PREFIX)
+    blocks = reader.blocks(prefix, [(0, PASSAGES[0])])
+    return model, reader, reader.score(prefix, blocks, lead=LEAD, target=TARGET,
+                                       tail=TAIL).states[0]
+
+
 def concatenated_logits(model, reader, parts: list[str]) -> torch.Tensor:
     """Logits ``(seq_len, vocab)`` of the prompt given as text parts, read as one sequence."""
     ids = [i for part in parts for i in reader.tokens(part)]
@@ -56,11 +67,7 @@ def test_one_block_then_the_question_equals_the_concatenated_prompt(kind, tiny_t
 
 @pytest.mark.parametrize("kind", ["gemma3", "llama"])
 def test_greedy_decoding_over_a_block_matches_generate(kind, tiny_tokenizer):
-    model = tiny_model(kind, len(tiny_tokenizer))
-    reader = reader_for(model, tiny_tokenizer)
-    prefix = reader.prefix(PREFIX)
-    blocks = reader.blocks(prefix, [(0, PASSAGES[0])])
-    state = reader.score(prefix, blocks, lead=LEAD, target=TARGET, tail=TAIL).states[0]
+    model, reader, state = first_passage_prompt(kind, tiny_tokenizer)
     text, done = reader.decode(state, max_new_tokens=6, end_ids=[])
     ids = [i for part in (PREFIX, PASSAGES[0], LEAD, TARGET, TAIL) for i in reader.tokens(part)]
     expected = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False,
@@ -175,11 +182,7 @@ def test_a_stored_block_owns_only_its_own_memory(tiny_tokenizer):
 
 @pytest.mark.parametrize("kind", ["gemma3", "llama"])
 def test_drafted_decoding_gives_the_greedy_tokens_in_fewer_passes(kind, tiny_tokenizer):
-    model = tiny_model(kind, len(tiny_tokenizer))
-    reader = reader_for(model, tiny_tokenizer)
-    prefix = reader.prefix(PREFIX)
-    blocks = reader.blocks(prefix, [(0, PASSAGES[0])])
-    state = reader.score(prefix, blocks, lead=LEAD, target=TARGET, tail=TAIL).states[0]
+    _, reader, state = first_passage_prompt(kind, tiny_tokenizer)
     engine = reader.engine
 
     def run(source):

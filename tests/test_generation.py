@@ -79,33 +79,15 @@ def test_real_model_copies_a_span_when_constrained(real_generator, squad_passage
 
 
 @pytest.fixture(scope="module")
-def tiny_gemma(tmp_path_factory):
+def tiny_gemma(tmp_path_factory, tiny_tokenizer):
     """A two-layer Gemma 3 built from a config with random weights (one sliding-window layer,
     window 4 tokens, so prompts cross it) and a byte-level BPE tokenizer trained on the
     extractive template: the architecture of the embedded default in a few hundred kB."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+    from tests.conftest import tiny_model
 
-    from assistant.prompts import load_template
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([load_template("extractive.txt")] * 3, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<pad>", "<eos>", "<bos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>",
-                                        eos_token="<eos>", pad_token="<pad>")
-    config = Gemma3TextConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
-        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-        sliding_window=4, layer_types=["sliding_attention", "full_attention"],
-        max_position_embeddings=1024, pad_token_id=0, eos_token_id=1, bos_token_id=2)
-    torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-gemma")
-    Gemma3ForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    tiny_model("gemma3", len(tiny_tokenizer)).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
     from assistant.generation import TransformersGenerator
 
     return TransformersGenerator("tiny-gemma", str(folder), device="cpu")
