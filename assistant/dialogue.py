@@ -421,7 +421,7 @@ class DialogueManager:
     def reads_blocks(self) -> bool:
         """True when extractive answers are read over passage blocks."""
         return (self.prompt_style == "extractive" and self.reader == "blocks"
-                and getattr(self.generator, "has_blocks", False))
+                and self.generator.has_blocks)
 
     def _ask_blocks(self, conversation_id: str, turn_id: int, question: str, query: str,
                     result) -> Turn:

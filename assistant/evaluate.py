@@ -280,16 +280,11 @@ def answer_question(manager, question: dict, k_found: int = 5, *,
     docs = [doc_id_of(h.passage.path) for h in turn.hits]
     gold = question["gold_passage"]
     found = next((i for i, d in enumerate(docs[:k_found], 1) if d == gold), None)
-    reading = getattr(turn, "reading", None)
-    if getattr(turn, "abstained", False):
-        cited_doc = None
-        raw = reading.raw_span if reading is not None else ""
-    else:
-        cited = turn.cited()
-        cited_doc = docs[cited[0] - 1] if cited else None
-        raw = answer_text(turn)
-    prediction = answer_text(turn) if not getattr(turn, "abstained", False) else ""
-    support = getattr(turn, "support", None) or []
+    cited = turn.cited()  # an abstention cites nothing
+    cited_doc = docs[cited[0] - 1] if cited else None
+    prediction = "" if turn.abstained else answer_text(turn)
+    raw = turn.reading.raw_span if turn.abstained else prediction
+    support = turn.support
     attended = docs[max(range(len(support)), key=support.__getitem__)] if support else None
     timings = turn.timings()
     # the retrieval column includes reranking, as in the text pipeline
@@ -298,7 +293,7 @@ def answer_question(manager, question: dict, k_found: int = 5, *,
                     metrics.token_f1(prediction, question["answers"]), found, cited_doc, gold,
                     timings["retrieval_ms"], timings["first_token_s"], timings["tokens_per_s"],
                     answer_s=timings.get("answer_s"), answerable=answerable,
-                    abstained=bool(getattr(turn, "abstained", False)), attended_doc=attended,
+                    abstained=turn.abstained, attended_doc=attended,
                     f1_raw=metrics.token_f1(raw, question["answers"]))
 
 

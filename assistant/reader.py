@@ -198,12 +198,12 @@ class ExtractiveReader:
                                      layout=self.layout)
             text, done = blocks_api.decode(state, **decode)
             read += 1
-            answer, number = _finish_over(text, hits[:readable])
+            answer = _finish_over(text, hits[:readable])
             if not answer.supported and not cancelled():
                 union = " ".join(h.passage.text for h in hits[:readable])
                 text, done_copy = blocks_api.decode(state, within=union, **decode)
                 read += 1
-                copied, number = _finish_over(text, hits[:readable])
+                copied = _finish_over(text, hits[:readable])
                 if copied.span:
                     answer, done = copied, done_copy
             best = (answer, done)
@@ -252,13 +252,13 @@ class ExtractiveReader:
                        done.logprob, len(done.ids), read, encoded, seconds, raw_span)
 
 
-def _finish_over(raw: str, hits: Sequence[Hit]) -> tuple[ExtractiveAnswer, int]:
+def _finish_over(raw: str, hits: Sequence[Hit]) -> ExtractiveAnswer:
     """An answer read over several passages, aligned to the first (in rank order) whose words
-    it matches; returns the answer and its passage's 1-based number."""
+    it matches (its ``source`` is that passage's 1-based number); else as read from the first."""
     first = None
     for number, hit in enumerate(hits, 1):
         answer = finish(raw, hit.passage.text, number)
         if answer.supported:
-            return answer, number
+            return answer
         first = first or answer
-    return first, 1
+    return first
