@@ -7,13 +7,15 @@ commands, so ``assistant --help`` starts at once.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, make_private
+from .output import visible
 
 DEFAULT_QUESTION = "How does the with statement work?"
 
@@ -22,7 +24,9 @@ class UserError(click.ClickException):
     """A one-line error for the user (exit status 1), never a traceback."""
 
     def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        from .output import visible
+
+        click.echo(f"error: {visible(self.format_message(), one_line=True)}", err=True)
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -37,10 +41,11 @@ def _settings(ctx: click.Context) -> Settings:
 @click.option("--embedding-model", help="Sentence-transformers model name, path or hub id.")
 @click.option("--model", "generator_model", help="Generator: embedded name, local dir or hub id.")
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--debug", is_flag=True, help="Show tracebacks (also: ASSISTANT_DEBUG=1).")
 @click.version_option(package_name="assistant")
 @click.pass_context
 def cli(ctx: click.Context, config_path, data_dir, index_dir, embedding_model,
-        generator_model, device) -> None:
+        generator_model, device, debug) -> None:
     """A private, local assistant that answers questions about your documents, with sources.
 
     Start with `assistant index ~/Documents`, then `assistant ask "..."` or `assistant chat`.
@@ -52,6 +57,13 @@ def cli(ctx: click.Context, config_path, data_dir, index_dir, embedding_model,
         })
     except ConfigError as exc:
         raise UserError(str(exc)) from None
+    if debug:
+        os.environ["ASSISTANT_DEBUG"] = "1"
+    changed = make_private(settings)
+    if changed:
+        click.echo(f"note: made {len(changed)} file(s)/folder(s) under {visible(str(changed[0].parent), one_line=True)} "
+                   "readable by you only (they held documents or conversations other users "
+                   "could read)", err=True)
     ctx.obj = {"settings": settings}
 
 
@@ -60,7 +72,12 @@ def load_embedder(settings: Settings):
     """The embedder named in settings (on the chosen device)."""
     from index.embedding import SentenceTransformerEmbedder
 
-    device = None if settings.device == "auto" else settings.device
+    from .generation import GenerationError, pick_device
+
+    try:
+        device = None if settings.device == "auto" else pick_device(settings.device)
+    except GenerationError as exc:
+        raise UserError(str(exc)) from None
     try:
         return SentenceTransformerEmbedder(settings.embedding_model, device=device)
     except (OSError, ValueError) as exc:
@@ -118,6 +135,8 @@ def run_index(settings: Settings, paths, *, rebuild: bool = False, embedder=None
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
+    import sqlite3
+
     from index.ingest import Indexer
     from index.ingest import Progress as IndexProgress
     from index.store import StoreError
@@ -156,6 +175,9 @@ def run_index(settings: Settings, paths, *, rebuild: bool = False, embedder=None
         raise UserError(str(exc)) from None
     except KeyboardInterrupt:
         raise UserError("interrupted: the index is unchanged") from None
+    except (OSError, sqlite3.Error) as exc:  # disk full, permissions: nothing was published
+        raise UserError(f"indexing stopped, the previous index is unchanged: "
+                        f"{describe_error(exc)}") from None
     if not quiet:
         _print_report(console, report)
     return report
@@ -171,9 +193,17 @@ def _print_report(console, report) -> None:
     if report.skipped:
         console.print(f"[yellow]Skipped {len(report.skipped)} file(s):")
         for path, reason in report.skipped:
-            console.print(f"  {path}: {reason}", markup=False, highlight=False)
+            console.print(f"  {visible(path, one_line=True)}: {visible(reason, one_line=True)}",
+                          markup=False, highlight=False)
+    if report.unreachable:
+        console.print(f"[yellow]Could not read {len(report.unreachable)} place(s); what was "
+                      f"indexed from them is kept ({report.kept} document(s)):")
+        for path, reason in report.unreachable:
+            console.print(f"  {visible(path, one_line=True)}: {visible(reason, one_line=True)}",
+                          markup=False, highlight=False)
     if report.unsupported:
-        kinds = ", ".join(f"{k} ×{n}" for k, n in report.unsupported.most_common(8))
+        kinds = visible(", ".join(f"{k} ×{n}" for k, n in report.unsupported.most_common(8)),
+                        one_line=True)
         console.print(f"Not indexed (unsupported types): {kinds}", markup=False, highlight=False)
 
 
@@ -254,14 +284,19 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
     settings = _settings(ctx).replace(**{k: v for k, v in {
         "top_k": top_k, "retrieval_mode": mode, "max_new_tokens": max_new_tokens}.items()
         if v is not None})
-    question = question or DEFAULT_QUESTION
+    from .question import check_question
+
+    try:
+        question = check_question(DEFAULT_QUESTION if question is None else question)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     say = lambda message: click.echo(message, err=True)  # noqa: E731
     started = time.perf_counter()
     embedder = load_embedder(settings)
     ensure_demo_index(settings, embedder)
     manager = build_manager(settings, say=say, embedder=embedder)
     load_s = time.perf_counter() - started
-    if conversation_id:
+    if conversation_id is not None:
         try:
             conversation_id = manager.history.resolve(conversation_id)
         except KeyError as exc:
@@ -273,7 +308,7 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
     try:
         for fragment in turn:
             if not as_json:
-                click.echo(fragment, nl=False)
+                click.echo(visible(fragment), nl=False)
     except GenerationError as exc:
         raise UserError(str(exc)) from None
     except KeyboardInterrupt:
@@ -347,7 +382,7 @@ def _open_history(settings: Settings):
 
 def _pick_conversation(history, conversation_id: str | None, *, last: bool = False):
     """A full conversation id from an id prefix, or the last one when ``last``; None if none."""
-    if conversation_id:
+    if conversation_id is not None:
         try:
             return history.resolve(conversation_id)
         except KeyError as exc:
@@ -377,7 +412,8 @@ def history_list(ctx, search, limit, as_json) -> None:
         return
     for row in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["updated_at"]))
-        click.echo(f"{row['id']}  {when}  {row['turns']:>3} turns  {row['title']}")
+        click.echo(f"{row['id']}  {when}  {row['turns']:>3} turns  "
+                   f"{visible(row['title'], one_line=True)}")
 
 
 @history_group.command("show")
@@ -391,7 +427,7 @@ def history_show(ctx, conversation_id) -> None:
     cid = _pick_conversation(history, conversation_id, last=True)
     if cid is None:
         raise UserError("no conversations yet")
-    click.echo(to_markdown(history.conversation(cid), history.turns(cid)), nl=False)
+    click.echo(visible(to_markdown(history.conversation(cid), history.turns(cid))), nl=False)
 
 
 @history_group.command("export")
@@ -413,7 +449,7 @@ def history_export(ctx, conversation_id, fmt, output) -> None:
     fmt = fmt or ("json" if output and output.suffix.lower() == ".json" else "markdown")
     conversation, turns = history.conversation(cid), history.turns(cid)
     text = (json.dumps(to_json(conversation, turns), ensure_ascii=False, indent=2) + "\n"
-            if fmt == "json" else to_markdown(conversation, turns))
+            if fmt == "json" else visible(to_markdown(conversation, turns)))
     if output is None:
         click.echo(text, nl=False)
         return
@@ -421,7 +457,8 @@ def history_export(ctx, conversation_id, fmt, output) -> None:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
-    click.echo(f"Wrote conversation {cid} ({len(turns)} turns) to {output}", err=True)
+    click.echo(f"Wrote conversation {cid} ({len(turns)} turns) to "
+               f"{visible(str(output), one_line=True)}", err=True)
 
 
 @history_group.command("delete")
@@ -434,7 +471,8 @@ def history_delete(ctx, conversation_id, yes) -> None:
     cid = _pick_conversation(history, conversation_id)
     row = history.conversation(cid)
     if not yes:
-        click.confirm(f"Delete {cid} “{row['title']}” ({len(history.turns(cid))} turns)?",
+        click.confirm(f"Delete {cid} “{visible(row['title'], one_line=True)}” "
+                      f"({len(history.turns(cid))} turns)?",
                       abort=True, err=True)
     history.delete(cid)
     click.echo(f"Deleted conversation {cid}.", err=True)
@@ -684,32 +722,77 @@ def _scratch_history(folder: str):
 @cli.command("info")
 @click.pass_context
 def info_command(ctx) -> None:
-    """Show settings, paths and index size."""
-    from index.store import Store, StoreError
+    """Show settings, paths and index size (and what is wrong with a damaged index)."""
+    from index.store import Store, StoreError, known_roots
 
     settings = _settings(ctx)
-    click.echo(f"data dir:         {settings.data_dir}")
-    click.echo(f"index:            {settings.index_path}")
-    click.echo(f"history:          {settings.history_path}")
-    click.echo(f"embedding model:  {settings.embedding_model}")
-    click.echo(f"generator model:  {settings.generator_model}")
-    click.echo(f"device:           {settings.device}")
-    if Store.exists(settings.index_path):
-        try:
-            stats = Store.open(settings.index_path).stats()
-        except StoreError as exc:
-            raise UserError(str(exc)) from None
-        click.echo(f"indexed:          {stats['documents']} documents, {stats['passages']} passages")
-        for root in stats["roots"]:
-            click.echo(f"  root:           {root}")
-    else:
+    show = lambda value: visible(str(value), one_line=True)  # noqa: E731
+    click.echo(f"data dir:         {show(settings.data_dir)}")
+    click.echo(f"index:            {show(settings.index_path)}")
+    click.echo(f"history:          {show(settings.history_path)}")
+    click.echo(f"embedding model:  {show(settings.embedding_model)}")
+    click.echo(f"generator model:  {show(settings.generator_model)}")
+    click.echo(f"device:           {show(settings.device)}")
+    if not Store.exists(settings.index_path):
         click.echo("indexed:          nothing yet (`assistant index PATH`)")
+        return
+    problem = None
+    try:
+        store = Store.open(settings.index_path)
+    except StoreError as exc:
+        problem = str(exc)
+        roots = known_roots(settings.index_path)
+        click.echo("indexed:          damaged (see below)")
+    else:
+        stats = store.stats()
+        store.close()
+        roots = stats["roots"]
+        click.echo(f"indexed:          {stats['documents']} documents, {stats['passages']} passages")
+    for root in roots:
+        click.echo(f"  root:           {show(root)}")
+    if problem:
+        raise UserError(problem)
+
+
+def describe_error(exc: BaseException) -> str:
+    """An unexpected failure as one line for the user: what failed and on which file, with a
+    hint for disk-full, permission and out-of-memory errors."""
+    import errno
+    import sqlite3
+
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return ("out of memory (try a smaller model, --device cpu, fewer passages with -k, or "
+                "a smaller max_file_mb)")
+    if isinstance(exc, OSError):
+        where = f": {visible(str(exc.filename), one_line=True)}" if exc.filename else ""
+        what = exc.strerror or str(exc)
+        if exc.errno == errno.ENOSPC:
+            return f"the disk is full{where} (nothing was lost; free some space and retry)"
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"permission denied{where} (check the folder's owner and permissions)"
+        return f"{what}{where}"
+    if isinstance(exc, sqlite3.Error):
+        text = str(exc)
+        if "readonly" in text or "unable to open" in text:
+            return f"cannot write a database ({text}): check the data dir's permissions"
+        if "full" in text:
+            return f"the disk is full ({text}); nothing was lost: free some space and retry"
+        return f"database error: {text}"
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return visible(f"{type(exc).__name__}: {first}" if first else type(exc).__name__,
+                   one_line=True)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: every failure ends as one line on stderr and a non-zero
+    exit status; ``--debug`` or ``ASSISTANT_DEBUG=1`` shows the traceback instead."""
     try:
         cli(prog_name="assistant")
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:  # the one error path
+        if os.environ.get("ASSISTANT_DEBUG", "") not in ("", "0"):
+            raise
+        click.echo(f"error: {describe_error(exc)} (--debug shows the details)", err=True)
+        sys.exit(1)

@@ -15,13 +15,18 @@ Environment variables are the upper-cased field names with an ``ASSISTANT_`` pre
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 APP_NAME = "assistant"
+MAX_TOP_K = 100
+"""Most passages one question may retrieve (the ``-k`` flag has the same bound)."""
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,2})?")
 
 
 class ConfigError(Exception):
@@ -159,6 +164,8 @@ class Settings:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         path = config_path or default_config_path(env)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder, not a TOML file")
         if path.is_file():
             try:
                 data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -204,12 +211,22 @@ class Settings:
             raise ConfigError("rerank_k must be 0 (off) or more")
         if self.read_k < 1:
             raise ConfigError("read_k must be at least 1")
-        if self.top_k < 1:
-            raise ConfigError("top_k must be at least 1")
+        if not 1 <= self.top_k <= MAX_TOP_K:
+            raise ConfigError(f"top_k must be between 1 and {MAX_TOP_K}")
+        if not 0 <= self.rerank_k <= MAX_TOP_K or self.read_k > MAX_TOP_K:
+            raise ConfigError(f"rerank_k and read_k must be at most {MAX_TOP_K}")
+        if not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}")
+        if not 0 <= self.temperature <= 10:
+            raise ConfigError("temperature must be between 0 (greedy) and 10")
+        if not 0 < self.max_file_mb <= 1024:
+            raise ConfigError("max_file_mb must be above 0 and at most 1024")
+        if self.chunk_tokens > 100_000 or self.history_tokens < 0:
+            raise ConfigError("chunk_tokens must be at most 100000 and history_tokens >= 0")
         if not 0 <= self.chunk_overlap < self.chunk_tokens:
             raise ConfigError("need 0 <= chunk_overlap < chunk_tokens")
-        if self.max_new_tokens < 1 or self.context_tokens < 64:
-            raise ConfigError("max_new_tokens must be >= 1 and context_tokens >= 64")
+        if not 1 <= self.max_new_tokens <= 8192 or not 64 <= self.context_tokens <= 1_048_576:
+            raise ConfigError("max_new_tokens must be 1..8192 and context_tokens 64..1048576")
         return self
 
     def replace(self, **changes: Any) -> "Settings":
@@ -217,21 +234,68 @@ class Settings:
         return dataclasses.replace(self, **changes).validated()
 
 
+def make_private(settings: "Settings") -> list[Path]:
+    """Owner-only permissions for what holds documents and conversations: the data dir and
+    index dir (0700) and the history and index files (0600). Sets the process umask to 077
+    so files made later are private too. Nothing is created.
+
+    Returns:
+        The paths whose permissions were changed (empty when all were private already).
+    """
+    os.umask(0o077)
+    changed: list[Path] = []
+
+    def fix(path: Path, mode: int) -> None:
+        try:
+            if path.exists() and path.stat().st_mode & 0o077:
+                os.chmod(path, mode)
+                changed.append(path)
+        except OSError:
+            pass  # not ours to change (e.g. a shared read-only index): leave it
+
+    index = settings.index_path
+    fix(Path(settings.data_dir), 0o700)
+    fix(index, 0o700)
+    history = settings.history_path
+    for path in (history, Path(f"{history}-wal"), Path(f"{history}-shm")):
+        fix(path, 0o600)
+    if index.is_dir():
+        for gen in index.glob("gen-*"):
+            fix(gen, 0o700)
+            for name in ("passages.db", "passages.faiss"):
+                fix(gen / name, 0o600)
+        for name in ("CURRENT", "lock"):
+            fix(index / name, 0o600)
+    return changed
+
+
 def _coerce(cls: type, name: str, value: Any) -> Any:
     kind = {f.name: f for f in fields(cls)}[name].type
     try:
         if name in ("data_dir", "index_dir"):
+            if not isinstance(value, (str, Path)) or not str(value).strip() or "\0" in str(value):
+                raise TypeError(f"expected a folder path, got {value!r}")
             return Path(str(value)).expanduser()
         if name == "keys":
             if not isinstance(value, Mapping):
                 raise TypeError("keys must be a table of action = key")
             return {str(k): str(v) for k, v in value.items()}
         if kind == "int":
-            if isinstance(value, float) or isinstance(value, bool):
+            if isinstance(value, (float, bool)) or not isinstance(value, (int, str)):
                 raise TypeError(f"expected an integer, got {value!r}")
-            return int(value)
+            number = int(value)
+            if abs(number) > 2**53:
+                raise ValueError(f"{number} is out of range")
+            return number
         if kind == "float":
-            return float(value)
+            if isinstance(value, bool):
+                raise TypeError(f"expected a number, got {value!r}")
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(f"expected a finite number, got {value!r}")
+            return number
+        if not isinstance(value, (str, int, float)):
+            raise TypeError(f"expected text, got {value!r}")
         return str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {name}: {exc}") from exc

@@ -20,6 +20,7 @@ from .history import History, SourceRecord
 from .extractive import (ExtractiveAnswer, example_questions, extractive_prefix,
                          extractive_prompt, finish)
 from .prompts import Prompt, build_prompt
+from .question import check_question
 from .reader import ExtractiveReader, Reading, question_text
 from .rerank import answer_value, rerank
 
@@ -370,7 +371,7 @@ class DialogueManager:
                 the models are still loading); ``conversation_id`` must then be given.
 
         Raises:
-            ValueError: empty question.
+            ValueError: an empty, wordless or over-long question (:func:`check_question`).
             RuntimeError: there is no index to search (the turn is recorded as an error).
         """
         started = time.perf_counter()
@@ -379,9 +380,12 @@ class DialogueManager:
         return turn
 
     def _ask(self, question: str, *, conversation_id: str | None, turn_id: int | None) -> Turn:
-        question = question.strip()
-        if not question:
-            raise ValueError("the question is empty")
+        try:
+            question = check_question(question, self.generator.count_tokens)
+        except ValueError as exc:
+            if turn_id is not None:  # recorded already (the chat app): keep it, as an error
+                self.history.finish_turn(turn_id, answer="", status="error", error=str(exc))
+            raise
         if conversation_id is None:
             conversation_id = self.history.new_conversation()
         earlier = self.history.exchanges(conversation_id)

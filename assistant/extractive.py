@@ -18,6 +18,7 @@ from .prompts import load_template
 
 TEMPLATE = "extractive.txt"
 _WORD = re.compile(r"\S+")
+_FIELD = re.compile(r"\{context\}|\{question\}")
 _SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+[\"')\]]*|\n|$)")
 
 
@@ -29,10 +30,11 @@ def example_questions(template: str | None = None) -> list[str]:
 
 
 def extractive_prompt(question: str, context: str, template: str | None = None) -> str:
-    """The completion prompt for ``question`` over ``context`` (one passage's text)."""
+    """The completion prompt for ``question`` over ``context`` (one passage's text). Both
+    fields are filled in one pass, so a passage that contains ``{question}`` stays as it is."""
     text = template if template is not None else load_template(TEMPLATE)
-    return text.replace("{context}", " ".join(context.split())).replace("{question}",
-                                                                        question.strip())
+    values = {"{context}": " ".join(context.split()), "{question}": question.strip()}
+    return _FIELD.sub(lambda m: values[m.group(0)], text)
 
 
 def extractive_prefix(template: str | None = None) -> str:

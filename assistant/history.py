@@ -116,7 +116,7 @@ class History:
     def start_turn(self, conversation_id: str, question: str, *, model: str = "") -> int:
         """Record a question before it is answered; returns the turn id."""
         now = time.time()
-        with self._lock:
+        with self._lock, self.db.atomic():
             ordinal = self.db.execute(
                 "SELECT coalesce(max(ordinal), 0) + 1 FROM turns WHERE conversation_id = ?",
                 [conversation_id]).fetchone()[0]
@@ -149,7 +149,7 @@ class History:
             "retrieval_ms", "first_token_s", "tokens_per_s", "prompt_tokens", "new_tokens",
             "answer_s"}}
         with self._lock:
-            with self.db.conn:
+            with self.db.atomic():
                 self.db["turns"].update(turn_id, {
                     "answer": answer, "status": status, "error": error,
                     "retrieval_query": retrieval_query, "completed_at": time.time(),
@@ -183,7 +183,7 @@ class History:
         """
         with self._lock:
             self._require(conversation_id)
-            with self.db.conn:
+            with self.db.atomic():
                 self.db.execute(
                     "DELETE FROM turn_sources WHERE turn_id IN "
                     "(SELECT id FROM turns WHERE conversation_id = ?)", [conversation_id])
@@ -201,10 +201,14 @@ class History:
         """The full id of the conversation whose id starts with ``prefix``.
 
         Raises:
-            KeyError: none or several match.
+            KeyError: empty, none or several match (the prefix is compared literally: ``%``
+                and ``_`` are not wildcards).
         """
+        prefix = prefix.strip()
+        if not prefix:
+            raise KeyError("give a conversation id (or its first characters)")
         rows = [r[0] for r in self.db.execute(
-            "SELECT id FROM conversations WHERE id LIKE ? || '%'", [prefix])]
+            "SELECT id FROM conversations WHERE substr(id, 1, ?) = ?", [len(prefix), prefix])]
         if len(rows) != 1:
             raise KeyError(f"no conversation with id {prefix!r}" if not rows
                            else f"id prefix {prefix!r} matches {len(rows)} conversations")

@@ -5,15 +5,36 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+# C0 controls but tab and new line, DEL, C1 controls, and the bidirectional overrides and
+# isolates that reorder what a terminal shows ("Trojan Source", CVE-2021-42574).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _shown(match: re.Match) -> str:
+    ch = match.group(0)
+    code = ord(ch)
+    return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(ch) or (
+        f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def visible(text: str, *, one_line: bool = False) -> str:
+    """``text`` safe to print to a terminal: control characters (escape sequences, bells,
+    carriage returns, C1 codes, bidirectional overrides) are shown as ``\\x1b``-style
+    escapes instead of being obeyed. ``one_line`` escapes new lines and tabs too (file names,
+    headings, titles: a new line there could forge another line of output)."""
+    return (_CONTROL_LINE if one_line else _CONTROL).sub(_shown, text)
+
 
 def location(source: Any) -> str:
     """``path:start-end``, ``path, p. N`` or ``path`` for a passage, a source record, or a
-    stored source row (a dict with the same keys)."""
+    stored source row (a dict with the same keys); the path made :func:`visible`."""
     if isinstance(source, Mapping):
         path, page = source["path"], source.get("page")
         start, end = source.get("line_start"), source.get("line_end")
     else:
         path, page, start, end = source.path, source.page, source.line_start, source.line_end
+    path = visible(str(path), one_line=True)
     if page is not None:
         return f"{path}, p. {page}"
     if start and end and end != start:
@@ -42,7 +63,7 @@ def sources_text(turn) -> str:
              else "Sources:"]
     for s in sources:
         mark = "*" if s.cited else " "
-        heading = f" — {s.heading}" if s.heading else ""
+        heading = f" — {visible(s.heading, one_line=True)}" if s.heading else ""
         support = f", support {support_bar(s.support).strip()}" if s.support is not None else ""
         lines.append(f"{mark}[{s.number}] {location(s)}{heading} (score {s.score:.3f}{support})")
     return "\n".join(lines)

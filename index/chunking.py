@@ -77,16 +77,32 @@ def whitespace_token_counter(texts: Sequence[str]) -> list[int]:
     return [max(1, round(len(t.split()) * 4 / 3)) if t.strip() else 0 for t in texts]
 
 
+class _LineCounter:
+    """0-based line numbers of character offsets asked for in increasing order, counting
+    only the new lines since the last offset (linear in the text, not quadratic)."""
+
+    def __init__(self, text: str):
+        self.text, self.pos, self.line = text, 0, 0
+
+    def at(self, offset: int) -> int:
+        if offset < self.pos:  # out of order: count from the start
+            self.pos, self.line = 0, 0
+        self.line += self.text.count("\n", self.pos, offset)
+        self.pos = offset
+        return self.line
+
+
 def _paragraphs(text: str) -> list[tuple[str, int, int]]:
     """Split ``text`` at blank lines: ``[(paragraph, first_line, last_line)]`` (0-based lines)."""
     out = []
     pos = 0
+    lines = _LineCounter(text)
     for match in [*_BLANK_LINE.finditer(text), None]:
         end = match.start() if match else len(text)
         raw = text[pos:end]
         if raw.strip():
             lead = len(raw) - len(raw.lstrip("\n"))
-            first = text.count("\n", 0, pos) + raw.count("\n", 0, lead)
+            first = lines.at(pos) + raw.count("\n", 0, lead)
             body = raw.strip("\n")
             out.append((body.rstrip(), first, first + body.count("\n")))
         if match:
@@ -105,8 +121,9 @@ def _split_long(text: str, first_line: int, max_tokens: int, count: TokenCounter
         if match:
             pos = match.end()
     units: list[_Unit] = []
+    lines = _LineCounter(text)
     for (piece, offset), n in zip(pieces, count([p for p, _ in pieces])):
-        line = first_line + text.count("\n", 0, offset)
+        line = first_line + lines.at(offset)
         if n <= max_tokens:
             units.append(_Unit(piece, line, line + piece.count("\n"), n))
             continue

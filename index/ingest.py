@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator
 from .chunking import chunk_sections
 from .embedding import Embedder
 from .readers import SkipFile, kind_of, read_document
-from .store import Store
+from .store import Store, known_roots
 
 SKIP_DIRS = {".git", ".hg", ".svn", ".venv", "venv", "node_modules", "__pycache__", ".tox",
              ".mypy_cache", ".pytest_cache", ".idea", ".vscode", "site-packages", ".cache"}
@@ -31,6 +31,10 @@ class IndexReport:
         added, updated, unchanged, removed: documents by outcome.
         passages_added, passages_removed: passage counts.
         skipped: ``[(path, reason)]`` for files not indexed.
+        unreachable: ``[(path, reason)]`` for folders and files that could not be read this
+            time (permissions, a disk or share not mounted); what was indexed from them is
+            kept, never treated as deleted.
+        kept: documents kept although not found, because their folder was unreachable.
         unsupported: count of files by suffix whose type is not indexed.
         seconds: wall time of the run.
         embed_seconds: time spent embedding.
@@ -43,6 +47,8 @@ class IndexReport:
     passages_added: int = 0
     passages_removed: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    unreachable: list[tuple[str, str]] = field(default_factory=list)
+    kept: int = 0
     unsupported: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     embed_seconds: float = 0.0
@@ -72,8 +78,8 @@ def walk(roots: Iterable[Path], report: IndexReport) -> Iterator[Candidate]:
     """Yield the supported files under ``roots`` (files given directly are taken as they are).
 
     Hidden folders and tool folders (``.git``, ``node_modules``, virtual environments) are not
-    entered. Unsupported types are counted in ``report.unsupported``; unreadable folders and
-    missing paths are added to ``report.skipped``.
+    entered. Unsupported types are counted in ``report.unsupported``; missing paths are added
+    to ``report.skipped``, and folders or files that cannot be read to ``report.unreachable``.
     """
     for root in roots:
         root = Path(root).expanduser().resolve()
@@ -86,7 +92,7 @@ def walk(roots: Iterable[Path], report: IndexReport) -> Iterator[Candidate]:
             continue
 
         def onerror(exc: OSError) -> None:
-            report.skipped.append((str(exc.filename), f"cannot read folder ({exc.strerror})"))
+            report.unreachable.append((str(exc.filename), f"cannot read folder ({exc.strerror})"))
 
         for folder, dirs, files in os.walk(root, onerror=onerror):
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIP_DIRS)
@@ -100,11 +106,19 @@ def walk(roots: Iterable[Path], report: IndexReport) -> Iterator[Candidate]:
                 try:
                     stat = path.stat()
                 except OSError as exc:
-                    report.skipped.append((str(path), f"cannot stat ({exc.strerror})"))
+                    report.unreachable.append((str(path), f"cannot stat ({exc.strerror})"))
                     continue
                 if path.is_symlink() and not path.resolve().is_file():
                     continue
                 yield Candidate(path, root, stat.st_size, stat.st_mtime_ns)
+
+
+def _has_files(folder: Path) -> bool:
+    """True when ``folder`` holds any entry at all (False for an empty mount point)."""
+    try:
+        return any(True for _ in os.scandir(folder))
+    except OSError:
+        return False
 
 
 def _is_under(path: str, root: str) -> bool:
@@ -153,14 +167,16 @@ class Indexer:
         started = time.perf_counter()
         progress = progress or Progress()
         report = IndexReport()
+        roots = [Path(r).expanduser().resolve() for r in roots]
+        if rebuild:  # every folder indexed before, plus the new ones
+            roots = list(dict.fromkeys([*roots, *(Path(r) for r in known_roots(self.index_dir))]))
         with Store.update(self.index_dir, embedding_model=self.embedder.name,
                           dim=self.embedder.dim, params=self.params(), rebuild=rebuild) as store:
-            roots = [Path(r).expanduser().resolve() for r in roots]
             if not roots:
                 roots = [Path(r) for r in store.stats()["roots"]]
-                if not roots:
-                    raise ValueError("nothing to index: give a folder or file, e.g. "
-                                     "`assistant index ~/Documents`")
+            if not roots:
+                raise ValueError("nothing to index: give a folder or file, e.g. "
+                                 "`assistant index ~/Documents`")
             known = store.documents()
             candidates = list(walk(roots, report))
             progress.start(len(candidates))
@@ -176,12 +192,24 @@ class Indexer:
                         self._flush(store, pending, report)
                 progress.advance(candidate.path, len(item.chunks) if item else 0)
             self._flush(store, pending, report)
-            # Documents under a scanned root that were not found again are gone.
+            # Documents under a scanned root that were not found again are gone, unless the
+            # walk could not look where they were, or a root that held documents showed no
+            # file at all (an unmounted disk or share looks like an empty folder).
+            for root in roots:
+                held = sum(_is_under(p, str(root)) for p in known)
+                if held and root.is_dir() and not any(
+                        _is_under(c, str(root)) for c in seen) and not _has_files(root):
+                    report.unreachable.append((str(root), "folder is empty or not mounted"))
+            blind = [path for path, _ in report.unreachable]
             scanned = [str(r) for r in roots if r.exists()]
             for path, row in known.items():
-                if path not in seen and any(_is_under(path, r) for r in scanned):
-                    report.passages_removed += store.remove_document(row["id"])
-                    report.removed += 1
+                if path in seen or not any(_is_under(path, r) for r in scanned):
+                    continue
+                if any(_is_under(path, b) for b in blind):
+                    report.kept += 1
+                    continue
+                report.passages_removed += store.remove_document(row["id"])
+                report.removed += 1
             store.add_roots(str(r) for r in roots if r.exists())
         report.seconds = time.perf_counter() - started
         return report

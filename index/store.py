@@ -35,6 +35,7 @@ SCHEMA_VERSION = 1
 _DB = "passages.db"
 _FAISS = "passages.faiss"
 _CURRENT = "CURRENT"
+_GENERATION = re.compile(r"gen-\d{20}")
 
 
 class StoreError(Exception):
@@ -73,9 +74,60 @@ def _fts_query(text: str) -> str:
     return " OR ".join(f'"{w}"' for w in words)
 
 
-def _connect(path: Path) -> sqlite_utils.Database:
-    conn = sqlite3.connect(str(path), check_same_thread=False)
+def _connect(path: Path, *, read_only: bool = False) -> sqlite_utils.Database:
+    """A connection to ``path``; ``read_only`` opens an existing file without ever creating or
+    changing it (``sqlite3.OperationalError`` when it is missing)."""
+    if read_only:
+        conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True,
+                               check_same_thread=False)
+    else:
+        conn = sqlite3.connect(str(path), check_same_thread=False)
     return sqlite_utils.Database(conn)
+
+
+def _live_generation(index_dir: Path) -> Path:
+    """The folder ``CURRENT`` names.
+
+    Raises:
+        StoreError: no ``CURRENT`` (no index yet), or it does not name a generation folder
+            holding a database (a damaged index; nothing is created or deleted).
+    """
+    current = index_dir / _CURRENT
+    if not current.is_file():
+        raise StoreError(f"no index at {index_dir}: run `assistant index PATH` first")
+    try:
+        name = current.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError as exc:
+        raise StoreError(f"cannot read {current} ({exc.strerror or exc})") from None
+    if not _GENERATION.fullmatch(name) or not (index_dir / name / _DB).is_file():
+        raise StoreError(f"index at {index_dir} is damaged: {_CURRENT} names "
+                         f"{name[:40]!r}, which is not a generation there; rebuild it with "
+                         "`assistant index --rebuild`")
+    return index_dir / name
+
+
+def _check_vectors(db: sqlite_utils.Database, vectors, count: int) -> None:
+    """Check that a FAISS index belongs to this database: an ``IndexIDMap2`` holding exactly
+    the passage ids, with finite unit-length vectors (checked on a sample of at most 512).
+
+    Raises:
+        StoreError: the first difference found (one line).
+    """
+    if not isinstance(vectors, faiss.IndexIDMap2):
+        raise StoreError(f"the FAISS file holds a {type(vectors).__name__}, not an id-mapped index")
+    if vectors.ntotal != count:
+        raise StoreError(f"{vectors.ntotal} vectors for {count} passages")
+    ids = np.sort(faiss.vector_to_array(vectors.id_map))
+    stored = np.fromiter((r[0] for r in db.execute("SELECT id FROM passages ORDER BY id")),
+                         dtype=np.int64, count=count)
+    if not np.array_equal(ids, stored):
+        raise StoreError("the FAISS ids are not the passage ids")
+    if count:
+        positions = np.unique(np.linspace(0, count - 1, num=min(count, 512)).astype(np.int64))
+        sample = np.stack([vectors.index.reconstruct(int(i)) for i in positions])
+        norms = np.linalg.norm(sample, axis=1)
+        if not np.all(np.isfinite(norms)) or np.abs(norms - 1).max() > 1e-2:
+            raise StoreError("the FAISS vectors are not unit-length embeddings")
 
 
 def _create_schema(db: sqlite_utils.Database) -> None:
@@ -135,27 +187,26 @@ class Store:
                 embedding model.
         """
         index_dir = Path(index_dir)
-        current = index_dir / _CURRENT
-        if not current.is_file():
-            raise StoreError(f"no index at {index_dir}: run `assistant index PATH` first")
-        gen_dir = index_dir / current.read_text().strip()
+        gen_dir = _live_generation(index_dir)
         try:
-            db = _connect(gen_dir / _DB)
+            db = _connect(gen_dir / _DB, read_only=True)
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             count = db.execute("SELECT count(*) FROM passages").fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"index database {gen_dir / _DB} is corrupt ({exc}); "
-                             "rebuild it with `assistant index --rebuild PATH`") from exc
+            raise StoreError(f"index database {gen_dir / _DB} is corrupt or unreadable ({exc}); "
+                             "rebuild it with `assistant index --rebuild`") from exc
         try:
             vectors = faiss.read_index(str(gen_dir / _FAISS))
         except RuntimeError as exc:
+            db.conn.close()
             raise StoreError(f"FAISS index {gen_dir / _FAISS} is missing or corrupt; "
-                             "rebuild it with `assistant index --rebuild PATH`") from exc
-        if vectors.ntotal != count:
-            raise StoreError(
-                f"index at {index_dir} is inconsistent: {vectors.ntotal} vectors for {count} "
-                "passages; rebuild it with `assistant index --rebuild PATH`"
-            )
+                             "rebuild it with `assistant index --rebuild`") from exc
+        try:
+            _check_vectors(db, vectors, count)
+        except StoreError as exc:
+            db.conn.close()
+            raise StoreError(f"index at {index_dir} is inconsistent: {exc}; rebuild it with "
+                             "`assistant index --rebuild`") from None
         built_with = meta.get("embedding_model")
         if embedding_model is not None and built_with != embedding_model:
             raise StoreError(
@@ -187,12 +238,16 @@ class Store:
                 another embedding model or other params and ``rebuild`` is False.
         """
         index_dir = Path(index_dir)
-        index_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            index_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {index_dir} ({exc.strerror or exc})") from None
         lock = _take_lock(index_dir)
         gen_dir = index_dir / f"gen-{time.time_ns():020d}"
         try:
             _remove_stale_generations(index_dir)
             gen_dir.mkdir()
+            _private(gen_dir)
             params = {k: str(v) for k, v in (params or {}).items()}
             if cls.exists(index_dir) and not rebuild:
                 old = cls.open(index_dir)
@@ -247,22 +302,37 @@ class Store:
             self.close()
 
     def commit(self) -> None:
-        """Write this generation (FAISS written aside, then renamed) and make it live by
-        atomically replacing ``CURRENT``; older generations are then removed."""
+        """Publish this generation: the database and the FAISS file (written aside, then
+        renamed) are flushed to disk with their folder, then ``CURRENT`` is replaced
+        atomically. Generations older than the previous one are then removed (the previous one
+        stays, for a reader that still has it open).
+
+        Raises:
+            StoreError: passages and vectors disagree (the generation is discarded).
+            OSError: a write failed (disk full, permissions); the old index stays live.
+        """
         self.db["meta"].insert({"key": "updated_at", "value": str(time.time())}, replace=True)
         self.db.conn.commit()
         count = self.db.execute("SELECT count(*) FROM passages").fetchone()[0]
         if count != self.vectors.ntotal:  # a bug, never a user error: refuse to publish
             self.abort()
             raise StoreError(f"refusing to publish: {self.vectors.ntotal} vectors, {count} passages")
-        tmp = self.gen_dir / (_FAISS + ".tmp")
-        faiss.write_index(self.vectors, str(tmp))
-        os.replace(tmp, self.gen_dir / _FAISS)
-        self.db.conn.close()
-        pointer = self.index_dir / (_CURRENT + ".tmp")
-        pointer.write_text(self.gen_dir.name)
-        _fsync_file(pointer)
-        os.replace(pointer, self.index_dir / _CURRENT)
+        try:
+            self.db.conn.close()
+            _fsync_file(self.gen_dir / _DB)
+            tmp = self.gen_dir / (_FAISS + ".tmp")
+            faiss.write_index(self.vectors, str(tmp))
+            _fsync_file(tmp)
+            os.replace(tmp, self.gen_dir / _FAISS)
+            _fsync_dir(self.gen_dir)
+            pointer = self.index_dir / (_CURRENT + ".tmp")
+            pointer.write_text(self.gen_dir.name)
+            _fsync_file(pointer)
+            os.replace(pointer, self.index_dir / _CURRENT)
+            _fsync_dir(self.index_dir)
+        except BaseException:
+            self.abort()
+            raise
         self._writable = False
         _remove_stale_generations(self.index_dir)
         _release_lock(self._lock)
@@ -272,6 +342,8 @@ class Store:
         """Discard this unpublished generation; the live index stays as it was."""
         try:
             self.db.conn.close()
+        except sqlite3.Error:
+            pass
         finally:
             shutil.rmtree(self.gen_dir, ignore_errors=True)
             self._writable = False
@@ -401,21 +473,67 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
+def _fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename in it) to disk; a no-op where folders cannot be
+    opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _private(path: Path) -> None:
+    """Owner-only permissions (0700 for folders, 0600 for files); ignored where not allowed."""
+    try:
+        os.chmod(path, 0o700 if path.is_dir() else 0o600)
+    except OSError:
+        pass
+
+
 def _remove_stale_generations(index_dir: Path) -> None:
-    """Delete generation folders that ``CURRENT`` does not name (left by interrupted runs)."""
-    current = (index_dir / _CURRENT).read_text().strip() if (index_dir / _CURRENT).is_file() else None
+    """Delete generation folders left by interrupted runs and generations older than the
+    previous one. Only when ``CURRENT`` names a sound generation: a damaged index is never
+    cleaned, so nothing that might still be recovered is deleted."""
+    try:
+        live = _live_generation(index_dir).name
+    except StoreError:
+        return
+    older = sorted(c.name for c in index_dir.glob("gen-*") if c.is_dir() and c.name < live)
+    keep = {live, *older[-1:]}
     for child in index_dir.glob("gen-*"):
-        if child.is_dir() and child.name != current:
+        if child.is_dir() and child.name not in keep:
             shutil.rmtree(child, ignore_errors=True)
+
+
+def known_roots(index_dir: Path) -> list[str]:
+    """The folders and files the live index was built from, read straight from its database
+    (works when the FAISS file is damaged); [] when there is no readable index."""
+    try:
+        db = _connect(_live_generation(Path(index_dir)) / _DB, read_only=True)
+    except (StoreError, sqlite3.Error):
+        return []
+    try:
+        return [r[0] for r in db.execute("SELECT path FROM roots ORDER BY path")]
+    except sqlite3.Error:
+        return []
+    finally:
+        db.conn.close()
 
 
 def _take_lock(index_dir: Path):
     """An exclusive, non-blocking lock on ``index_dir/lock`` (POSIX ``flock``).
 
     Raises:
-        StoreError: another process holds it.
+        StoreError: another process holds it, or the folder is not writable.
     """
-    handle = open(index_dir / "lock", "a+")
+    try:
+        handle = open(index_dir / "lock", "a+")
+    except OSError as exc:
+        raise StoreError(f"cannot write to {index_dir} ({exc.strerror or exc})") from None
     try:
         import fcntl
     except ImportError:  # Windows: no advisory lock, carry on

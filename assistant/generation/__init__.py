@@ -196,18 +196,32 @@ class StopStrings:
 
 
 def pick_device(requested: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other values pass through.
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other values are checked
+    against what this torch build can use.
 
     Raises:
-        GenerationError: CUDA requested but not available.
+        GenerationError: an unknown device, CUDA/MPS requested but not available, or a GPU
+            number this machine does not have.
     """
     import torch
 
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise GenerationError("device 'cuda' requested but torch sees no CUDA GPU")
-    return requested
+    if requested == "cpu":
+        return requested
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise GenerationError(f"device {requested!r} requested but torch sees no CUDA GPU")
+        number = requested.partition(":")[2]
+        if number and not (number.isdigit() and int(number) < torch.cuda.device_count()):
+            raise GenerationError(f"device {requested!r}: this machine has "
+                                  f"{torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+        return requested
+    if requested == "mps":
+        if not torch.backends.mps.is_available():
+            raise GenerationError("device 'mps' requested but torch sees no Apple GPU")
+        return requested
+    raise GenerationError(f"unknown device {requested!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
 @contextlib.contextmanager
@@ -333,6 +347,12 @@ class TransformersGenerator:
             self._blocks = BlockReader(self.model, self.tokenizer, self.device, name=self.name,
                                        max_bytes=self.block_cache_bytes, lock=self._lock)
         return self._blocks
+
+    @property
+    def pad_id(self) -> int | None:
+        """The padding token id: the tokenizer's own (0 is a valid id: Gemma's), else EOS."""
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
 
     @property
     def bos(self) -> str:
@@ -510,7 +530,7 @@ class TransformersGenerator:
             **inputs, streamer=streamer, max_new_tokens=max_new_tokens,
             stopping_criteria=StoppingCriteriaList([_Stop()]),
             logits_processor=LogitsProcessorList([logprobs]),
-            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            pad_token_id=self.pad_id,
         )
         if "\n" in stop:  # end exactly at the new line (no token decoded past it)
             kwargs["eos_token_id"] = self._end_ids()

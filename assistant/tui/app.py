@@ -24,6 +24,7 @@ from textual.app import App, ComposeResult, SuspendNotSupported
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, Header, Static
 
+from ..question import check_question
 from .keys import binding
 from .screens import ConfirmScreen, HelpScreen, TextPrompt
 from .widgets import (AnswerView, PromptArea, SessionList, SessionsPanel, SourceList,
@@ -180,6 +181,10 @@ class ChatApp(App[None]):
     # ---- asking ------------------------------------------------------------------------
     @on(PromptArea.Submitted)
     async def _submitted(self, event: PromptArea.Submitted) -> None:
+        if self._waiting:
+            self.notify("Your question is waiting for the model to load: wait, or press Esc "
+                        "to cancel it.", severity="warning")
+            return
         if self.busy:
             self.notify("An answer is still being written: wait, or press Esc to cancel it.",
                         severity="warning")
@@ -187,9 +192,14 @@ class ChatApp(App[None]):
         if self.load_error:
             self.notify(f"Cannot answer: {self.load_error}", severity="error")
             return
+        counter = self.manager.generator.count_tokens if self.manager is not None else None
+        try:
+            question = check_question(event.text, counter)
+        except ValueError as exc:
+            self.notify(f"Cannot ask this: {exc}", severity="warning")
+            return
         prompt = self.query_one(PromptArea)
         prompt.clear()
-        question = event.text
         if self.conversation_id is None:
             self.conversation_id = self.history.new_conversation()
         turn_id = self.history.start_turn(self.conversation_id, question, model=self.model_name)
@@ -258,9 +268,17 @@ class ChatApp(App[None]):
 
     # ---- actions -----------------------------------------------------------------------
     async def action_cancel(self) -> None:
-        """Cancel the answer being written; otherwise close the sessions panel / refocus."""
+        """Cancel the answer being written (or the question waiting for the models);
+        otherwise close the sessions panel / refocus."""
         if self.turn is not None:
             self.turn.cancel()
+            return
+        if self._waiting:
+            waiting, self._waiting = self._waiting, []
+            for _, turn_id, view in waiting:
+                self.history.finish_turn(turn_id, answer="", status="cancelled")
+                await view.finish("cancelled")
+            self._refresh_sessions()
             return
         if self.query_one(SessionsPanel).display:
             self.action_toggle_sessions()
@@ -314,8 +332,9 @@ class ChatApp(App[None]):
 
     @property
     def busy(self) -> bool:
-        """True while an answer is being retrieved, generated or recorded."""
-        return self.turn is not None or not self._turn_done.is_set()
+        """True while a question waits for the models, or an answer is being retrieved,
+        generated or recorded: one question at a time."""
+        return bool(self._waiting) or self.turn is not None or not self._turn_done.is_set()
 
     def _idle(self) -> bool:
         if self.busy:
