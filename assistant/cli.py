@@ -61,9 +61,9 @@ def cli(ctx: click.Context, config_path, data_dir, index_dir, embedding_model,
         os.environ["ASSISTANT_DEBUG"] = "1"
     changed = make_private(settings)
     if changed:
-        click.echo(f"note: made {len(changed)} file(s)/folder(s) under {visible(str(changed[0].parent), one_line=True)} "
-                   "readable by you only (they held documents or conversations other users "
-                   "could read)", err=True)
+        click.echo(f"note: your documents and conversations under "
+                   f"{visible(str(settings.data_dir), one_line=True)} are now readable by you "
+                   f"only ({len(changed)} file(s)/folder(s) were open to other users)", err=True)
     ctx.obj = {"settings": settings}
 
 

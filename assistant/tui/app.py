@@ -24,6 +24,7 @@ from textual.app import App, ComposeResult, SuspendNotSupported
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, Header, Static
 
+from ..output import visible
 from ..question import check_question
 from .keys import binding
 from .screens import ConfirmScreen, HelpScreen, TextPrompt
@@ -126,6 +127,13 @@ class ChatApp(App[None]):
         self.query_one(PromptArea).focus()
         self._load()
 
+    def notify(self, message: str, *, title: str = "", severity="information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """A toast; its text (which may hold file names and document text) is shown as it is:
+        never as markup, with control characters made visible."""
+        super().notify(visible(message), title=visible(title, one_line=True),
+                       severity=severity, timeout=timeout, markup=markup)
+
     @property
     def status(self) -> StatusLine:
         return self.query_one(StatusLine)
@@ -175,6 +183,7 @@ class ChatApp(App[None]):
 
     async def show_error(self, message: str) -> None:
         """Show ``message`` in the conversation and as a notification."""
+        message = visible(message)
         await self.conversation.mount(Static(Text(message), classes="error"))
         self.notify(message, severity="error", timeout=8)
 
@@ -349,7 +358,7 @@ class ChatApp(App[None]):
         conversation = self.history.conversation(conversation_id)
         turns = self.history.turns(conversation_id)
         self.conversation_id = conversation_id
-        self.sub_title = conversation["title"]
+        self.sub_title = visible(conversation["title"], one_line=True)
         await self.conversation.remove_children()
         last: AnswerView | None = None
         for turn in turns:
@@ -402,7 +411,7 @@ class ChatApp(App[None]):
                 if title:
                     self.history.rename(conversation_id, title)
                     if conversation_id == self.conversation_id:
-                        self.sub_title = title
+                        self.sub_title = visible(title, one_line=True)
                     self._refresh_sessions()
 
             self.push_screen(TextPrompt("New title:", row["title"]), renamed)

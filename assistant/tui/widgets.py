@@ -19,7 +19,7 @@ from textual.widgets import Input, Markdown, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
 from ..attribution import content_words
-from ..output import location, support_bar
+from ..output import location, support_bar, visible
 from .keys import binding
 
 
@@ -51,7 +51,7 @@ class UserMessage(Static):
     """A question as the user sent it."""
 
     def __init__(self, question: str) -> None:
-        super().__init__(Text(question), classes="user")
+        super().__init__(Text(visible(question)), classes="user")
 
 
 class AnswerView(Vertical):
@@ -85,6 +85,7 @@ class AnswerView(Vertical):
         """Append a fragment of the answer (fast fragments are batched by the stream)."""
         if self._stream is None:
             self._stream = Markdown.get_stream(self.markdown)
+        fragment = visible(fragment)
         self.text += fragment
         await self._stream.write(fragment)
 
@@ -107,11 +108,11 @@ class AnswerView(Vertical):
             notes.append("the model gave no answer")
         self.set_class(status in ("cancelled", "pending"), "-cancelled")
         self.set_class(status == "error", "-error")
-        self.query_one(".answer-notes", Static).update(Text(" · ".join(notes)))
+        self.query_one(".answer-notes", Static).update(Text(visible(" · ".join(notes))))
 
     async def show(self, text: str, status: str, *, note: str = "", cited: list[int] = ()) -> None:
         """Show a finished answer at once (a resumed conversation)."""
-        self.text = text
+        self.text = text = visible(text)
         await self.markdown.update(text)
         await self.finish(status, note=note, cited=cited)
 
@@ -122,7 +123,7 @@ class AnswerView(Vertical):
 def highlight(text: str, query: str) -> Text:
     """``text`` with the content words of ``query`` (and words starting with them, so
     "statement" also marks "statements") highlighted."""
-    out = Text(text)
+    out = Text(visible(text))
     words = sorted(content_words(query), key=len, reverse=True)
     if words:
         pattern = r"(?i)\b(?:" + "|".join(re.escape(w) for w in words) + r")\w*"
@@ -139,7 +140,8 @@ def source_label(source: dict) -> Text:
     label.append(f"{'*' if source.get('cited') else ' '}[{source['number']}] ", style="bold")
     label.append(where)
     if source.get("heading"):
-        label.append(f" · {source['heading'].split(' > ')[-1]}", style="italic")
+        label.append(f" · {visible(source['heading'].split(' > ')[-1], one_line=True)}",
+                     style="italic")
     label.append(f"  {source['score']:.3f}", style="dim")
     if source.get("support") is not None:
         label.append(f"  {support_bar(source['support'])}",
@@ -202,7 +204,7 @@ class SourcesPane(Vertical):
         s = self.sources[index]
         head = Text(f"[{s['number']}] {location(s)}\n", style="bold")
         if s.get("heading"):
-            head.append(f"{s['heading']}\n", style="italic")
+            head.append(f"{visible(s['heading'], one_line=True)}\n", style="italic")
         head.append("\n")
         self.query_one("#passage", Static).update(head + highlight(s["text"], self.query))
         self.query_one("#passage-box").scroll_home(animate=False)
@@ -266,7 +268,7 @@ class SessionsPanel(Vertical):
         for row in rows:
             label = Text()
             label.append("● " if row["id"] == current else "  ", style="bold")
-            label.append(row["title"] or "(untitled)")
+            label.append(visible(row["title"], one_line=True) or "(untitled)")
             label.append(f"\n  {time.strftime('%d %b %H:%M', time.localtime(row['updated_at']))}"
                          f" · {row['turns']} turn{'s' if row['turns'] != 1 else ''}", style="dim")
             options.add_option(Option(label, id=row["id"]))
@@ -304,7 +306,8 @@ class StatusLine(Static):
         self._render_line()
 
     def _render_line(self) -> None:
-        self.update(Text(" │ ".join(t for t in (self.model_info, self.last) if t)))
+        self.update(Text(visible(" │ ".join(t for t in (self.model_info, self.last) if t),
+                                 one_line=True)))
 
 
 def turn_figures(retrieved: int, timings: dict) -> str:
