@@ -246,7 +246,9 @@ def ensure_demo_index(settings: Settings, embedder, *, say=None) -> None:
 # ---- commands -----------------------------------------------------------------------------
 @cli.command("index")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--rebuild", is_flag=True, help="Start from an empty index (after changing models or chunking).")
+@click.option("--rebuild", is_flag=True, help="Start from an empty index and re-read every "
+              "folder indexed before, plus PATHS (after changing models or chunking, or to "
+              "recover a damaged index).")
 @click.option("--chunk-tokens", type=int, help="Passage size in embedder tokens.")
 @click.option("--chunk-overlap", type=int, help="Tokens shared by consecutive passages.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or report.")

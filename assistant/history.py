@@ -84,20 +84,36 @@ class History:
     Args:
         path: the SQLite file (created, with its folder, if missing).
 
+    Attributes:
+        read_only: True when the file could only be opened for reading (a read-only disk or
+            file); writes then raise ``sqlite3.OperationalError``.
+
     Raises:
         sqlite3.DatabaseError: the file is not a SQLite database.
+        OSError: its folder cannot be created.
     """
 
     def __init__(self, path: Path):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self.db = sqlite_utils.Database(conn)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
+        self.read_only = False
         self._lock = threading.RLock()
-        migrations.apply(self.db)
+        try:
+            conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self.db = sqlite_utils.Database(conn)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            migrations.apply(self.db)
+        except sqlite3.OperationalError:
+            if not path.is_file():
+                raise
+            # A read-only disk or file: conversations can still be listed, shown and
+            # exported; any write raises sqlite3.OperationalError ("readonly database").
+            conn = sqlite3.connect(f"{path.absolute().as_uri()}?immutable=1", uri=True,
+                                   check_same_thread=False, isolation_level=None)
+            self.db = sqlite_utils.Database(conn)
+            self.read_only = True
 
     def close(self) -> None:
         """Close the connection."""

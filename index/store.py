@@ -296,6 +296,7 @@ class Store:
         if self._writable:
             if exc_type is None:
                 self.commit()
+                self.close()
             else:
                 self.abort()
         else:
@@ -311,13 +312,14 @@ class Store:
             StoreError: passages and vectors disagree (the generation is discarded).
             OSError: a write failed (disk full, permissions); the old index stays live.
         """
-        self.db["meta"].insert({"key": "updated_at", "value": str(time.time())}, replace=True)
-        self.db.conn.commit()
-        count = self.db.execute("SELECT count(*) FROM passages").fetchone()[0]
-        if count != self.vectors.ntotal:  # a bug, never a user error: refuse to publish
-            self.abort()
-            raise StoreError(f"refusing to publish: {self.vectors.ntotal} vectors, {count} passages")
         try:
+            self.db["meta"].insert({"key": "updated_at", "value": str(time.time())},
+                                   replace=True)
+            self.db.conn.commit()
+            count = self.db.execute("SELECT count(*) FROM passages").fetchone()[0]
+            if count != self.vectors.ntotal:  # a bug, never a user error: refuse to publish
+                raise StoreError(f"refusing to publish: {self.vectors.ntotal} vectors, "
+                                 f"{count} passages")
             self.db.conn.close()
             _fsync_file(self.gen_dir / _DB)
             tmp = self.gen_dir / (_FAISS + ".tmp")

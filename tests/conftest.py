@@ -17,6 +17,23 @@ from assistant.generation import GenerationStats, Reply
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+def pytest_configure(config):
+    from hypothesis import settings
+
+    # CI: 100 cases per target, at most 2 s each; `--fuzz N` for a long run.
+    settings.register_profile("ci", max_examples=100, deadline=2000, derandomize=True)
+    settings.register_profile("fuzz", max_examples=config.getoption("--fuzz") or 100,
+                              deadline=10_000)
+    settings.load_profile("fuzz" if config.getoption("--fuzz") else "ci")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--soak", type=int, default=0, metavar="N",
+                     help="fault injection: kill the indexer at N points (CI: 20)")
+    parser.addoption("--fuzz", type=int, default=0, metavar="N",
+                     help="property-based tests: N examples per target (CI: each test's own)")
+
+
 def load_jsonl(name: str) -> list[dict]:
     return [json.loads(line) for line in (FIXTURES / name).read_text(encoding="utf-8").splitlines()]
 

@@ -15,7 +15,7 @@ from assistant.tui.keys import check_keymap
 from assistant.tui.screens import ConfirmScreen, HelpScreen, TextPrompt
 from assistant.tui.widgets import (AnswerView, PromptArea, SessionList, SessionsPanel,
                                    SourceList, SourcesPane, UserMessage, highlight)
-from tests.chat_app import ask, make_app, wait_for
+from tests.chat_app import ask, build_index, make_app, wait_for
 from tests.conftest import FakeGenerator
 
 
@@ -258,3 +258,71 @@ async def test_real_models_answer_in_the_app(tmp_path, real_embedder, real_gener
         assert row["answer"] == view.text and row["new_tokens"] > 0
         assert row["first_token_s"] > 0 and row["tokens_per_s"] > 0
         assert any("Super Bowl" in s["text"] for s in row["sources"])
+
+
+async def test_one_question_at_a_time_while_the_models_load(tmp_path):
+    gate = threading.Event()
+    generator = FakeGenerator(["The Denver Broncos ", "won."], delay=0.05)
+    app = make_app(tmp_path, generator, gate=gate)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ask(pilot, "Who won Super Bowl 50?")
+        await ask(pilot, "Where was it played?")  # refused: the first still waits
+        await pilot.pause(0.1)
+        assert app.busy and len(answers(app)) == 1
+        assert app.query_one(PromptArea).text == "Where was it played?"  # kept for later
+        gate.set()
+        await wait_for(pilot, lambda: answers(app)[0].status == "complete")
+        await wait_for(pilot, lambda: not app.busy)
+        assert len(generator.calls) == 1  # one answer worker, not one per question typed
+        rows = app.history.turns(app.conversation_id)
+        assert [(r["question"], r["status"]) for r in rows] == [
+            ("Who won Super Bowl 50?", "complete")]
+
+
+async def test_escape_cancels_a_question_waiting_for_the_models(tmp_path):
+    gate = threading.Event()
+    generator = FakeGenerator(["An answer [1]."])
+    app = make_app(tmp_path, generator, gate=gate)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ask(pilot, "Who won Super Bowl 50?")
+        await pilot.pause(0.1)
+        await pilot.press("escape")
+        await pilot.pause(0.1)
+        assert not app.busy and answers(app)[0].status == "cancelled"
+        gate.set()
+        await wait_for(pilot, lambda: app.manager is not None)
+        await pilot.pause(0.2)
+        assert generator.calls == []
+        assert [r["status"] for r in app.history.turns(app.conversation_id)] == ["cancelled"]
+
+
+async def test_wordless_question_is_refused_and_nothing_recorded(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.manager is not None)
+        await ask(pilot, "?!")
+        await pilot.pause(0.1)
+        assert answers(app) == [] and app.conversation_id is None
+        assert app.history.conversations() == []
+
+
+async def test_control_characters_from_documents_never_reach_the_screen(tmp_path):
+    hostile = [{"_id": "evil", "title": "Evil\x1b[2J heading",
+                "text": "Super Bowl 50 was won by the Broncos.\x1bc\x1b]52;c;cGF5bG9hZA==\x07"}]
+    build_index(tmp_path, passages=hostile)
+    generator = FakeGenerator(["The Broncos\x1b[31m won [1]."])
+    app = make_app(tmp_path, generator)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.manager is not None)
+        await ask(pilot, "Who won Super Bowl 50?")
+        await wait_for(pilot, lambda: answers(app) and answers(app)[0].status == "complete")
+        await pilot.pause(0.2)
+        shown = [answers(app)[0].text, str(app.query_one("#passage", Static).render()),
+                 *(str(app.query_one(SourceList).get_option_at_index(i).prompt)
+                   for i in range(app.query_one(SourceList).option_count))]
+        for text in shown:
+            assert "\x1b" not in text and "\x07" not in text, text
+        assert "\\x1b" in answers(app)[0].text and "\\x1bc" in shown[1]
+        screen = "".join(segment.text for strip in app.screen._compositor.render_strips()
+                         for segment in strip)
+        assert "\x1b" not in screen and "\x07" not in screen
