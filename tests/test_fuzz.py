@@ -87,7 +87,7 @@ def test_every_question_is_asked_or_refused_in_one_line(question):
 
 
 @given(question=st.text(min_size=1, max_size=120).filter(lambda q: any(c.isalnum() for c in q)))
-@settings(deadline=5000, max_examples=60)
+@settings(deadline=5000)
 def test_any_question_gets_a_recorded_turn(question, tmp_path_factory, squad_passages):
     from assistant.dialogue import DialogueManager
     from assistant.history import History
