@@ -201,6 +201,9 @@ def _print_report(console, report) -> None:
         for path, reason in report.unreachable:
             console.print(f"  {visible(path, one_line=True)}: {visible(reason, one_line=True)}",
                           markup=False, highlight=False)
+    if report.ignored:
+        console.print(f"Left out by .gitignore/.ignore files: {sum(report.ignored.values())} "
+                      "file(s) and folder(s)", markup=False, highlight=False)
     if report.unsupported:
         kinds = visible(", ".join(f"{k} ×{n}" for k, n in report.unsupported.most_common(8)),
                         one_line=True)

@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator
 
 from .chunking import chunk_sections
 from .embedding import Embedder
+from .ignore import IgnoreRules, generated_reason, repository_folders, sphinx_folder_reason
 from .readers import SkipFile, kind_of, read_document
 from .store import Store, known_roots
 
@@ -36,6 +37,7 @@ class IndexReport:
             kept, never treated as deleted.
         kept: documents kept although not found, because their folder was unreachable.
         unsupported: count of files by suffix whose type is not indexed.
+        ignored: files and folders left out by ``.gitignore``/``.ignore`` files.
         seconds: wall time of the run.
         embed_seconds: time spent embedding.
     """
@@ -50,6 +52,7 @@ class IndexReport:
     unreachable: list[tuple[str, str]] = field(default_factory=list)
     kept: int = 0
     unsupported: Counter = field(default_factory=Counter)
+    ignored: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     embed_seconds: float = 0.0
 
@@ -75,17 +78,24 @@ class Progress:
 
 
 def walk(roots: Iterable[Path], report: IndexReport) -> Iterator[Candidate]:
-    """Yield the supported files under ``roots`` (files given directly are taken as they are).
+    """Yield the supported files under ``roots`` (files given directly are taken as they are),
+    each once even when roots overlap.
 
     Hidden folders and tool folders (``.git``, ``node_modules``, virtual environments) are not
-    entered. Unsupported types are counted in ``report.unsupported``; missing paths are added
-    to ``report.skipped``, and folders or files that cannot be read to ``report.unreachable``.
+    entered; what ``.gitignore``/``.ignore`` files exclude is left out (counted in
+    ``report.ignored``); generated files (lock files, search indexes, minified bundles,
+    Sphinx's ``_sources`` and ``_static``) are added to ``report.skipped`` with the reason.
+    Unsupported types are counted in ``report.unsupported``; missing paths are added to
+    ``report.skipped``, and folders or files that cannot be read to ``report.unreachable``.
     """
+    yielded: set[Path] = set()
     for root in roots:
         root = Path(root).expanduser().resolve()
         if root.is_file():
-            stat = root.stat()
-            yield Candidate(root, root, stat.st_size, stat.st_mtime_ns)
+            if root not in yielded:
+                yielded.add(root)
+                stat = root.stat()
+                yield Candidate(root, root, stat.st_size, stat.st_mtime_ns)
             continue
         if not root.exists():
             report.skipped.append((str(root), "no such file or folder"))
@@ -94,14 +104,39 @@ def walk(roots: Iterable[Path], report: IndexReport) -> Iterator[Candidate]:
         def onerror(exc: OSError) -> None:
             report.unreachable.append((str(exc.filename), f"cannot read folder ({exc.strerror})"))
 
+        rules = IgnoreRules()
+        for parent in repository_folders(root):  # as git does: from the repository's top
+            rules.enter(parent)
         for folder, dirs, files in os.walk(root, onerror=onerror):
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIP_DIRS)
+            here = Path(folder)
+            rules.enter(here)
+            kept_dirs = []
+            for name in sorted(dirs):
+                sub = here / name
+                if name.startswith(".") or name in SKIP_DIRS:
+                    continue
+                if rules.ignored(sub, is_dir=True):
+                    report.ignored["ignore files"] += 1
+                    continue
+                reason = sphinx_folder_reason(sub)
+                if reason:
+                    report.skipped.append((str(sub), reason))
+                    continue
+                kept_dirs.append(name)
+            dirs[:] = kept_dirs
             for name in sorted(files):
-                path = Path(folder) / name
-                if name.startswith("."):
+                path = here / name
+                if name.startswith(".") or path in yielded:
                     continue
                 if kind_of(path) is None:
                     report.unsupported[path.suffix.lower() or "(no suffix)"] += 1
+                    continue
+                if rules.ignored(path):
+                    report.ignored["ignore files"] += 1
+                    continue
+                reason = generated_reason(path)
+                if reason:
+                    report.skipped.append((str(path), reason))
                     continue
                 try:
                     stat = path.stat()
@@ -110,6 +145,7 @@ def walk(roots: Iterable[Path], report: IndexReport) -> Iterator[Candidate]:
                     continue
                 if path.is_symlink() and not path.resolve().is_file():
                     continue
+                yielded.add(path)
                 yield Candidate(path, root, stat.st_size, stat.st_mtime_ns)
 
 

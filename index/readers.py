@@ -28,6 +28,9 @@ CODE_SUFFIXES = {
     ".cfg", ".conf", ".json", ".xml", ".tex", ".bib", ".org", ".adoc", ".csv", ".tsv",
     ".dockerfile", ".gradle", ".cmake", ".proto", ".graphql", ".dart", ".zig", ".nim",
 }
+MINIFIED_LINE = 5000
+"""Source code with a line longer than this (characters) was written by a tool (minified
+bundles, generated data), not by a person; prose files are not held to it."""
 SPECIAL_NAMES = {"readme", "license", "copying", "makefile", "dockerfile", "changelog",
                  "authors", "contributing", "notice", "todo", "install", "news"}
 SUPPORTED_SUFFIXES = (TEXT_SUFFIXES | MARKDOWN_SUFFIXES | RST_SUFFIXES | HTML_SUFFIXES
@@ -349,6 +352,10 @@ def read_document(path: Path, data: bytes, kind: str) -> Document:
         title, sections = read_pdf(path)
         return Document(title or path.stem, kind, sections)
     text = _normalise(decode(data))
+    if kind == "code":
+        longest = max(map(len, text.splitlines()), default=0)
+        if longest > MINIFIED_LINE:
+            raise SkipFile(f"generated or minified (a line of {longest:,} characters)")
     if kind == "markdown":
         title, sections = read_markdown(text)
     elif kind == "rst":

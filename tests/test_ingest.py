@@ -93,3 +93,79 @@ def test_missing_path_is_reported(tmp_path, fake_embedder):
 def test_no_roots_at_all_is_an_error(tmp_path, fake_embedder):
     with pytest.raises(ValueError, match="nothing to index"):
         make_indexer(tmp_path, fake_embedder).run([])
+
+
+def indexed_names(tmp_path) -> set[str]:
+    store = Store.open(tmp_path / "index")
+    try:
+        return {str(Path(p).relative_to(tmp_path / "repo")) for p in store.documents()}
+    finally:
+        store.close()
+
+
+def write(path: Path, text: str = "Some words about the project.\n") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def test_overlapping_roots_index_each_file_once(tmp_path, fake_embedder):
+    repo = tmp_path / "repo"
+    write(repo / "a.md")
+    write(repo / "sub" / "b.md")
+    report = make_indexer(tmp_path, fake_embedder).run([repo, repo / "sub", repo / "a.md"])
+    assert report.added == 2 and indexed_names(tmp_path) == {"a.md", "sub/b.md"}
+
+
+def test_gitignore_and_ignore_files_are_honoured_as_git_does(tmp_path, fake_embedder):
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    write(repo / ".gitignore", "build/\n*.log\n!keep.log\n")
+    write(repo / "docs" / ".ignore", "drafts/\nsecret.md\n")
+    write(repo / "docs" / ".gitignore", "!important.log\n")
+    for name in ("README.md", "build/out.md", "x.log", "keep.log", "docs/guide.md",
+                 "docs/secret.md", "docs/drafts/wip.md", "docs/important.log"):
+        write(repo / name)
+    report = make_indexer(tmp_path, fake_embedder).run([repo])
+    assert indexed_names(tmp_path) == {"README.md", "keep.log", "docs/guide.md",
+                                       "docs/important.log"}
+    assert report.ignored["ignore files"] == 4  # build/, x.log, docs/drafts/, docs/secret.md
+    # A sub-folder of the repository given alone still follows the repository's files.
+    (tmp_path / "index").rename(tmp_path / "old-index")
+    make_indexer(tmp_path, fake_embedder).run([repo / "docs"])
+    assert indexed_names(tmp_path) == {"docs/guide.md", "docs/important.log"}
+
+
+def test_ignore_files_outside_a_repository_do_not_reach_in(tmp_path, fake_embedder):
+    write(tmp_path / ".gitignore", "*.md\n")  # e.g. a stray file in a parent folder
+    write(tmp_path / "repo" / "notes.md")
+    make_indexer(tmp_path, fake_embedder).run([tmp_path / "repo"])
+    assert indexed_names(tmp_path) == {"notes.md"}
+
+
+def test_generated_files_are_skipped_with_a_reason(tmp_path, fake_embedder):
+    repo = tmp_path / "repo"
+    html = "<html><head><title>{0}</title></head><body><h1>{0}</h1><p>About {0}.</p></body></html>"
+    write(repo / "build" / "index.html", html.format("Index"))
+    write(repo / "build" / "tutorial.html", html.format("Tutorial"))
+    write(repo / "build" / "searchindex.js", "Search.setIndex({docnames:['index']})")
+    write(repo / "build" / "_sources" / "tutorial.rst.txt", "Tutorial\n========\n\nAbout it.\n")
+    write(repo / "build" / "_static" / "doctools.js", "function f() { return 1; }\n")
+    write(repo / "package-lock.json", '{"lockfileVersion": 3}')
+    write(repo / "app.min.js", "var a=1;")
+    write(repo / "bundle.js", "var x=1;" * 1000)  # one line of 8,000 characters
+    write(repo / "app.js", "function add(a, b) {\n  return a + b;\n}\n")
+    report = make_indexer(tmp_path, fake_embedder).run([repo])
+    assert indexed_names(tmp_path) == {"build/index.html", "build/tutorial.html", "app.js"}
+    reasons = {str(Path(p).relative_to(repo)): r for p, r in report.skipped}
+    assert reasons["build/searchindex.js"] == "a search index (generated)"
+    assert "Sphinx's copies" in reasons["build/_sources"]
+    assert "theme files" in reasons["build/_static"]
+    assert reasons["package-lock.json"] == "a lock file (generated)"
+    assert reasons["app.min.js"] == "minified"
+    assert reasons["bundle.js"] == "generated or minified (a line of 8,000 characters)"
+
+
+def test_a_folder_named_sources_outside_a_sphinx_build_is_indexed(tmp_path, fake_embedder):
+    write(tmp_path / "repo" / "_sources" / "notes.md")
+    make_indexer(tmp_path, fake_embedder).run([tmp_path / "repo"])
+    assert indexed_names(tmp_path) == {"_sources/notes.md"}
