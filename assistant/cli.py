@@ -201,6 +201,14 @@ def _print_report(console, report) -> None:
         for path, reason in report.unreachable:
             console.print(f"  {visible(path, one_line=True)}: {visible(reason, one_line=True)}",
                           markup=False, highlight=False)
+    if report.duplicates:
+        console.print(f"Stored once: {len(report.duplicates)} file(s) with the same content as "
+                      "a document already indexed:", markup=False, highlight=False)
+        for path, original in report.duplicates[:10]:
+            console.print(f"  {visible(path, one_line=True)} = {visible(original, one_line=True)}",
+                          markup=False, highlight=False)
+        if len(report.duplicates) > 10:
+            console.print(f"  … and {len(report.duplicates) - 10} more", markup=False)
     if report.ignored:
         console.print(f"Left out by .gitignore/.ignore files: {sum(report.ignored.values())} "
                       "file(s) and folder(s)", markup=False, highlight=False)

@@ -36,6 +36,8 @@ class IndexReport:
             time (permissions, a disk or share not mounted); what was indexed from them is
             kept, never treated as deleted.
         kept: documents kept although not found, because their folder was unreachable.
+        duplicates: ``[(path, path of the document with the same content)]`` for files
+            stored once, beside the document they repeat.
         unsupported: count of files by suffix whose type is not indexed.
         ignored: files and folders left out by ``.gitignore``/``.ignore`` files.
         seconds: wall time of the run.
@@ -51,6 +53,7 @@ class IndexReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     unreachable: list[tuple[str, str]] = field(default_factory=list)
     kept: int = 0
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
     unsupported: Counter = field(default_factory=Counter)
     ignored: Counter = field(default_factory=Counter)
     seconds: float = 0.0
@@ -182,6 +185,7 @@ class Indexer:
         self.max_file_bytes = max_file_bytes
         self.batch_size = batch_size
         self.flush_passages = 512  # passages embedded together across small files
+        self._run_digests: set[str] = set()  # content hashes of files read in this run
 
     def params(self) -> dict:
         """Settings that shape passages; an index built with others must be rebuilt."""
@@ -214,6 +218,7 @@ class Indexer:
                 raise ValueError("nothing to index: give a folder or file, e.g. "
                                  "`assistant index ~/Documents`")
             known = store.documents()
+            self._run_digests: set[str] = set()
             candidates = list(walk(roots, report))
             progress.start(len(candidates))
             seen: set[str] = set()
@@ -275,33 +280,54 @@ class Indexer:
         except SkipFile as exc:
             report.skipped.append((str(c.path), str(exc)))
             return None
-        chunks = chunk_sections(document.sections, max_tokens=self.chunk_tokens,
-                                overlap=self.chunk_overlap,
-                                count_tokens=self.embedder.count_tokens)
-        return _Pending(c, old, digest, document.title, document.kind, chunks)
+        if store.primary(digest) is not None or digest in self._run_digests:
+            # The same bytes as a document already indexed: stored once, this path recorded
+            # beside it (resolved again when written, in case that document changed).
+            return _Pending(c, old, digest, document.title, document.kind, [], document)
+        self._run_digests.add(digest)
+        return _Pending(c, old, digest, document.title, document.kind, self._chunk(document))
+
+    def _chunk(self, document) -> list:
+        return chunk_sections(document.sections, max_tokens=self.chunk_tokens,
+                              overlap=self.chunk_overlap, count_tokens=self.embedder.count_tokens)
 
     def _flush(self, store: Store, pending: list["_Pending"], report: IndexReport) -> None:
-        """Embed the passages of the pending files in one batch and write them to the store."""
+        """Write the pending files: drop their old versions, settle which are duplicates of a
+        document in the index or earlier in this batch (a duplicate whose original is gone is
+        chunked now), embed the passages of the others in one batch, then add them in order."""
         import time
 
         if not pending:
             return
+        for p in pending:
+            if p.old:
+                report.passages_removed += store.remove_document(p.old["id"])
+        batch: set[str] = set()
+        for p in pending:
+            if p.duplicate_source is not None and store.primary(p.sha256) is None \
+                    and p.sha256 not in batch:
+                p.chunks, p.duplicate_source = self._chunk(p.duplicate_source), None
+            if p.duplicate_source is None:
+                batch.add(p.sha256)
         texts = [embedding_text(p.title, ch.heading, ch.text) for p in pending for ch in p.chunks]
         t0 = time.perf_counter()
         vectors = self.embedder.embed(texts, batch_size=self.batch_size)
         report.embed_seconds += time.perf_counter() - t0
         offset = 0
         for p in pending:
+            fields = dict(path=str(p.candidate.path), root=str(p.candidate.root),
+                          size=p.candidate.size, mtime_ns=p.candidate.mtime_ns, sha256=p.sha256,
+                          title=p.title)
+            if p.duplicate_source is not None:
+                original = store.add_duplicate(**fields)
+                report.duplicates.append((str(p.candidate.path), original))
+                continue
             if p.old:
-                report.passages_removed += store.remove_document(p.old["id"])
                 report.updated += 1
             else:
                 report.added += 1
-            store.add_document(
-                path=str(p.candidate.path), root=str(p.candidate.root), size=p.candidate.size,
-                mtime_ns=p.candidate.mtime_ns, sha256=p.sha256, title=p.title, kind=p.kind,
-                chunks=p.chunks, vectors=vectors[offset : offset + len(p.chunks)],
-            )
+            store.add_document(**fields, kind=p.kind, chunks=p.chunks,
+                               vectors=vectors[offset : offset + len(p.chunks)])
             offset += len(p.chunks)
             report.passages_added += len(p.chunks)
         pending.clear()
@@ -315,6 +341,7 @@ class _Pending:
     title: str
     kind: str
     chunks: list
+    duplicate_source: object = None  # the parsed document, when a duplicate of another
 
 
 def embedding_text(title: str, heading: str, text: str) -> str:

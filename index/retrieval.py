@@ -14,6 +14,7 @@ Two ways to fuse the dense and BM25 rankings:
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -24,6 +25,9 @@ from .store import Passage, Store
 Mode = Literal["convex", "hybrid", "dense", "bm25"]
 MODES: tuple[str, ...] = ("convex", "hybrid", "dense", "bm25")
 RRF_K = 60
+NEAR_DUPLICATE = 0.9
+"""Word-set Jaccard similarity at which two retrieved passages count as the same thing."""
+_WORD = re.compile(r"\w+")
 ALPHA = 0.5
 """Weight of the dense scores in ``convex`` fusion (tuned on the dev sets, BENCHMARKS.md)."""
 
@@ -53,6 +57,15 @@ class SearchResult:
 
     hits: list[Hit]
     milliseconds: float
+
+
+def near_duplicate(a: set[str], b: set[str], *, threshold: float = NEAR_DUPLICATE) -> bool:
+    """True when two passages' word sets have a Jaccard similarity of at least
+    ``threshold`` (|a ∩ b| / |a ∪ b|; Broder 1997 uses the same resemblance measure on
+    shingles). Empty sets are never duplicates."""
+    if not a or not b:
+        return False
+    return len(a & b) >= threshold * len(a | b)
 
 
 def min_max(scores: list[tuple[int, float]]) -> dict[int, float]:
@@ -102,7 +115,9 @@ class Retriever:
         self.alpha = alpha
 
     def search(self, query: str, *, k: int = 5, mode: Mode = "convex") -> SearchResult:
-        """Top-``k`` passages for ``query``.
+        """Top-``k`` passages for ``query``, near-duplicates collapsed (a passage whose words
+        are :func:`near_duplicate` of a better-ranked one's is left out, so the top ``k`` are
+        ``k`` different things: the same text in two files, overlapping copies).
 
         Raises:
             ValueError: unknown ``mode`` or ``k < 1``.
@@ -121,19 +136,29 @@ class Retriever:
         if mode != "dense":
             sparse = self.store.bm25_search(query, depth)
         if mode == "dense":
-            ranked = dense[:k]
+            ranked = dense
         elif mode == "bm25":
-            ranked = sparse[:k]
+            ranked = sparse
         elif mode == "convex":
-            ranked = convex(dense, sparse, alpha=self.alpha)[:k]
+            ranked = convex(dense, sparse, alpha=self.alpha)
         else:
-            ranked = rrf([[i for i, _ in dense], [i for i, _ in sparse]])[:k]
+            ranked = rrf([[i for i, _ in dense], [i for i, _ in sparse]])
+        ranked = ranked[: k * 3]  # room for near-duplicates to be collapsed
         dense_rank = {pid: r for r, (pid, _) in enumerate(dense, start=1)}
         bm25_rank = {pid: r for r, (pid, _) in enumerate(sparse, start=1)}
         passages = {p.id: p for p in self.store.passages([pid for pid, _ in ranked])}
-        hits = [
-            Hit(passages[pid], score, rank, dense_rank.get(pid), bm25_rank.get(pid))
-            for rank, (pid, score) in enumerate(ranked, start=1)
-            if pid in passages
-        ]
+        kept: list[tuple[int, float]] = []
+        words: list[set[str]] = []
+        for pid, score in ranked:
+            if pid not in passages:
+                continue
+            these = set(_WORD.findall(passages[pid].text.lower()))
+            if any(near_duplicate(these, other) for other in words):
+                continue
+            kept.append((pid, score))
+            words.append(these)
+            if len(kept) == k:
+                break
+        hits = [Hit(passages[pid], score, rank, dense_rank.get(pid), bm25_rank.get(pid))
+                for rank, (pid, score) in enumerate(kept, start=1)]
         return SearchResult(hits, (time.perf_counter() - started) * 1000)

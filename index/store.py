@@ -35,6 +35,8 @@ SCHEMA_VERSION = 1
 _DB = "passages.db"
 _FAISS = "passages.faiss"
 _CURRENT = "CURRENT"
+DUPLICATE = "duplicate"
+"""Document kind of a file recorded as a copy of another document (no passages of its own)."""
 _GENERATION = re.compile(r"gen-\d{20}")
 
 
@@ -147,6 +149,7 @@ def _create_schema(db: sqlite_utils.Database) -> None:
             line_end INTEGER, n_tokens INTEGER)"""
     )
     db.execute("CREATE INDEX passages_document ON passages(document_id)")
+    db.execute("CREATE INDEX IF NOT EXISTS documents_sha ON documents(sha256)")
     db.execute(
         "CREATE VIRTUAL TABLE passages_fts USING fts5(text, heading, title, "
         "tokenize='porter unicode61')"
@@ -287,6 +290,7 @@ class Store:
         store._writable = True
         store._lock = lock
         store.db.execute("BEGIN")
+        store.db.execute("CREATE INDEX IF NOT EXISTS documents_sha ON documents(sha256)")
         return store
 
     def __enter__(self) -> "Store":
@@ -448,9 +452,57 @@ class Store:
             self.vectors.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
         return int(doc_id)
 
-    def remove_document(self, document_id: int) -> int:
-        """Delete a document, its passages, their FTS rows and vectors; returns passages removed."""
+    def primary(self, sha256: str) -> dict | None:
+        """The document holding the passages of content ``sha256`` (its row), or None."""
+        rows = list(self.db["documents"].rows_where(
+            "sha256 = ? AND kind != ?", [sha256, DUPLICATE], limit=1))
+        return rows[0] if rows else None
+
+    def add_duplicate(self, *, path: str, root: str, size: int, mtime_ns: int, sha256: str,
+                      title: str) -> str:
+        """Record a file with the same content as a document already indexed: a document row
+        of kind ``duplicate`` with no passages of its own. Returns the original's path.
+
+        Raises:
+            StoreError: no document with that content.
+        """
         self._check_writable()
+        original = self.primary(sha256)
+        if original is None:
+            raise StoreError(f"no document with the content of {path}")
+        self.db["documents"].insert({
+            "path": path, "root": root, "size": size, "mtime_ns": mtime_ns, "sha256": sha256,
+            "title": title, "kind": DUPLICATE, "n_passages": 0, "indexed_at": time.time()})
+        return original["path"]
+
+    def duplicates(self) -> dict[str, list[str]]:
+        """``{original path: [paths of files with the same content]}``."""
+        out: dict[str, list[str]] = {}
+        for path, original in self.db.execute(
+                """SELECT d.path, o.path FROM documents d JOIN documents o
+                   ON o.sha256 = d.sha256 AND o.kind != ? WHERE d.kind = ?
+                   ORDER BY o.path, d.path""", [DUPLICATE, DUPLICATE]):
+            out.setdefault(original, []).append(path)
+        return out
+
+    def remove_document(self, document_id: int) -> int:
+        """Delete a document, its passages, their FTS rows and vectors; returns passages removed.
+        When files with the same content are recorded as its duplicates, the first of them
+        takes its passages over instead (nothing is re-embedded) and 0 is returned."""
+        self._check_writable()
+        row = self.db.execute("SELECT sha256, kind, n_passages FROM documents WHERE id = ?",
+                              [document_id]).fetchone()
+        if row is not None and row[1] != DUPLICATE:
+            heir = self.db.execute(
+                "SELECT id FROM documents WHERE sha256 = ? AND kind = ? ORDER BY path LIMIT 1",
+                [row[0], DUPLICATE]).fetchone()
+            if heir is not None:
+                self.db.execute("UPDATE passages SET document_id = ? WHERE document_id = ?",
+                                [heir[0], document_id])
+                self.db.execute("UPDATE documents SET kind = ?, n_passages = ? WHERE id = ?",
+                                [row[1], row[2], heir[0]])
+                self.db.execute("DELETE FROM documents WHERE id = ?", [document_id])
+                return 0
         ids = [r[0] for r in self.db.execute(
             "SELECT id FROM passages WHERE document_id = ?", [document_id])]
         if ids:

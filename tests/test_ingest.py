@@ -110,8 +110,8 @@ def write(path: Path, text: str = "Some words about the project.\n") -> None:
 
 def test_overlapping_roots_index_each_file_once(tmp_path, fake_embedder):
     repo = tmp_path / "repo"
-    write(repo / "a.md")
-    write(repo / "sub" / "b.md")
+    write(repo / "a.md", "About a.\n")
+    write(repo / "sub" / "b.md", "About b.\n")
     report = make_indexer(tmp_path, fake_embedder).run([repo, repo / "sub", repo / "a.md"])
     assert report.added == 2 and indexed_names(tmp_path) == {"a.md", "sub/b.md"}
 
@@ -169,3 +169,57 @@ def test_a_folder_named_sources_outside_a_sphinx_build_is_indexed(tmp_path, fake
     write(tmp_path / "repo" / "_sources" / "notes.md")
     make_indexer(tmp_path, fake_embedder).run([tmp_path / "repo"])
     assert indexed_names(tmp_path) == {"_sources/notes.md"}
+
+
+def test_identical_files_are_stored_once_with_every_path_known(tmp_path, fake_embedder):
+    repo = tmp_path / "repo"
+    text = "# Tuples\n\nTuples are immutable sequences, lists are mutable.\n"
+    write(repo / "a" / "tuples.md", text)
+    write(repo / "b" / "tuples.md", text)
+    write(repo / "c" / "copy.md", text)
+    write(repo / "other.md", "# Other\n\nSomething else entirely.\n")
+    indexer = make_indexer(tmp_path, fake_embedder)
+    report = indexer.run([repo])
+    original = str(repo / "a" / "tuples.md")
+    assert report.added == 2 and sorted(report.duplicates) == [
+        (str(repo / "b" / "tuples.md"), original), (str(repo / "c" / "copy.md"), original)]
+    store = Store.open(tmp_path / "index")
+    assert store.stats()["passages"] == 2
+    assert store.duplicates() == {original: [str(repo / "b" / "tuples.md"),
+                                             str(repo / "c" / "copy.md")]}
+    store.close()
+    embedded = len(fake_embedder.embedded)
+    # The original is deleted: a copy takes its passages over, nothing is embedded again.
+    (repo / "a" / "tuples.md").unlink()
+    report = indexer.run([repo])
+    assert report.removed == 1 and report.passages_removed == 0
+    assert len(fake_embedder.embedded) == embedded
+    store = Store.open(tmp_path / "index")
+    hit = Retriever(store, fake_embedder).search("are tuples immutable", k=1, mode="bm25").hits[0]
+    assert hit.passage.path == str(repo / "b" / "tuples.md")
+    assert store.duplicates() == {str(repo / "b" / "tuples.md"): [str(repo / "c" / "copy.md")]}
+    store.close()
+    # The new original changes: the remaining copy becomes the document, the change is added.
+    write(repo / "b" / "tuples.md", "# Tuples\n\nChanged: tuples are still immutable.\n")
+    indexer.run([repo])
+    store = Store.open(tmp_path / "index")
+    assert store.duplicates() == {} and store.stats()["documents"] == 3
+    assert store.stats()["passages"] == 3
+    store.close()
+
+
+def test_a_copy_of_a_file_changed_in_the_same_run_is_indexed_in_full(tmp_path, fake_embedder):
+    repo = tmp_path / "repo"
+    write(repo / "a.md", "# A\n\nThe first version.\n")
+    indexer = make_indexer(tmp_path, fake_embedder)
+    indexer.run([repo])
+    write(repo / "a.md", "# A\n\nThe second version, longer.\n")
+    write(repo / "b.md", "# A\n\nThe first version.\n")  # a copy of what a.md was
+    report = indexer.run([repo])
+    store = Store.open(tmp_path / "index")
+    try:
+        assert store.stats()["documents"] == 2 and store.stats()["passages"] == 2
+        assert store.duplicates() == {} and report.duplicates == []
+        assert store.vectors.ntotal == 2
+    finally:
+        store.close()

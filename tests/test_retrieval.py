@@ -1,7 +1,7 @@
 import pytest
 
 from index.ingest import Indexer
-from index.retrieval import Retriever, convex, min_max, rrf
+from index.retrieval import Retriever, convex, min_max, near_duplicate, rrf
 from index.store import Store
 
 
@@ -54,3 +54,22 @@ def test_real_embedder_finds_gold_passages(tmp_path, corpus_dir, real_embedder, 
     assert recall["bm25"] >= 0.8, recall
     assert recall["hybrid"] >= max(recall["dense"], recall["bm25"]) - 0.03, recall
     assert recall["convex"] >= max(recall["dense"], recall["bm25"]) - 0.03, recall
+
+
+def test_near_duplicate_passages_are_collapsed_so_top_k_differ(tmp_path, fake_embedder,
+                                                               squad_passages):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    base = squad_passages[0]["text"]
+    (docs / "a.md").write_text(f"# A\n\n{base}\n")
+    (docs / "b.md").write_text(f"# B\n\n{base} Copied.\n")  # the same text, one word more
+    (docs / "c.md").write_text(f"# C\n\n{squad_passages[1]['text']}\n")
+    Indexer(tmp_path / "i", fake_embedder).run([docs])
+    retriever = Retriever(Store.open(tmp_path / "i"), fake_embedder)
+    for mode in ("convex", "dense", "bm25"):
+        hits = retriever.search(base[:120], k=2, mode=mode).hits
+        assert [h.rank for h in hits] == [1, 2]
+        names = {h.passage.path.rsplit("/", 1)[-1] for h in hits}
+        assert "c.md" in names and len(names & {"a.md", "b.md"}) == 1, mode
+    assert near_duplicate({"a", "b", "c"}, {"a", "b", "c"})
+    assert not near_duplicate({"a", "b"}, {"a", "c"}) and not near_duplicate(set(), set())
