@@ -19,8 +19,9 @@ MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd"}
 RST_SUFFIXES = {".rst", ".rest"}
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
 PDF_SUFFIXES = {".pdf"}
+NOTEBOOK_SUFFIXES = {".ipynb"}
 CODE_SUFFIXES = {
-    ".py", ".pyi", ".ipynb", ".js", ".mjs", ".cjs", ".ts", ".tsx", ".jsx", ".java", ".kt", ".kts",
+    ".py", ".pyi", ".js", ".mjs", ".cjs", ".ts", ".tsx", ".jsx", ".java", ".kt", ".kts",
     ".scala", ".go", ".rs", ".c", ".h", ".cc", ".cpp", ".cxx", ".hpp", ".hh", ".cs", ".swift",
     ".m", ".mm", ".rb", ".php", ".pl", ".pm", ".lua", ".r", ".jl", ".hs", ".ml", ".mli", ".ex",
     ".exs", ".erl", ".clj", ".el", ".vim", ".sh", ".bash", ".zsh", ".fish", ".ps1", ".bat",
@@ -34,7 +35,7 @@ bundles, generated data), not by a person; prose files are not held to it."""
 SPECIAL_NAMES = {"readme", "license", "copying", "makefile", "dockerfile", "changelog",
                  "authors", "contributing", "notice", "todo", "install", "news"}
 SUPPORTED_SUFFIXES = (TEXT_SUFFIXES | MARKDOWN_SUFFIXES | RST_SUFFIXES | HTML_SUFFIXES
-                      | PDF_SUFFIXES | CODE_SUFFIXES)
+                      | PDF_SUFFIXES | CODE_SUFFIXES | NOTEBOOK_SUFFIXES)
 
 
 class SkipFile(Exception):
@@ -44,7 +45,7 @@ class SkipFile(Exception):
 @dataclass(frozen=True)
 class Document:
     """A parsed file: its title, kind (``text``, ``markdown``, ``rst``, ``html``, ``pdf``,
-    ``code``) and sections in order."""
+    ``notebook``, ``code``) and sections in order."""
 
     title: str
     kind: str
@@ -62,6 +63,8 @@ def kind_of(path: Path) -> str | None:
         return "html"
     if suffix in PDF_SUFFIXES:
         return "pdf"
+    if suffix in NOTEBOOK_SUFFIXES:
+        return "notebook"
     if suffix in CODE_SUFFIXES:
         return "code"
     if suffix in TEXT_SUFFIXES or path.name.lower() in SPECIAL_NAMES or (
@@ -163,6 +166,57 @@ def read_markdown(text: str) -> tuple[str | None, list[Section]]:
             level = int(token.tag[1])
             headings.append((token.map[0], token.map[1], level, tokens[i + 1].content.strip()))
     return _sections_from_headings(text, headings)
+
+
+def read_notebook(text: str) -> tuple[str | None, list[Section]]:
+    """A Jupyter notebook (read with ``nbformat``): its markdown and code cells, outputs
+    dropped. Consecutive cells under the same markdown heading form one section whose heading
+    names them (``Setup · cells 3–5``), so short cells are not each a passage of their own.
+
+    Returns ``(first level-1 heading or None, sections)``.
+
+    Raises:
+        SkipFile: not a notebook nbformat can read.
+    """
+    import nbformat
+
+    try:
+        notebook = nbformat.reads(text, as_version=4)
+    except Exception as exc:  # nbformat raises JSON, validation and version errors
+        raise SkipFile(f"not a readable notebook ({str(exc).splitlines()[0][:80]})") from None
+    title: str | None = None
+    sections: list[Section] = []
+    heading, texts, cells = "", [], []
+
+    def close() -> None:
+        if texts:
+            span = f"cell {cells[0]}" if len(cells) == 1 else f"cells {cells[0]}–{cells[-1]}"
+            sections.append(Section("\n\n".join(texts),
+                                    heading=f"{heading} · {span}" if heading else span,
+                                    line_start=1, lines_exact=False))
+        texts.clear()
+        cells.clear()
+
+    for number, cell in enumerate(notebook.cells, start=1):
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else str(source)
+        if not source.strip() or cell.get("cell_type") not in ("markdown", "code"):
+            continue
+        if cell["cell_type"] == "markdown":
+            first, parts = read_markdown(source)
+            title = title or first
+            for part in parts:
+                if part.heading and part.heading != heading:
+                    close()
+                    heading = part.heading
+                if part.text.strip():
+                    texts.append(part.text.strip())
+                    cells.append(number)
+        else:
+            texts.append(source.strip())
+            cells.append(number)
+    close()
+    return title, sections
 
 
 def read_rst(text: str) -> tuple[str | None, list[Section]]:
@@ -362,6 +416,8 @@ def read_document(path: Path, data: bytes, kind: str) -> Document:
         title, sections = read_rst(text)
     elif kind == "html":
         title, sections = read_html(text)
+    elif kind == "notebook":
+        title, sections = read_notebook(text)
     else:
         title, sections = None, read_text(text)
     if not any(s.text.strip() for s in sections):

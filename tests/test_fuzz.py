@@ -23,7 +23,8 @@ from assistant.question import check_question
 from index.chunking import Section, chunk_sections
 from index.readers import SkipFile, read_document
 
-SUFFIX = {"text": ".txt", "markdown": ".md", "rst": ".rst", "html": ".html", "code": ".py"}
+SUFFIX = {"text": ".txt", "markdown": ".md", "rst": ".rst", "html": ".html", "code": ".py",
+          "notebook": ".ipynb"}
 CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 # Text that looks like documents, with the characters that break parsers mixed in.

@@ -98,3 +98,34 @@ def test_utf16_and_bom_are_decoded():
 def test_unusable_bytes_are_skipped(data, reason):
     with pytest.raises(SkipFile, match=reason):
         decode(data)
+
+
+def test_notebook_cells_are_read_without_outputs(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+    notebook = new_notebook(cells=[
+        new_markdown_cell("# Sales analysis\n\nWe load the data."),
+        new_code_cell('import pandas as pd\ndf = pd.read_csv("sales.csv")',
+                      outputs=[new_output("stream", text="OUTPUT THAT IS NOT INDEXED")]),
+        new_code_cell("df.head()"),
+        new_markdown_cell("## Totals\nSum per region."),
+        new_code_cell('df.groupby("region").sum()'),
+    ])
+    path = tmp_path / "sales.ipynb"
+    path.write_text(nbformat.writes(notebook), encoding="utf-8")
+    assert kind_of(path) == "notebook"
+    document = read_document(path, path.read_bytes(), "notebook")
+    assert document.title == "Sales analysis" and document.kind == "notebook"
+    assert [s.heading for s in document.sections] == ["Sales analysis · cells 1–3",
+                                                      "Totals · cells 4–5"]
+    text = "\n".join(s.text for s in document.sections)
+    assert 'pd.read_csv("sales.csv")' in text and "Sum per region." in text
+    assert "OUTPUT" not in text and '"cell_type"' not in text  # not the raw JSON
+
+
+def test_a_broken_notebook_is_skipped_with_a_reason(tmp_path):
+    path = tmp_path / "broken.ipynb"
+    path.write_text('{"cells": [', encoding="utf-8")
+    with pytest.raises(SkipFile, match="not a readable notebook"):
+        read_document(path, path.read_bytes(), "notebook")
