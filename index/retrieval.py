@@ -127,6 +127,7 @@ class Retriever:
         if k < 1:
             raise ValueError("k must be at least 1")
         started = time.perf_counter()
+        self.store = self.store.refreshed()  # a newer index published meanwhile is used
         depth = max(self.depth, k)
         dense: list[tuple[int, float]] = []
         sparse: list[tuple[int, float]] = []

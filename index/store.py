@@ -360,6 +360,29 @@ class Store:
         self.db.conn.close()
 
     # ---- reading -----------------------------------------------------------------------
+    def refreshed(self) -> "Store":
+        """This store, or the live generation opened anew when another `index` run has
+        published one since this was opened (the old one is then closed). A damaged newer
+        index is not taken: this one is kept, and still works (its generation is kept on disk
+        until the run after next).
+
+        Cost: one small file read (``CURRENT``) when nothing changed.
+        """
+        if self._writable:
+            return self
+        try:
+            live = _live_generation(self.index_dir)
+        except StoreError:
+            return self
+        if live == self.gen_dir:
+            return self
+        try:
+            fresh = Store.open(self.index_dir, embedding_model=self.meta().get("embedding_model"))
+        except StoreError:
+            return self
+        self.close()
+        return fresh
+
     def meta(self) -> dict[str, str]:
         """The ``meta`` table as a dict (embedding_model, dim, chunk settings, times)."""
         return dict(self.db.execute("SELECT key, value FROM meta").fetchall())

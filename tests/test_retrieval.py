@@ -73,3 +73,20 @@ def test_near_duplicate_passages_are_collapsed_so_top_k_differ(tmp_path, fake_em
         assert "c.md" in names and len(names & {"a.md", "b.md"}) == 1, mode
     assert near_duplicate({"a", "b", "c"}, {"a", "b", "c"})
     assert not near_duplicate({"a", "b"}, {"a", "c"}) and not near_duplicate(set(), set())
+
+
+def test_a_running_retriever_picks_up_a_newer_index(tmp_path, fake_embedder, squad_passages):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text(f"# A\n\n{squad_passages[0]['text']}\n")
+    Indexer(tmp_path / "i", fake_embedder).run([docs])
+    retriever = Retriever(Store.open(tmp_path / "i"), fake_embedder)
+    first = retriever.store.gen_dir
+    assert retriever.search("zebra crossing", k=1, mode="bm25").hits == []
+    (docs / "zebra.md").write_text("# Zebras\n\nA zebra crossing is a striped road crossing.\n")
+    Indexer(tmp_path / "i", fake_embedder).run([docs])  # another process, in real use
+    hits = retriever.search("zebra crossing", k=1, mode="bm25").hits
+    assert hits and hits[0].passage.path.endswith("zebra.md")
+    assert retriever.store.gen_dir != first and retriever.store.stats()["documents"] == 2
+    (tmp_path / "i" / "CURRENT").write_text("junk")  # a damaged newer index is not taken
+    assert retriever.search("zebra crossing", k=1, mode="bm25").hits
