@@ -24,8 +24,6 @@ class UserError(click.ClickException):
     """A one-line error for the user (exit status 1), never a traceback."""
 
     def show(self, file=None) -> None:
-        from .output import visible
-
         click.echo(f"error: {visible(self.format_message(), one_line=True)}", err=True)
 
 

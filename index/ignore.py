@@ -74,8 +74,6 @@ class IgnoreRules:
 
     def __init__(self) -> None:
         self._specs: dict[Path, pathspec.GitIgnoreSpec] = {}
-        self.files: list[Path] = []
-        """The ignore files read, in the order met."""
 
     def enter(self, folder: Path) -> None:
         """Read the ignore files of ``folder`` (an unreadable one is passed over)."""
@@ -86,7 +84,6 @@ class IgnoreRules:
                 lines += path.read_text(encoding="utf-8", errors="replace").splitlines()
             except OSError:
                 continue
-            self.files.append(path)
         if lines:
             self._specs[folder] = pathspec.GitIgnoreSpec.from_lines(lines)
 

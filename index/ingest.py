@@ -113,20 +113,9 @@ def walk(roots: Iterable[Path], report: IndexReport) -> Iterator[Candidate]:
         for folder, dirs, files in os.walk(root, onerror=onerror):
             here = Path(folder)
             rules.enter(here)
-            kept_dirs = []
-            for name in sorted(dirs):
-                sub = here / name
-                if name.startswith(".") or name in SKIP_DIRS:
-                    continue
-                if rules.ignored(sub, is_dir=True):
-                    report.ignored["ignore files"] += 1
-                    continue
-                reason = sphinx_folder_reason(sub)
-                if reason:
-                    report.skipped.append((str(sub), reason))
-                    continue
-                kept_dirs.append(name)
-            dirs[:] = kept_dirs
+            dirs[:] = [name for name in sorted(dirs)
+                       if not name.startswith(".") and name not in SKIP_DIRS
+                       and not _left_out(here / name, rules, report, is_dir=True)]
             for name in sorted(files):
                 path = here / name
                 if name.startswith(".") or path in yielded:
@@ -134,12 +123,7 @@ def walk(roots: Iterable[Path], report: IndexReport) -> Iterator[Candidate]:
                 if kind_of(path) is None:
                     report.unsupported[path.suffix.lower() or "(no suffix)"] += 1
                     continue
-                if rules.ignored(path):
-                    report.ignored["ignore files"] += 1
-                    continue
-                reason = generated_reason(path)
-                if reason:
-                    report.skipped.append((str(path), reason))
+                if _left_out(path, rules, report):
                     continue
                 try:
                     stat = path.stat()
@@ -150,6 +134,20 @@ def walk(roots: Iterable[Path], report: IndexReport) -> Iterator[Candidate]:
                     continue
                 yielded.add(path)
                 yield Candidate(path, root, stat.st_size, stat.st_mtime_ns)
+
+
+def _left_out(path: Path, rules: IgnoreRules, report: IndexReport, *,
+              is_dir: bool = False) -> bool:
+    """True when ``path`` is left out of the walk: excluded by ignore files (counted in
+    ``report.ignored``) or generated (a file by its name, a folder as Sphinx's ``_sources``
+    or ``_static``; added to ``report.skipped`` with the reason)."""
+    if rules.ignored(path, is_dir=is_dir):
+        report.ignored["ignore files"] += 1
+        return True
+    reason = sphinx_folder_reason(path) if is_dir else generated_reason(path)
+    if reason:
+        report.skipped.append((str(path), reason))
+    return reason is not None
 
 
 def _has_files(folder: Path) -> bool:
@@ -218,7 +216,7 @@ class Indexer:
                 raise ValueError("nothing to index: give a folder or file, e.g. "
                                  "`assistant index ~/Documents`")
             known = store.documents()
-            self._run_digests: set[str] = set()
+            self._run_digests = set()
             candidates = list(walk(roots, report))
             progress.start(len(candidates))
             seen: set[str] = set()

@@ -300,7 +300,6 @@ class Store:
         if self._writable:
             if exc_type is None:
                 self.commit()
-                self.close()
             else:
                 self.abort()
         else:
@@ -310,7 +309,8 @@ class Store:
         """Publish this generation: the database and the FAISS file (written aside, then
         renamed) are flushed to disk with their folder, then ``CURRENT`` is replaced
         atomically. Generations older than the previous one are then removed (the previous one
-        stays, for a reader that still has it open).
+        stays, for a reader that still has it open). The store is closed afterwards: read the
+        published index with :meth:`open`.
 
         Raises:
             StoreError: passages and vectors disagree (the generation is discarded).
@@ -342,7 +342,6 @@ class Store:
         self._writable = False
         _remove_stale_generations(self.index_dir)
         _release_lock(self._lock)
-        self.db = _connect(self.gen_dir / _DB)
 
     def abort(self) -> None:
         """Discard this unpublished generation; the live index stays as it was."""
