@@ -127,27 +127,37 @@ def build_manager(settings: Settings, *, say=None, embedder=None, generator=None
     )
 
 
+def make_indexer(settings: Settings, embedder, *, background: bool = True):
+    """The :class:`~index.ingest.Indexer` for ``settings``. ``background``: embedding pauses
+    while any assistant process is answering from this index (see :mod:`index.turns`)."""
+    from index.ingest import Indexer, no_wait
+    from index.turns import wait_for_answers
+
+    index_dir = settings.index_path
+    return Indexer(index_dir, embedder, chunk_tokens=settings.chunk_tokens,
+                   chunk_overlap=settings.chunk_overlap,
+                   max_file_bytes=int(settings.max_file_mb * 2**20),
+                   wait_turn=(lambda: wait_for_answers(index_dir)) if background else no_wait)
+
+
 def run_index(settings: Settings, paths, *, rebuild: bool = False, embedder=None, quiet=False):
-    """Index ``paths`` with a progress bar on stderr; prints the report. Returns it."""
+    """Index ``paths`` with progress bars on stderr; prints the report. Returns it."""
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
     import sqlite3
 
-    from index.ingest import Indexer
     from index.ingest import Progress as IndexProgress
     from index.store import StoreError
 
     console = Console(stderr=True)
     embedder = embedder or load_embedder(settings)
-    indexer = Indexer(settings.index_path, embedder, chunk_tokens=settings.chunk_tokens,
-                      chunk_overlap=settings.chunk_overlap,
-                      max_file_bytes=int(settings.max_file_mb * 2**20))
+    indexer = make_indexer(settings, embedder)
     bar = Progress(
-        TextColumn("[bold]Indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
-        TextColumn("{task.fields[passages]} passages"),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("[bold]{task.description:9}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[unit]}"), TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(),
         console=console, disable=quiet, transient=False,
     )
 
@@ -157,14 +167,22 @@ def run_index(settings: Settings, paths, *, rebuild: bool = False, embedder=None
         started = time.perf_counter()
 
         def start(self, total_files: int) -> None:
-            self.task = bar.add_task("index", total=total_files, passages=0, rate="")
+            self.task = bar.add_task("Reading", total=total_files, unit="files", rate="")
 
         def advance(self, path: Path, passages: int) -> None:
             self.passages += passages
             elapsed = max(time.perf_counter() - self.started, 1e-6)
             done = bar.tasks[0].completed + 1
-            bar.update(self.task, advance=1, passages=self.passages,
+            bar.update(self.task, advance=1, unit=f"files, {self.passages} passages",
                        rate=f"{done / elapsed:.1f} files/s")
+
+        def embedding(self, done: int, total: int) -> None:
+            if not hasattr(self, "embed_task"):
+                self.embed_started = time.perf_counter()
+                self.embed_task = bar.add_task("Embedding", total=total, unit="passages",
+                                               rate="")
+            rate = done / max(time.perf_counter() - self.embed_started, 1e-6)
+            bar.update(self.embed_task, completed=done, rate=f"{rate:.0f} passages/s")
 
     try:
         with bar:
@@ -172,7 +190,8 @@ def run_index(settings: Settings, paths, *, rebuild: bool = False, embedder=None
     except (StoreError, ValueError) as exc:
         raise UserError(str(exc)) from None
     except KeyboardInterrupt:
-        raise UserError("interrupted: the index is unchanged") from None
+        raise UserError("interrupted: what was published so far is kept and searchable; "
+                        "run `assistant index` again to go on") from None
     except (OSError, sqlite3.Error) as exc:  # disk full, permissions: nothing was published
         raise UserError(f"indexing stopped, the previous index is unchanged: "
                         f"{describe_error(exc)}") from None
@@ -182,12 +201,19 @@ def run_index(settings: Settings, paths, *, rebuild: bool = False, embedder=None
 
 
 def _print_report(console, report) -> None:
-    rate = report.passages_added / report.seconds if report.seconds else 0.0
+    rate = report.embedded / report.embed_seconds if report.embed_seconds else 0.0
     console.print(
         f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
-        f"{report.removed} removed; {report.passages_added} passages embedded "
-        f"({rate:.0f} passages/s), {report.passages_removed} removed, in {report.seconds:.1f} s"
+        f"{report.removed} removed; {report.passages_added} passages added, "
+        f"{report.passages_removed} removed; {report.embedded} embedded "
+        f"({rate:.0f} passages/s); in {report.seconds:.1f} s"
     )
+    if report.searchable_seconds is not None and report.checkpoints:
+        console.print(f"Searchable (BM25) after {report.searchable_seconds:.1f} s; published "
+                      f"{report.checkpoints + 1} times as it went.", markup=False)
+    if report.reembedded:
+        console.print("Every passage was embedded again: the index's vectors came from another "
+                      "embedding runtime.", markup=False)
     if report.skipped:
         console.print(f"[yellow]Skipped {len(report.skipped)} file(s):")
         for path, reason in report.skipped:
@@ -223,7 +249,6 @@ def ensure_demo_index(settings: Settings, embedder, *, say=None) -> None:
         say: progress callback taking one line of text (the chat app's status line); without
             it, the message and a progress bar go to stderr.
     """
-    from index.ingest import Indexer
     from index.ingest import Progress as IndexProgress
     from index.store import Store
 
@@ -248,8 +273,7 @@ def ensure_demo_index(settings: Settings, embedder, *, say=None) -> None:
             self.done += 1
             say(f"first start: indexing the bundled Python reference, {self.done}/{self.total} files…")
 
-    Indexer(settings.index_path, embedder, chunk_tokens=settings.chunk_tokens,
-            chunk_overlap=settings.chunk_overlap).run([folder], progress=_Say())
+    make_indexer(settings, embedder, background=False).run([folder], progress=_Say())
 
 
 # ---- commands -----------------------------------------------------------------------------
@@ -261,12 +285,16 @@ def ensure_demo_index(settings: Settings, embedder, *, say=None) -> None:
 @click.option("--chunk-tokens", type=int, help="Passage size in embedder tokens.")
 @click.option("--chunk-overlap", type=int, help="Tokens shared by consecutive passages.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or report.")
+@click.option("--watch", is_flag=True, help="After indexing, keep running and index again "
+              "whenever files under PATHS change (edits, new files, renames, deletions).")
 @click.pass_context
-def index_command(ctx, paths, rebuild, chunk_tokens, chunk_overlap, quiet) -> None:
+def index_command(ctx, paths, rebuild, chunk_tokens, chunk_overlap, quiet, watch) -> None:
     """Index folders and files (or, with no PATHS, re-scan the ones indexed before).
 
     Only files whose content changed are re-read and re-embedded; passages of deleted files
-    are removed. Reads .txt, .md, .rst, .html, .pdf and source code.
+    are removed. Reads .txt, .md, .rst, .html, .pdf, notebooks and source code. New text is
+    searchable (by BM25) within seconds; embeddings follow, paused while any assistant is
+    answering. Interrupted, it goes on where it stopped the next time.
     """
     settings = _settings(ctx)
     try:
@@ -274,7 +302,44 @@ def index_command(ctx, paths, rebuild, chunk_tokens, chunk_overlap, quiet) -> No
             "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap}.items() if v is not None})
     except ConfigError as exc:
         raise UserError(str(exc)) from None
-    run_index(settings, paths, rebuild=rebuild, quiet=quiet)
+    from index.turns import lower_priority
+
+    lower_priority()  # answering comes first on a shared machine
+    embedder = load_embedder(settings)
+    run_index(settings, paths, rebuild=rebuild, quiet=quiet, embedder=embedder)
+    if watch:
+        watch_index(settings, paths, embedder=embedder, quiet=quiet)
+
+
+def watch_index(settings: Settings, paths, *, embedder, quiet: bool = False,
+                debounce_ms: int = 400) -> None:
+    """Index again each time files under ``paths`` (or the indexed roots) change, until
+    interrupted. Changes are debounced (``debounce_ms``, milliseconds) so a burst of saves
+    makes one run; each run re-reads only what changed and publishes a new generation, which
+    running chats and `ask` pick up at their next question."""
+    from watchfiles import watch
+
+    from index.store import known_roots
+
+    roots = [Path(p).expanduser().resolve() for p in paths] or \
+        [Path(r) for r in known_roots(settings.index_path)]
+    roots = [r for r in roots if r.exists()]
+    if not roots:
+        raise UserError("nothing to watch: give a folder or file")
+    index_dir = Path(settings.index_path).resolve()
+    click.echo(f"watching {len(roots)} folder(s) for changes; Ctrl+C to stop", err=True)
+
+    def relevant(change, path: str) -> bool:  # the index's own files never trigger a run
+        return not Path(path).resolve().is_relative_to(index_dir)
+
+    try:
+        for changes in watch(*roots, watch_filter=relevant, debounce=debounce_ms,
+                             step=50):
+            if not quiet:
+                click.echo(f"{len(changes)} change(s): indexing again", err=True)
+            run_index(settings, [], embedder=embedder, quiet=quiet)
+    except KeyboardInterrupt:
+        pass
 
 
 @cli.command("ask")
@@ -756,9 +821,14 @@ def info_command(ctx) -> None:
         click.echo("indexed:          damaged (see below)")
     else:
         stats = store.stats()
-        store.close()
         roots = stats["roots"]
         click.echo(f"indexed:          {stats['documents']} documents, {stats['passages']} passages")
+        if stats["embedded"] < stats["passages"]:
+            click.echo(f"embedded:         {stats['embedded']} of {stats['passages']} passages "
+                       "(the others are found by BM25 only until `assistant index` finishes)")
+        meta = store.meta()
+        click.echo(f"embedding runtime: {show(meta.get('embedding_runtime', 'torch'))}")
+        store.close()
     for root in roots:
         click.echo(f"  root:           {show(root)}")
     if problem:

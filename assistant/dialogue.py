@@ -6,6 +6,7 @@ chat`` both drive it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol, Sequence
 
 from index.retrieval import Hit, SearchResult
+from index.turns import answering
 
 from .attribution import CITATION, CitationShaper
 from .generation import GenerationError, GenerationStats, Generator, Reply
@@ -119,6 +121,7 @@ class Turn:
     _answer_stats: GenerationStats | None = field(default=None, repr=False)
     _saved_at: float = 0.0
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _hold: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
 
     def _read_passages(self) -> ExtractiveAnswer:
         """The extractive answer: read the top ``read_k`` passages in rank order and keep the
@@ -198,6 +201,7 @@ class Turn:
             self.error = type(exc).__name__ if not isinstance(exc, GeneratorExit) else ""
             raise
         finally:
+            self._hold.close()
             self._record()
 
     @property
@@ -375,8 +379,17 @@ class DialogueManager:
             RuntimeError: there is no index to search (the turn is recorded as an error).
         """
         started = time.perf_counter()
-        turn = self._ask(question, conversation_id=conversation_id, turn_id=turn_id)
+        hold = contextlib.ExitStack()
+        store = getattr(self.retriever, "store", None)
+        if store is not None:  # background embedding pauses until this answer is done
+            hold.enter_context(answering(store.index_dir))
+        try:
+            turn = self._ask(question, conversation_id=conversation_id, turn_id=turn_id)
+        except BaseException:
+            hold.close()
+            raise
         turn.started = started
+        turn._hold = hold
         return turn
 
     def _ask(self, question: str, *, conversation_id: str | None, turn_id: int | None) -> Turn:

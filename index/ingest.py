@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,14 @@ class IndexReport:
             stored once, beside the document they repeat.
         unsupported: count of files by suffix whose type is not indexed.
         ignored: files and folders left out by ``.gitignore``/``.ignore`` files.
+        embedded: passages embedded by this run (new ones, and ones an interrupted run left
+            pending).
+        reembedded: True when the index's vectors came from another embedding runtime and
+            every passage was embedded again.
+        checkpoints: times the run published what it had so far.
         seconds: wall time of the run.
+        searchable_seconds: from the start until the new text was BM25-searchable (the first
+            publication), or None when nothing changed.
         embed_seconds: time spent embedding.
     """
 
@@ -56,7 +64,11 @@ class IndexReport:
     duplicates: list[tuple[str, str]] = field(default_factory=list)
     unsupported: Counter = field(default_factory=Counter)
     ignored: Counter = field(default_factory=Counter)
+    embedded: int = 0
+    reembedded: bool = False
+    checkpoints: int = 0
     seconds: float = 0.0
+    searchable_seconds: float | None = None
     embed_seconds: float = 0.0
 
 
@@ -78,6 +90,13 @@ class Progress:
 
     def advance(self, path: Path, passages: int) -> None:
         """Called after each file with the passages it produced (0 when skipped/unchanged)."""
+
+    def embedding(self, done: int, total: int) -> None:
+        """Called as passages are embedded: ``done`` of ``total`` so far in this run."""
+
+
+def no_wait() -> None:
+    """The default turn-taking hook of :class:`Indexer`: embed without pausing."""
 
 
 def walk(roots: Iterable[Path], report: IndexReport) -> Iterator[Candidate]:
@@ -175,14 +194,17 @@ class Indexer:
     """
 
     def __init__(self, index_dir: Path, embedder: Embedder, *, chunk_tokens: int = 200,
-                 chunk_overlap: int = 40, max_file_bytes: int = 50 * 2**20, batch_size: int = 64):
+                 chunk_overlap: int = 40, max_file_bytes: int = 50 * 2**20, batch_size: int = 64,
+                 checkpoint_seconds: float = 20.0, wait_turn: Callable[[], None] = no_wait):
         self.index_dir = Path(index_dir)
         self.embedder = embedder
         self.chunk_tokens = chunk_tokens
         self.chunk_overlap = chunk_overlap
         self.max_file_bytes = max_file_bytes
         self.batch_size = batch_size
-        self.flush_passages = 512  # passages embedded together across small files
+        self.checkpoint_seconds = checkpoint_seconds
+        self.wait_turn = wait_turn
+        self.flush_passages = 512  # passages written together across small files
         self._run_digests: set[str] = set()  # content hashes of files read in this run
 
     def params(self) -> dict:
@@ -191,7 +213,16 @@ class Indexer:
 
     def run(self, roots: Iterable[Path] = (), *, rebuild: bool = False,
             progress: Progress | None = None) -> IndexReport:
-        """Index ``roots`` (or, when empty, every root indexed before).
+        """Index ``roots`` (or, when empty, every root indexed before), in two phases.
+
+        1. Reading: changed files are read, chunked and stored with their BM25 rows; what is
+           read is published every ``checkpoint_seconds`` and at the end of the phase, so it is
+           searchable (by BM25) within seconds.
+        2. Embedding: passages without a vector (this run's, or ones an interrupted run left)
+           are embedded in batches of ``batch_size``, calling ``wait_turn`` before each batch
+           (it blocks while an answer is being generated), and published every
+           ``checkpoint_seconds``. A run killed at any point leaves the last publication live;
+           the next run goes on from there and embeds no passage twice.
 
         Returns:
             The :class:`IndexReport`.
@@ -200,58 +231,115 @@ class Indexer:
             StoreError: locked, or built with another model/settings and not ``rebuild``.
             ValueError: no roots given and none indexed before.
         """
-        import time
-
         started = time.perf_counter()
         progress = progress or Progress()
         report = IndexReport()
         roots = [Path(r).expanduser().resolve() for r in roots]
         if rebuild:  # every folder indexed before, plus the new ones
             roots = list(dict.fromkeys([*roots, *(Path(r) for r in known_roots(self.index_dir))]))
-        with Store.update(self.index_dir, embedding_model=self.embedder.name,
-                          dim=self.embedder.dim, params=self.params(), rebuild=rebuild) as store:
+        store = Store.update(self.index_dir, embedding_model=self.embedder.name,
+                             dim=self.embedder.dim, params=self.params(), rebuild=rebuild,
+                             runtime=getattr(self.embedder, "runtime", "torch"))
+        try:
+            report.reembedded = store.reembedding
             if not roots:
                 roots = [Path(r) for r in store.stats()["roots"]]
             if not roots:
                 raise ValueError("nothing to index: give a folder or file, e.g. "
                                  "`assistant index ~/Documents`")
-            known = store.documents()
-            self._run_digests = set()
-            candidates = list(walk(roots, report))
-            progress.start(len(candidates))
-            seen: set[str] = set()
-            pending: list[_Pending] = []
-            for candidate in candidates:
-                key = str(candidate.path)
-                seen.add(key)
-                item = self._read_file(store, candidate, known.get(key), report)
-                if item is not None:
-                    pending.append(item)
-                    if sum(len(p.chunks) for p in pending) >= self.flush_passages:
-                        self._flush(store, pending, report)
-                progress.advance(candidate.path, len(item.chunks) if item else 0)
-            self._flush(store, pending, report)
-            # Documents under a scanned root that were not found again are gone, unless the
-            # walk could not look where they were, or a root that held documents showed no
-            # file at all (an unmounted disk or share looks like an empty folder).
-            for root in roots:
-                held = sum(_is_under(p, str(root)) for p in known)
-                if held and root.is_dir() and not any(
-                        _is_under(c, str(root)) for c in seen) and not _has_files(root):
-                    report.unreachable.append((str(root), "folder is empty or not mounted"))
-            blind = [path for path, _ in report.unreachable]
-            scanned = [str(r) for r in roots if r.exists()]
-            for path, row in known.items():
-                if path in seen or not any(_is_under(path, r) for r in scanned):
-                    continue
-                if any(_is_under(path, b) for b in blind):
-                    report.kept += 1
-                    continue
-                report.passages_removed += store.remove_document(row["id"])
-                report.removed += 1
-            store.add_roots(str(r) for r in roots if r.exists())
+            store = self._read_phase(store, roots, report, progress, started)
+            if store.pending_count():
+                store = self._publish(store, report, started)
+            store = self._embed_phase(store, report, progress, started)
+            store.commit()
+        except BaseException:
+            store.abort()
+            raise
+        if report.searchable_seconds is None and (report.passages_added or report.removed):
+            report.searchable_seconds = time.perf_counter() - started
         report.seconds = time.perf_counter() - started
         return report
+
+    def _publish(self, store: Store, report: IndexReport, started: float) -> Store:
+        """Publish a checkpoint; returns the store to go on with."""
+        store = store.checkpoint()
+        report.checkpoints += 1
+        self._last_publish = time.perf_counter()
+        if report.searchable_seconds is None:
+            report.searchable_seconds = self._last_publish - started
+        return store
+
+    def _due(self) -> bool:
+        return time.perf_counter() - self._last_publish >= self.checkpoint_seconds
+
+    def _read_phase(self, store: Store, roots: list[Path], report: IndexReport,
+                    progress: Progress, started: float) -> Store:
+        """Phase 1: walk, read, chunk and store changed files without vectors; remove the
+        documents that are gone. Returns the store to go on with."""
+        self._last_publish = time.perf_counter()
+        known = store.documents()
+        self._run_digests = set()
+        candidates = list(walk(roots, report))
+        progress.start(len(candidates))
+        seen: set[str] = set()
+        pending: list[_Pending] = []
+        for candidate in candidates:
+            key = str(candidate.path)
+            seen.add(key)
+            item = self._read_file(store, candidate, known.get(key), report)
+            if item is not None:
+                pending.append(item)
+                if sum(len(p.chunks) for p in pending) >= self.flush_passages:
+                    self._flush(store, pending, report)
+                    if self._due():
+                        store = self._publish(store, report, started)
+            progress.advance(candidate.path, len(item.chunks) if item else 0)
+        self._flush(store, pending, report)
+        # Documents under a scanned root that were not found again are gone, unless the
+        # walk could not look where they were, or a root that held documents showed no
+        # file at all (an unmounted disk or share looks like an empty folder).
+        for root in roots:
+            held = sum(_is_under(p, str(root)) for p in known)
+            if held and root.is_dir() and not any(
+                    _is_under(c, str(root)) for c in seen) and not _has_files(root):
+                report.unreachable.append((str(root), "folder is empty or not mounted"))
+        blind = [path for path, _ in report.unreachable]
+        scanned = [str(r) for r in roots if r.exists()]
+        for path, row in known.items():
+            if path in seen or not any(_is_under(path, r) for r in scanned):
+                continue
+            if any(_is_under(path, b) for b in blind):
+                report.kept += 1
+                continue
+            report.passages_removed += store.remove_document(row["id"])
+            report.removed += 1
+        store.add_roots(str(r) for r in roots if r.exists())
+        return store
+
+    def _embed_phase(self, store: Store, report: IndexReport, progress: Progress,
+                     started: float) -> Store:
+        """Phase 2: embed every pending passage, ``batch_size`` at a time, publishing every
+        ``checkpoint_seconds``. Returns the store to go on with."""
+        total = store.pending_count()
+        size = max(self.batch_size, 1)
+        while True:
+            # A window of passages sorted by length, so each batch pads little.
+            window = store.pending_passages(size * 8)
+            if not window:
+                return store
+            texts = {r[0]: embedding_text(r[1], r[2], r[3]) for r in window}
+            order = sorted(texts, key=lambda pid: len(texts[pid]))
+            for start in range(0, len(order), size):
+                ids = order[start : start + size]
+                self.wait_turn()
+                t0 = time.perf_counter()
+                vectors = self.embedder.embed([texts[i] for i in ids], batch_size=size)
+                report.embed_seconds += time.perf_counter() - t0
+                store.add_vectors(ids, vectors)
+                report.embedded += len(ids)
+                progress.embedding(report.embedded, total)
+                if self._due() and store.pending_count():
+                    store = self._publish(store, report, started)
 
     def _read_file(self, store: Store, c: Candidate, old: dict | None,
                    report: IndexReport) -> "_Pending | None":
@@ -292,9 +380,7 @@ class Indexer:
     def _flush(self, store: Store, pending: list["_Pending"], report: IndexReport) -> None:
         """Write the pending files: drop their old versions, settle which are duplicates of a
         document in the index or earlier in this batch (a duplicate whose original is gone is
-        chunked now), embed the passages of the others in one batch, then add them in order."""
-        import time
-
+        chunked now), then add them in order, their passages pending (embedded in phase 2)."""
         if not pending:
             return
         for p in pending:
@@ -307,11 +393,6 @@ class Indexer:
                 p.chunks, p.duplicate_source = self._chunk(p.duplicate_source), None
             if p.duplicate_source is None:
                 batch.add(p.sha256)
-        texts = [embedding_text(p.title, ch.heading, ch.text) for p in pending for ch in p.chunks]
-        t0 = time.perf_counter()
-        vectors = self.embedder.embed(texts, batch_size=self.batch_size)
-        report.embed_seconds += time.perf_counter() - t0
-        offset = 0
         for p in pending:
             fields = dict(path=str(p.candidate.path), root=str(p.candidate.root),
                           size=p.candidate.size, mtime_ns=p.candidate.mtime_ns, sha256=p.sha256,
@@ -324,9 +405,7 @@ class Indexer:
                 report.updated += 1
             else:
                 report.added += 1
-            store.add_document(**fields, kind=p.kind, chunks=p.chunks,
-                               vectors=vectors[offset : offset + len(p.chunks)])
-            offset += len(p.chunks)
+            store.add_document(**fields, kind=p.kind, chunks=p.chunks)
             report.passages_added += len(p.chunks)
         pending.clear()
 

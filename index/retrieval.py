@@ -78,23 +78,29 @@ def min_max(scores: list[tuple[int, float]]) -> dict[int, float]:
 
 
 def convex(dense: list[tuple[int, float]], sparse: list[tuple[int, float]], *,
-           alpha: float = ALPHA) -> list[tuple[int, float]]:
+           alpha: float = ALPHA, bm25_only: set[int] = frozenset()) -> list[tuple[int, float]]:
     """Convex combination ``alpha * mm(dense) + (1 - alpha) * mm(bm25)`` -> ``[(id, score)]``
-    best first (mm = :func:`min_max`; an id absent from a list scores 0 there)."""
+    best first (mm = :func:`min_max`; an id absent from a list scores 0 there). Ids in
+    ``bm25_only`` (passages not embedded yet) are scored by ``mm(bm25)`` alone, so they are
+    not ranked down for lacking a vector."""
     d, b = min_max(dense), min_max(sparse)
-    scores = {i: alpha * d.get(i, 0.0) + (1 - alpha) * b.get(i, 0.0) for i in {**d, **b}}
+    scores = {i: b.get(i, 0.0) if i in bm25_only else
+              alpha * d.get(i, 0.0) + (1 - alpha) * b.get(i, 0.0) for i in {**d, **b}}
     return sorted(scores.items(), key=lambda kv: -kv[1])
 
 
-def rrf(rankings: list[list[int]], *, k: int = RRF_K) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion of ranked id lists -> ``[(id, score)]`` best first.
+def rrf(rankings: list[list[int]], *, k: int = RRF_K,
+        bm25_only: set[int] = frozenset()) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion of ranked id lists -> ``[(id, score)]`` best first. Ids in
+    ``bm25_only`` (in one list only because they have no vector yet) count twice.
 
     Ties keep the order in which ids were first seen (earlier lists first).
     """
     scores: dict[int, float] = {}
     for ranking in rankings:
         for rank, item in enumerate(ranking, start=1):
-            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+            share = 1.0 / (k + rank)
+            scores[item] = scores.get(item, 0.0) + (2 * share if item in bm25_only else share)
     return sorted(scores.items(), key=lambda kv: -kv[1])
 
 
@@ -119,6 +125,9 @@ class Retriever:
         are :func:`near_duplicate` of a better-ranked one's is left out, so the top ``k`` are
         ``k`` different things: the same text in two files, overlapping copies).
 
+        While an `index` run is still embedding, passages without a vector are found by BM25
+        alone (``dense`` mode cannot find them; the fused modes rank them by BM25).
+
         Raises:
             ValueError: unknown ``mode`` or ``k < 1``.
         """
@@ -136,14 +145,16 @@ class Retriever:
             dense = self.store.dense_search(vector, depth)
         if mode != "dense":
             sparse = self.store.bm25_search(query, depth)
+        waiting = (self.store.unembedded([i for i, _ in sparse])
+                   if mode in ("convex", "hybrid") else set())
         if mode == "dense":
             ranked = dense
         elif mode == "bm25":
             ranked = sparse
         elif mode == "convex":
-            ranked = convex(dense, sparse, alpha=self.alpha)
+            ranked = convex(dense, sparse, alpha=self.alpha, bm25_only=waiting)
         else:
-            ranked = rrf([[i for i, _ in dense], [i for i, _ in sparse]])
+            ranked = rrf([[i for i, _ in dense], [i for i, _ in sparse]], bm25_only=waiting)
         ranked = ranked[: k * 3]  # room for near-duplicates to be collapsed
         dense_rank = {pid: r for r, (pid, _) in enumerate(dense, start=1)}
         bm25_rank = {pid: r for r, (pid, _) in enumerate(sparse, start=1)}

@@ -4,12 +4,15 @@ Layout of an index directory::
 
     CURRENT              name of the live generation, replaced atomically (write aside, rename)
     gen-000007/
-        passages.db      SQLite: meta, roots, documents, passages, passages_fts (FTS5, BM25)
+        passages.db      SQLite: meta, roots, documents, passages, passages_fts (FTS5, BM25),
+                         pending (passages stored and BM25-searchable, not embedded yet)
         passages.faiss   FAISS IndexIDMap2(IndexFlatIP); ids are passages.id
 
 An update copies the live generation into a new one, changes the copy, writes it, and only then
 points ``CURRENT`` at it; an interrupted update leaves the old generation live and untouched.
-On open, the FAISS size must equal the passage count and the embedding model must match.
+A long update publishes checkpoints (:meth:`Store.checkpoint`): passages first, searchable by
+BM25 at once, then their embeddings in batches. On open, the FAISS ids must be exactly the
+passages not pending, and the embedding model must match.
 
 This is the only module that imports faiss.
 """
@@ -110,7 +113,8 @@ def _live_generation(index_dir: Path) -> Path:
 
 def _check_vectors(db: sqlite_utils.Database, vectors, count: int) -> None:
     """Check that a FAISS index belongs to this database: an ``IndexIDMap2`` holding exactly
-    the passage ids, with finite unit-length vectors (checked on a sample of at most 512).
+    the ids of the ``count`` embedded passages (those not pending), with finite unit-length
+    vectors (checked on a sample of at most 512).
 
     Raises:
         StoreError: the first difference found (one line).
@@ -118,10 +122,12 @@ def _check_vectors(db: sqlite_utils.Database, vectors, count: int) -> None:
     if not isinstance(vectors, faiss.IndexIDMap2):
         raise StoreError(f"the FAISS file holds a {type(vectors).__name__}, not an id-mapped index")
     if vectors.ntotal != count:
-        raise StoreError(f"{vectors.ntotal} vectors for {count} passages")
+        raise StoreError(f"{vectors.ntotal} vectors for {count} embedded passages")
     ids = np.sort(faiss.vector_to_array(vectors.id_map))
-    stored = np.fromiter((r[0] for r in db.execute("SELECT id FROM passages ORDER BY id")),
-                         dtype=np.int64, count=count)
+    stored = np.fromiter((r[0] for r in db.execute(
+        "SELECT id FROM passages WHERE id NOT IN (SELECT passage_id FROM pending) ORDER BY id"
+        if _has_table(db, "pending") else "SELECT id FROM passages ORDER BY id")),
+        dtype=np.int64, count=count)
     if not np.array_equal(ids, stored):
         raise StoreError("the FAISS ids are not the passage ids")
     if count:
@@ -130,6 +136,19 @@ def _check_vectors(db: sqlite_utils.Database, vectors, count: int) -> None:
         norms = np.linalg.norm(sample, axis=1)
         if not np.all(np.isfinite(norms)) or np.abs(norms - 1).max() > 1e-2:
             raise StoreError("the FAISS vectors are not unit-length embeddings")
+
+
+def _has_table(db: sqlite_utils.Database, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                      [name]).fetchone() is not None
+
+
+def _embedded_count(db: sqlite_utils.Database) -> int:
+    """Passages that have a vector: all of them minus the pending ones."""
+    count = db.execute("SELECT count(*) FROM passages").fetchone()[0]
+    if _has_table(db, "pending"):
+        count -= db.execute("SELECT count(*) FROM pending").fetchone()[0]
+    return count
 
 
 def _create_schema(db: sqlite_utils.Database) -> None:
@@ -169,6 +188,8 @@ class Store:
         self.vectors = vectors  # faiss.IndexIDMap2
         self._writable = False
         self._lock = None
+        self._origin = ""  # the generation live when the update began (kept for readers)
+        self.reembedding = False
 
     # ---- opening -----------------------------------------------------------------------
     @staticmethod
@@ -194,7 +215,7 @@ class Store:
         try:
             db = _connect(gen_dir / _DB, read_only=True)
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            count = db.execute("SELECT count(*) FROM passages").fetchone()[0]
+            count = _embedded_count(db)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"index database {gen_dir / _DB} is corrupt or unreadable ({exc}); "
                              "rebuild it with `assistant index --rebuild`") from exc
@@ -223,7 +244,7 @@ class Store:
     @classmethod
     def update(
         cls, index_dir: Path, *, embedding_model: str, dim: int, params: dict | None = None,
-        rebuild: bool = False,
+        rebuild: bool = False, runtime: str = "torch",
     ) -> "Store":
         """Start changing the index: a writable copy of the live generation (or a new, empty
         one when there is none or ``rebuild``). Use it as a context manager: leaving the block
@@ -235,6 +256,10 @@ class Store:
             dim: its embedding size.
             params: settings that change passages (e.g. chunk size); stored in ``meta``.
             rebuild: start empty even when an index exists.
+            runtime: how the embedder computes vectors (``Embedder.runtime``), stored in
+                ``meta``. When the live index was embedded by another runtime, its vectors are
+                dropped and every passage is marked pending, so vectors of two runtimes are
+                never mixed (``reembedding`` is then True).
 
         Raises:
             StoreError: another `index` run holds the lock, or the live index was built with
@@ -270,7 +295,7 @@ class Store:
                 old.db.conn.backup(dest)
                 dest.close()
                 db = _connect(gen_dir / _DB)
-                vectors = faiss.clone_index(old.vectors)
+                vectors = old.vectors  # the old store is dropped: no second copy in memory
                 old.close()
             else:
                 db = _connect(gen_dir / _DB)
@@ -279,7 +304,8 @@ class Store:
                 db["meta"].insert_all(
                     [{"key": k, "value": str(v)} for k, v in {
                         "schema_version": SCHEMA_VERSION, "embedding_model": embedding_model,
-                        "dim": dim, "created_at": time.time(), **params}.items()],
+                        "embedding_runtime": runtime, "dim": dim, "created_at": time.time(),
+                        **params}.items()],
                     replace=True,
                 )
         except BaseException:
@@ -289,8 +315,19 @@ class Store:
         store = cls(index_dir, gen_dir, db, vectors)
         store._writable = True
         store._lock = lock
+        try:
+            store._origin = _live_generation(index_dir).name
+        except StoreError:
+            pass
         store.db.execute("BEGIN")
         store.db.execute("CREATE INDEX IF NOT EXISTS documents_sha ON documents(sha256)")
+        store.db.execute("CREATE TABLE IF NOT EXISTS pending (passage_id INTEGER PRIMARY KEY)")
+        store.reembedding = store.meta().get("embedding_runtime", "torch") != runtime
+        if store.reembedding:
+            store.db.execute("INSERT OR IGNORE INTO pending SELECT id FROM passages")
+            store.vectors = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+            store.db["meta"].insert({"key": "embedding_runtime", "value": runtime},
+                                    replace=True)
         return store
 
     def __enter__(self) -> "Store":
@@ -316,14 +353,54 @@ class Store:
             StoreError: passages and vectors disagree (the generation is discarded).
             OSError: a write failed (disk full, permissions); the old index stays live.
         """
+        self._publish()
+        self._writable = False
+        _remove_stale_generations(self.index_dir, keep=self._origin)
+        _release_lock(self._lock)
+
+    def checkpoint(self) -> "Store":
+        """Publish what this update holds so far, then go on changing a fresh copy of it.
+
+        Readers see the checkpoint at once (``CURRENT`` names it); the lock stays held. This
+        store is closed afterwards: use the returned one. Cost: one write of the FAISS file
+        and one copy of the database (about a second per 100 MB).
+
+        Raises:
+            StoreError, OSError: as :meth:`commit`; the previous index then stays live and
+                the update is over (its lock released).
+        """
+        self._publish()
+        _remove_stale_generations(self.index_dir, keep=self._origin)
+        gen_dir = self.index_dir / f"gen-{time.time_ns():020d}"
+        try:
+            gen_dir.mkdir()
+            _private(gen_dir)
+            source = _connect(self.gen_dir / _DB, read_only=True)
+            dest = sqlite3.connect(str(gen_dir / _DB))
+            source.conn.backup(dest)
+            dest.close()
+            source.conn.close()
+        except BaseException:
+            shutil.rmtree(gen_dir, ignore_errors=True)
+            _release_lock(self._lock)
+            raise
+        store = Store(self.index_dir, gen_dir, _connect(gen_dir / _DB), self.vectors)
+        store._writable, store._lock, store._origin = True, self._lock, self._origin
+        self._writable, self._lock = False, None
+        store.db.execute("BEGIN")
+        return store
+
+    def _publish(self) -> None:
+        """Write this generation to disk and point ``CURRENT`` at it (see :meth:`commit`);
+        on any failure the generation is discarded and the lock released."""
         try:
             self.db["meta"].insert({"key": "updated_at", "value": str(time.time())},
                                    replace=True)
             self.db.conn.commit()
-            count = self.db.execute("SELECT count(*) FROM passages").fetchone()[0]
+            count = _embedded_count(self.db)
             if count != self.vectors.ntotal:  # a bug, never a user error: refuse to publish
                 raise StoreError(f"refusing to publish: {self.vectors.ntotal} vectors, "
-                                 f"{count} passages")
+                                 f"{count} embedded passages")
             self.db.conn.close()
             _fsync_file(self.gen_dir / _DB)
             tmp = self.gen_dir / (_FAISS + ".tmp")
@@ -339,9 +416,6 @@ class Store:
         except BaseException:
             self.abort()
             raise
-        self._writable = False
-        _remove_stale_generations(self.index_dir)
-        _release_lock(self._lock)
 
     def abort(self) -> None:
         """Discard this unpublished generation; the live index stays as it was."""
@@ -387,10 +461,13 @@ class Store:
         return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
 
     def stats(self) -> dict:
-        """Counts: ``{"documents": n, "passages": n, "roots": [...], "embedding_model": s}``."""
+        """Counts: ``{"documents": n, "passages": n, "embedded": n, "roots": [...],
+        "embedding_model": s}`` (``embedded``: passages with a vector; the others are
+        searchable by BM25 only until an `index` run embeds them)."""
         return {
             "documents": self.db.execute("SELECT count(*) FROM documents").fetchone()[0],
             "passages": self.db.execute("SELECT count(*) FROM passages").fetchone()[0],
+            "embedded": int(self.vectors.ntotal),
             "roots": [r[0] for r in self.db.execute("SELECT path FROM roots ORDER BY path")],
             "embedding_model": self.meta().get("embedding_model"),
         }
@@ -443,16 +520,17 @@ class Store:
 
     def add_document(
         self, *, path: str, root: str, size: int, mtime_ns: int, sha256: str, title: str,
-        kind: str, chunks: Sequence[Chunk], vectors: np.ndarray,
+        kind: str, chunks: Sequence[Chunk], vectors: np.ndarray | None = None,
     ) -> int:
         """Insert a document with its passages and their embeddings ``(len(chunks), dim)``;
-        returns the document id.
+        returns the document id. Without ``vectors`` the passages are stored pending: BM25
+        finds them at once, :meth:`pending_passages` hands them to the embedder later.
 
         Raises:
             ValueError: ``vectors`` does not have one row per chunk.
         """
         self._check_writable()
-        if vectors.shape[0] != len(chunks):
+        if vectors is not None and vectors.shape[0] != len(chunks):
             raise ValueError(f"{vectors.shape[0]} vectors for {len(chunks)} passages")
         doc_id = self.db["documents"].insert({
             "path": path, "root": root, "size": size, "mtime_ns": mtime_ns, "sha256": sha256,
@@ -470,9 +548,56 @@ class Store:
                 [pid, chunk.text, chunk.heading, title],
             )
             ids.append(pid)
-        if ids:
+        if ids and vectors is not None:
             self.vectors.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
+        elif ids:
+            self.db.conn.executemany("INSERT INTO pending(passage_id) VALUES (?)",
+                                [(i,) for i in ids])
         return int(doc_id)
+
+    def pending_count(self) -> int:
+        """Passages stored but not embedded yet."""
+        return self.db.execute("SELECT count(*) FROM pending").fetchone()[0] \
+            if _has_table(self.db, "pending") else 0
+
+    def pending_passages(self, limit: int) -> list[tuple[int, str, str, str]]:
+        """Up to ``limit`` passages waiting for a vector, oldest first:
+        ``[(passage id, document title, heading, text)]``."""
+        return [tuple(r) for r in self.db.execute(
+            """SELECT p.id, d.title, p.heading, p.text FROM pending q
+               JOIN passages p ON p.id = q.passage_id JOIN documents d ON d.id = p.document_id
+               ORDER BY q.passage_id LIMIT ?""", [int(limit)])]
+
+    def add_vectors(self, ids: Sequence[int], vectors: np.ndarray) -> None:
+        """Store the embeddings ``(len(ids), dim)`` of pending passages ``ids``.
+
+        Raises:
+            ValueError: sizes disagree, or an id is not pending (it would be embedded twice).
+        """
+        self._check_writable()
+        if vectors.shape[0] != len(ids):
+            raise ValueError(f"{vectors.shape[0]} vectors for {len(ids)} passages")
+        if not len(ids):
+            return
+        ids = [int(i) for i in ids]
+        marks = ",".join("?" * len(ids))
+        waiting = self.db.execute(f"SELECT count(*) FROM pending WHERE passage_id IN ({marks})",
+                                  ids).fetchone()[0]
+        if waiting != len(set(ids)) or len(set(ids)) != len(ids):
+            raise ValueError("vectors given for passages that are not pending")
+        self.db.execute(f"DELETE FROM pending WHERE passage_id IN ({marks})", ids)
+        self.vectors.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
+                                  np.asarray(ids, dtype=np.int64))
+
+    def unembedded(self, ids: Sequence[int]) -> set[int]:
+        """Which of ``ids`` have no vector yet (searchable by BM25 only)."""
+        if not ids or self.vectors.ntotal == self.db.execute(
+                "SELECT count(*) FROM passages").fetchone()[0]:
+            return set()
+        marks = ",".join("?" * len(ids))
+        return {r[0] for r in self.db.execute(
+            f"SELECT passage_id FROM pending WHERE passage_id IN ({marks})",
+            [int(i) for i in ids])}
 
     def primary(self, sha256: str) -> dict | None:
         """The document holding the passages of content ``sha256`` (its row), or None."""
@@ -530,6 +655,7 @@ class Store:
         if ids:
             marks = ",".join("?" * len(ids))
             self.db.execute(f"DELETE FROM passages_fts WHERE rowid IN ({marks})", ids)
+            self.db.execute(f"DELETE FROM pending WHERE passage_id IN ({marks})", ids)
             self.db.execute("DELETE FROM passages WHERE document_id = ?", [document_id])
             self.vectors.remove_ids(np.asarray(ids, dtype=np.int64))
         self.db.execute("DELETE FROM documents WHERE id = ?", [document_id])
@@ -570,18 +696,19 @@ def _private(path: Path) -> None:
         pass
 
 
-def _remove_stale_generations(index_dir: Path) -> None:
+def _remove_stale_generations(index_dir: Path, *, keep: str = "") -> None:
     """Delete generation folders left by interrupted runs and generations older than the
-    previous one. Only when ``CURRENT`` names a sound generation: a damaged index is never
-    cleaned, so nothing that might still be recovered is deleted."""
+    previous one, except ``keep`` (the generation that was live when the running update
+    began: readers most likely have it open). Only when ``CURRENT`` names a sound generation:
+    a damaged index is never cleaned, so nothing that might still be recovered is deleted."""
     try:
         live = _live_generation(index_dir).name
     except StoreError:
         return
     older = sorted(c.name for c in index_dir.glob("gen-*") if c.is_dir() and c.name < live)
-    keep = {live, *older[-1:]}
+    kept = {live, keep, *older[-1:]}
     for child in index_dir.glob("gen-*"):
-        if child.is_dir() and child.name not in keep:
+        if child.is_dir() and child.name not in kept:
             shutil.rmtree(child, ignore_errors=True)
 
 

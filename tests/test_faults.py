@@ -62,7 +62,7 @@ def test_unreadable_folder_keeps_its_documents(tmp_path, squad_passages, monkeyp
     real_scandir = os.scandir
 
     def scandir(path="."):
-        if os.fspath(path) == blocked:
+        if not isinstance(path, int) and os.fspath(path) == blocked:
             raise PermissionError(errno.EACCES, "Permission denied", blocked)
         return real_scandir(path)
 
@@ -139,7 +139,7 @@ def test_delete_is_all_or_nothing(tmp_path, monkeypatch):
     assert len(history.turns(cid)) == 1  # the turns were not deleted without their conversation
 
 
-def test_publish_keeps_the_previous_generation_only(tmp_path, squad_passages):
+def test_publish_keeps_the_generation_readers_may_have_open(tmp_path, squad_passages):
     docs, index = build(tmp_path, squad_passages)
     first = live(index)
     (docs / "a" / "new.md").write_text("# New\n\nA new document about Denver.\n")
@@ -148,13 +148,17 @@ def test_publish_keeps_the_previous_generation_only(tmp_path, squad_passages):
     assert second != first and first.is_dir()  # a reader may still have it open
     (docs / "a" / "new.md").write_text("# New\n\nChanged again.\n")
     Indexer(index, FakeEmbedder()).run([])
-    assert sorted(p.name for p in index.glob("gen-*")) == [second.name, live(index).name]
+    names = sorted(p.name for p in index.glob("gen-*"))
+    # kept: the one live when the run began, its last checkpoint, the new live one
+    assert second.name in names and live(index).name in names and first.name not in names
+    assert len(names) <= 3
 
 
 def test_disk_full_while_publishing_leaves_the_old_index_live(tmp_path, squad_passages,
                                                               monkeypatch):
     docs, index = build(tmp_path, squad_passages)
     generation = live(index)
+    before = sorted(p.name for p in index.glob("gen-*"))
     (docs / "a" / "new.md").write_text("# New\n\nA new document.\n")
 
     def full(*args, **kwargs):
@@ -164,7 +168,7 @@ def test_disk_full_while_publishing_leaves_the_old_index_live(tmp_path, squad_pa
     with pytest.raises(OSError):
         Indexer(index, FakeEmbedder()).run([])
     assert live(index) == generation and len(documents(index)) == 6
-    assert sorted(p.name for p in index.glob("gen-*")) == [generation.name]
+    assert sorted(p.name for p in index.glob("gen-*")) == before  # nothing of the run left
     assert "disk is full" in describe_error(OSError(errno.ENOSPC, "No space left on device"))
 
 

@@ -72,7 +72,7 @@ def test_mismatches_and_corruption_are_one_line_errors(tmp_path, fake_embedder, 
     conn.execute("INSERT INTO passages(document_id, text) VALUES (1, 'orphan')")
     conn.commit()
     conn.close()
-    with pytest.raises(StoreError, match="inconsistent: 1 vectors for 2 passages"):
+    with pytest.raises(StoreError, match="inconsistent: 1 vectors for 2 embedded passages"):
         Store.open(tmp_path)
     (gen / "passages.faiss").write_bytes(b"not a faiss index")
     with pytest.raises(StoreError, match="corrupt"):
