@@ -66,9 +66,20 @@ def cli(ctx: click.Context, config_path, data_dir, index_dir, embedding_model,
 
 
 # ---- wiring -------------------------------------------------------------------------------
-def load_embedder(settings: Settings):
-    """The embedder named in settings (on the chosen device)."""
+AUTO_EMBEDDING_RUNTIME = "torch"
+"""What ``embedding_runtime = auto`` means on the CPU (chosen by measurement: BENCHMARKS.md,
+"Embedding runtimes"); on a GPU it is always ``torch``."""
+
+
+def load_embedder(settings: Settings, *, for_index: bool = False):
+    """The embedder named in settings (on the chosen device).
+
+    Args:
+        for_index: the embedder will embed passages (`index`): it uses the configured runtime.
+            Otherwise it embeds questions, with the runtime the live index was built with.
+    """
     from index.embedding import SentenceTransformerEmbedder
+    from index.store import live_meta
 
     from .generation import GenerationError, pick_device
 
@@ -76,11 +87,26 @@ def load_embedder(settings: Settings):
         device = None if settings.device == "auto" else pick_device(settings.device)
     except GenerationError as exc:
         raise UserError(str(exc)) from None
+    runtime = settings.embedding_runtime
+    built = live_meta(settings.index_path)
+    if not for_index and built:
+        runtime = built.get("embedding_runtime", "torch")
+    if runtime == "auto":
+        on_gpu = (device or pick_device("auto")).startswith("cuda")
+        runtime = "torch" if on_gpu else AUTO_EMBEDDING_RUNTIME
     try:
+        if runtime != "torch":
+            from index.onnx_embedding import OnnxEmbedder
+
+            return OnnxEmbedder(settings.embedding_model, runtime=runtime,
+                                cache_dir=settings.models_dir)
         return SentenceTransformerEmbedder(settings.embedding_model, device=device)
+    except ImportError as exc:
+        raise UserError(f"embedding runtime {runtime!r} needs a package that is not installed "
+                        f"({exc.name}); set embedding_runtime = \"torch\"") from None
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load embedding model {settings.embedding_model!r}: "
-                        f"{str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot load embedding model {settings.embedding_model!r} "
+                        f"({runtime}): {str(exc).splitlines()[0]}") from None
 
 
 def load_generator(settings: Settings, *, say=None):
@@ -137,6 +163,7 @@ def make_indexer(settings: Settings, embedder, *, background: bool = True):
     return Indexer(index_dir, embedder, chunk_tokens=settings.chunk_tokens,
                    chunk_overlap=settings.chunk_overlap,
                    max_file_bytes=int(settings.max_file_mb * 2**20),
+                   checkpoint_seconds=settings.checkpoint_seconds,
                    wait_turn=(lambda: wait_for_answers(index_dir)) if background else no_wait)
 
 
@@ -152,7 +179,7 @@ def run_index(settings: Settings, paths, *, rebuild: bool = False, embedder=None
     from index.store import StoreError
 
     console = Console(stderr=True)
-    embedder = embedder or load_embedder(settings)
+    embedder = embedder or load_embedder(settings, for_index=True)
     indexer = make_indexer(settings, embedder)
     bar = Progress(
         TextColumn("[bold]{task.description:9}"), BarColumn(), MofNCompleteColumn(),
@@ -208,7 +235,7 @@ def _print_report(console, report) -> None:
         f"{report.passages_removed} removed; {report.embedded} embedded "
         f"({rate:.0f} passages/s); in {report.seconds:.1f} s"
     )
-    if report.searchable_seconds is not None and report.checkpoints:
+    if report.searchable_seconds is not None and report.checkpoints and report.passages_added:
         console.print(f"Searchable (BM25) after {report.searchable_seconds:.1f} s; published "
                       f"{report.checkpoints + 1} times as it went.", markup=False)
     if report.reembedded:
@@ -305,7 +332,7 @@ def index_command(ctx, paths, rebuild, chunk_tokens, chunk_overlap, quiet, watch
     from index.turns import lower_priority
 
     lower_priority()  # answering comes first on a shared machine
-    embedder = load_embedder(settings)
+    embedder = load_embedder(settings, for_index=True)
     run_index(settings, paths, rebuild=rebuild, quiet=quiet, embedder=embedder)
     if watch:
         watch_index(settings, paths, embedder=embedder, quiet=quiet)
@@ -579,12 +606,15 @@ def _bench_index(settings: Settings, folder: Path, embedder, *,
                              docs)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    index_dir = work / f"index-{Path(embedder.name).name}-{settings.chunk_tokens}-{settings.chunk_overlap}"
+    runtime = getattr(embedder, "runtime", "torch")
+    index_dir = work / (f"index-{Path(embedder.name).name}-{settings.chunk_tokens}-"
+                        f"{settings.chunk_overlap}" + ("" if runtime == "torch" else f"-{runtime}"))
     click.echo(f"{folder.name}: {count} documents; index {index_dir}", err=True)
     bench = settings.replace(index_dir=index_dir)
     report = run_index(bench, [docs], embedder=embedder, quiet=Store.exists(index_dir))
-    if report.passages_added:
-        click.echo(f"embedded {report.passages_added} passages in {report.seconds:.0f} s", err=True)
+    if report.embedded:
+        click.echo(f"embedded {report.embedded} passages in {report.embed_seconds:.0f} s "
+                   f"({runtime})", err=True)
     return open_retriever(bench, embedder), bench
 
 
@@ -687,7 +717,7 @@ def eval_command(ctx, beir_dir, split, squad_dir, questions_name, own, modes, al
                               "chunk_tokens": settings.chunk_tokens,
                               "chunk_overlap": settings.chunk_overlap,
                               "fusion_alpha": settings.fusion_alpha, "seed": seed}}
-    embedder = load_embedder(settings)
+    embedder = load_embedder(settings, for_index=True)
     if beir_dir:
         retriever, _ = _bench_index(settings, beir_dir, embedder)
         try:

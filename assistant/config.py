@@ -62,6 +62,12 @@ class Settings:
     embedding_model: str = "all-MiniLM-L6-v2"
     """Sentence-transformers model: the embedded default name, a local directory or a hub id."""
 
+    embedding_runtime: str = "auto"
+    """How passages are embedded: ``torch`` (sentence-transformers), ``onnx-int8`` (ONNX
+    Runtime, int8 weights made locally once), ``onnx-fp32`` (ONNX Runtime, fused float32) or
+    ``auto`` (the measured choice: BENCHMARKS.md, "Embedding runtimes"). Questions are always
+    embedded with the runtime the index was built with; changing it re-embeds the index."""
+
     generator_model: str = "gemma-3-270m"
     """Decoder model: an embedded name (``gemma-3-270m``, ``SmolLM2-135M-Instruct``), a local
     directory or a Hugging Face hub id."""
@@ -115,6 +121,10 @@ class Settings:
 
     max_file_mb: float = 50.0
     """Files larger than this (MiB) are skipped by `index`."""
+
+    checkpoint_seconds: float = 20.0
+    """A long `index` run publishes what it has done (new text searchable, embeddings so far)
+    at least this often, in seconds; a killed run loses at most this much work."""
 
     max_new_tokens: int = 256
     """Longest answer, in generator tokens."""
@@ -197,6 +207,9 @@ class Settings:
         """
         if self.retrieval_mode not in ("convex", "hybrid", "dense", "bm25"):
             raise ConfigError(f"retrieval_mode must be convex, hybrid, dense or bm25, not {self.retrieval_mode!r}")
+        if self.embedding_runtime not in ("auto", "torch", "onnx-int8", "onnx-fp32"):
+            raise ConfigError("embedding_runtime must be auto, torch, onnx-int8 or onnx-fp32, "
+                              f"not {self.embedding_runtime!r}")
         if self.prompt_style not in ("auto", "chat", "extractive"):
             raise ConfigError(f"prompt_style must be auto, chat or extractive, not {self.prompt_style!r}")
         if not 0 <= self.fusion_alpha <= 1:
@@ -219,6 +232,8 @@ class Settings:
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}")
         if not 0 <= self.temperature <= 10:
             raise ConfigError("temperature must be between 0 (greedy) and 10")
+        if not 0 <= self.checkpoint_seconds <= 86400:
+            raise ConfigError("checkpoint_seconds must be between 0 and 86400")
         if not 0 < self.max_file_mb <= 1024:
             raise ConfigError("max_file_mb must be above 0 and at most 1024")
         if self.chunk_tokens > 100_000 or self.history_tokens < 0:

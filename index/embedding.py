@@ -20,6 +20,9 @@ class Embedder(Protocol):
 
     name: str
     """Model name recorded in the index; an index is only used with the same name."""
+    runtime: str
+    """How vectors are computed (``torch``, ``onnx-int8``, ``onnx-fp32``); recorded in the
+    index, whose vectors all come from one runtime."""
     dim: int
     """Embedding size (floats per vector)."""
 
@@ -82,6 +85,7 @@ class SentenceTransformerEmbedder:
                 raise
             self._model = SentenceTransformer(path, device=device)
         self.name = name
+        self.runtime = "torch"
         dim = self._model.get_embedding_dimension() if hasattr(
             self._model, "get_embedding_dimension"
         ) else self._model.get_sentence_embedding_dimension()
@@ -107,3 +111,70 @@ class SentenceTransformerEmbedder:
             list(texts), add_special_tokens=False, truncation=False, verbose=False
         )["input_ids"]
         return [len(ids) for ids in encoded]
+
+
+def export_onnx(name: str, dest: Path) -> dict:
+    """Export embedding model ``name``'s transformer to ONNX at ``dest`` (written aside, then
+    renamed), with eager attention so ONNX Runtime can fuse it.
+
+    The graph takes ``input_ids``, ``attention_mask``, ``token_type_ids`` ``(batch, seq_len)``
+    int64 and returns ``last_hidden_state`` ``(batch, seq_len, hidden)`` float32; pooling is
+    done outside (see :mod:`index.onnx_embedding`).
+
+    Returns:
+        ``{"pooling": "mean" | "cls", "normalize": bool, "max_tokens": int, "num_heads": int,
+        "hidden_size": int}`` read from the sentence-transformers model.
+
+    Raises:
+        ValueError: the model is not a plain Transformer → Pooling (mean or CLS) [→ Normalize]
+            pipeline, which is all the ONNX path computes.
+    """
+    import json
+    import os
+    import warnings
+
+    import torch
+    from transformers import AutoModel
+
+    path = resolve_model_path(name)
+    st = SentenceTransformerEmbedder(name, device="cpu")._model
+    kinds = [type(module).__name__ for module in st]
+    if kinds not in (["Transformer", "Pooling", "Normalize"], ["Transformer", "Pooling"]):
+        raise ValueError(f"the ONNX runtime supports Transformer+Pooling models, not {kinds}")
+    config = st[1].get_config_dict()
+    pooling = config.get("pooling_mode") or ("cls" if config.get("pooling_mode_cls_token")
+                                             else "mean" if config.get("pooling_mode_mean_tokens")
+                                             else "other")
+    if isinstance(pooling, list):
+        pooling = pooling[0] if len(pooling) == 1 else "several"
+    if pooling not in ("mean", "cls"):
+        raise ValueError(f"the ONNX runtime supports mean or CLS pooling, not {pooling}")
+    model = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+
+    class _Hidden(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+    sample = st.tokenizer(["a sample text", "another"], padding=True, return_tensors="pt")
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    if "token_type_ids" not in sample:
+        sample["token_type_ids"] = torch.zeros_like(sample["input_ids"])
+    tmp = Path(dest).with_suffix(".tmp")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Hidden(model), tuple(sample[n] for n in names), str(tmp), input_names=names,
+            output_names=["last_hidden_state"], opset_version=17, dynamo=False,
+            dynamic_axes={n: {0: "batch", 1: "seq"} for n in [*names, "last_hidden_state"]})
+    os.replace(tmp, dest)
+    config = model.config
+    info = {"pooling": pooling, "normalize": len(kinds) == 3,
+            "max_tokens": int(st.max_seq_length or 256),
+            "num_heads": int(config.num_attention_heads), "hidden_size": int(config.hidden_size)}
+    Path(dest).with_suffix(".json").write_text(json.dumps(info))
+    return info

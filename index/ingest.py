@@ -289,10 +289,11 @@ class Indexer:
             item = self._read_file(store, candidate, known.get(key), report)
             if item is not None:
                 pending.append(item)
-                if sum(len(p.chunks) for p in pending) >= self.flush_passages:
+                due = self._due()
+                if due or sum(len(p.chunks) for p in pending) >= self.flush_passages:
                     self._flush(store, pending, report)
-                    if self._due():
-                        store = self._publish(store, report, started)
+                if due:
+                    store = self._publish(store, report, started)
             progress.advance(candidate.path, len(item.chunks) if item else 0)
         self._flush(store, pending, report)
         # Documents under a scanned root that were not found again are gone, unless the

@@ -712,6 +712,21 @@ def _remove_stale_generations(index_dir: Path, *, keep: str = "") -> None:
             shutil.rmtree(child, ignore_errors=True)
 
 
+def live_meta(index_dir: Path) -> dict[str, str]:
+    """The ``meta`` table of the live index, read straight from its database; {} when there
+    is no readable index."""
+    try:
+        db = _connect(_live_generation(Path(index_dir)) / _DB, read_only=True)
+    except (StoreError, sqlite3.Error):
+        return {}
+    try:
+        return dict(db.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.Error:
+        return {}
+    finally:
+        db.conn.close()
+
+
 def known_roots(index_dir: Path) -> list[str]:
     """The folders and files the live index was built from, read straight from its database
     (works when the FAISS file is damaged); [] when there is no readable index."""

@@ -223,3 +223,96 @@ def test_a_copy_of_a_file_changed_in_the_same_run_is_indexed_in_full(tmp_path, f
         assert store.vectors.ntotal == 2
     finally:
         store.close()
+
+
+# ---- two phases: searchable first, embedded after -------------------------------------------
+def test_text_is_searchable_by_bm25_before_it_is_embedded(tmp_path, fake_embedder):
+    docs = tmp_path / "docs"
+    for i in range(30):
+        write(docs / f"note{i:02d}.md", f"# Note {i}\n\nOrdinary words about item {i}.\n")
+    write(docs / "rare.md", "# Rare\n\nThe quokka lives on Rottnest island.\n")
+    seen = {}
+
+    def first_batch() -> None:  # called before each embedding batch: look at what is live
+        if seen:
+            return
+        store = Store.open(tmp_path / "index")
+        seen["stats"] = store.stats()
+        retriever = Retriever(store, fake_embedder)
+        seen["convex"] = [h.passage.path for h in retriever.search("quokka", k=3).hits]
+        seen["dense"] = [h.passage.path for h in retriever.search("quokka", k=3, mode="dense").hits]
+        store.close()
+
+    indexer = Indexer(tmp_path / "index", fake_embedder, checkpoint_seconds=0.0, batch_size=4,
+                      wait_turn=first_batch)
+    report = indexer.run([docs])
+    assert seen["stats"]["passages"] == 31 and seen["stats"]["embedded"] == 0
+    assert seen["convex"][0].endswith("rare.md")  # found by BM25 while it has no vector
+    assert seen["dense"] == []
+    assert report.embedded == 31 and report.checkpoints >= 2
+    assert report.searchable_seconds is not None and report.searchable_seconds <= report.seconds
+    store = Store.open(tmp_path / "index")
+    assert store.stats()["embedded"] == 31 and store.pending_count() == 0
+    store.close()
+    passages = [t for t in fake_embedder.embedded if t != "quokka"]  # not the queries
+    assert len(passages) == len(set(passages)) == 31  # each passage embedded exactly once
+
+
+def test_a_run_stopped_while_embedding_goes_on_where_it_stopped(tmp_path, fake_embedder):
+    docs = tmp_path / "docs"
+    for i in range(20):
+        write(docs / f"n{i:02d}.md", f"# N {i}\n\nWords number {i}.\n")
+    calls = []
+
+    def stop_after_two_batches() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Indexer(tmp_path / "index", fake_embedder, checkpoint_seconds=0.0, batch_size=5,
+                wait_turn=stop_after_two_batches).run([docs])
+    store = Store.open(tmp_path / "index")
+    embedded, passages = store.stats()["embedded"], store.stats()["passages"]
+    store.close()
+    assert passages == 20 and embedded == 10  # both batches were published
+    again = type(fake_embedder)()
+    report = Indexer(tmp_path / "index", again).run([docs])
+    assert report.embedded == 10 and report.added == 0 and len(again.embedded) == 10
+    assert not set(again.embedded) & set(fake_embedder.embedded)
+
+
+def test_another_embedding_runtime_reembeds_every_passage(tmp_path, corpus_dir, fake_embedder):
+    Indexer(tmp_path / "index", fake_embedder).run([corpus_dir])
+    passages = Store.open(tmp_path / "index").stats()["passages"]
+    other = type(fake_embedder)()
+    other.runtime = "onnx-int8"
+    report = Indexer(tmp_path / "index", other).run([corpus_dir])
+    assert report.reembedded and report.embedded == passages and report.added == 0
+    store = Store.open(tmp_path / "index")
+    assert store.meta()["embedding_runtime"] == "onnx-int8"
+    assert store.stats()["embedded"] == passages
+    store.close()
+
+
+def test_embedding_waits_while_an_answer_is_being_generated(tmp_path, fake_embedder):
+    import threading
+    import time
+
+    from index.turns import answering, wait_for_answers
+
+    docs = tmp_path / "docs"
+    write(docs / "a.md", "# A\n\nSome words.\n")
+    index_dir = tmp_path / "index"
+    indexer = Indexer(index_dir, fake_embedder,
+                      wait_turn=lambda: wait_for_answers(index_dir, poll=0.02))
+    with answering(index_dir):
+        worker = threading.Thread(target=indexer.run, args=([docs],))
+        worker.start()
+        time.sleep(0.5)
+        assert fake_embedder.embedded == [] and worker.is_alive()  # paused, not embedding
+        store = Store.open(index_dir)  # but the text is already published
+        assert store.stats()["passages"] == 1
+        store.close()
+    worker.join(timeout=30)
+    assert not worker.is_alive() and len(fake_embedder.embedded) == 1
