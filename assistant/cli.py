@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -155,16 +156,15 @@ def build_manager(settings: Settings, *, say=None, embedder=None, generator=None
 
 def make_indexer(settings: Settings, embedder, *, background: bool = True):
     """The :class:`~index.ingest.Indexer` for ``settings``. ``background``: embedding pauses
-    while any assistant process is answering from this index (see :mod:`index.turns`)."""
+    while any assistant process of this user is answering (see :mod:`index.turns`)."""
     from index.ingest import Indexer, no_wait
     from index.turns import wait_for_answers
 
-    index_dir = settings.index_path
-    return Indexer(index_dir, embedder, chunk_tokens=settings.chunk_tokens,
+    return Indexer(settings.index_path, embedder, chunk_tokens=settings.chunk_tokens,
                    chunk_overlap=settings.chunk_overlap,
                    max_file_bytes=int(settings.max_file_mb * 2**20),
                    checkpoint_seconds=settings.checkpoint_seconds,
-                   wait_turn=(lambda: wait_for_answers(index_dir)) if background else no_wait)
+                   wait_turn=wait_for_answers if background else no_wait)
 
 
 def run_index(settings: Settings, paths, *, rebuild: bool = False, embedder=None, quiet=False):
@@ -439,16 +439,22 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
 @click.option("--continue", "-c", "resume_last", is_flag=True,
               help="Resume the most recent conversation.")
 @click.option("--session", "session_id", help="Resume this conversation (id or prefix).")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.pass_context
-def chat_command(ctx, resume_last, session_id) -> None:
+def chat_command(ctx, resume_last, session_id, paths) -> None:
     """Open the chat app (a terminal UI) on the indexed documents.
 
     Models and the index load in the background; with no index yet, the bundled Python
-    language reference is indexed first. Press F1 in the app for the keys.
+    language reference is indexed first. With PATHS, they are indexed in the background
+    (`assistant index PATHS`) while the chat answers from what is already searchable; the
+    status line shows the progress. Press F1 in the app for the keys.
     """
     settings = _settings(ctx)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UserError("chat needs a terminal; use `assistant ask QUESTION` in scripts")
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise UserError(f"no such file or folder: {visible(missing[0], one_line=True)}")
     from .tui import ChatApp
     from .tui.keys import check_keymap
 
@@ -461,15 +467,66 @@ def chat_command(ctx, resume_last, session_id) -> None:
     if resume_last and conversation_id is None:
         click.echo("No conversation to continue yet: starting a new one.", err=True)
 
+    from index.store import Store
+
+    indexer = background_index(settings, paths) if paths else None
+
     def load(say):
+        if indexer is not None:
+            while not Store.exists(settings.index_path) and indexer.poll() is None:
+                say("indexing your documents: waiting for the first passages…")
+                time.sleep(0.5)
         say("loading the embedding model…")
         embedder = load_embedder(settings)
-        ensure_demo_index(settings, embedder, say=say)
+        if indexer is None:
+            ensure_demo_index(settings, embedder, say=say)
         say("loading the generator…")
         return build_manager(settings, say=say, embedder=embedder, history=history)
 
-    ChatApp(history=history, load=load, model_name=settings.generator_model, keymap=keymap,
-            conversation_id=conversation_id).run()
+    try:
+        ChatApp(history=history, load=load, model_name=settings.generator_model, keymap=keymap,
+                conversation_id=conversation_id,
+                index_progress=(lambda: index_progress(settings, indexer))).run()
+    finally:
+        if indexer is not None and indexer.poll() is None:
+            indexer.terminate()  # what it published stays; `assistant index` goes on later
+            try:
+                indexer.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                indexer.kill()
+
+
+def background_index(settings: Settings, paths) -> "subprocess.Popen":
+    """Start `assistant index PATHS` for the chat (same data dir, index and embedder), its
+    output in ``<data dir>/index.log``."""
+    command = [sys.executable, "-m", "assistant", "--data-dir", str(settings.data_dir),
+               "--index-dir", str(settings.index_path), "--embedding-model",
+               settings.embedding_model, "index", "-q",
+               *(str(Path(p).expanduser().resolve()) for p in paths)]
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    log = open(Path(settings.data_dir) / "index.log", "w", encoding="utf-8")
+    try:
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+    finally:
+        log.close()
+
+
+def index_progress(settings: Settings, indexer=None) -> str:
+    """The status line's index part: "indexing · 1,200 of 15,000 passages embedded" while an
+    index run (``indexer``, a process) is going or passages wait for vectors; "index run
+    failed (see …/index.log)" when it ended badly; "" otherwise."""
+    from index.store import index_running, live_counts
+
+    running = (indexer.poll() is None) if indexer is not None else \
+        index_running(settings.index_path)
+    embedded, passages = live_counts(settings.index_path)
+    if indexer is not None and not running and indexer.returncode not in (0, None):
+        return f"index run failed (see {Path(settings.data_dir) / 'index.log'})"
+    if embedded < passages:
+        return (f"{'indexing · ' if running else ''}{embedded:,} of {passages:,} passages "
+                f"embedded{'' if running else ' (run `assistant index` to finish)'}")
+    return "indexing…" if running else ""
 
 
 def _open_history(settings: Settings):

@@ -380,9 +380,7 @@ class DialogueManager:
         """
         started = time.perf_counter()
         hold = contextlib.ExitStack()
-        store = getattr(self.retriever, "store", None)
-        if store is not None:  # background embedding pauses until this answer is done
-            hold.enter_context(answering(store.index_dir))
+        hold.enter_context(answering())  # background embedding pauses until this answer is done
         try:
             turn = self._ask(question, conversation_id=conversation_id, turn_id=turn_id)
         except BaseException:

@@ -727,6 +727,21 @@ def live_meta(index_dir: Path) -> dict[str, str]:
         db.conn.close()
 
 
+def live_counts(index_dir: Path) -> tuple[int, int]:
+    """``(embedded passages, passages)`` of the live index, read from its database alone
+    (cheap enough to poll); ``(0, 0)`` when there is no readable index."""
+    try:
+        db = _connect(_live_generation(Path(index_dir)) / _DB, read_only=True)
+    except (StoreError, sqlite3.Error):
+        return 0, 0
+    try:
+        return _embedded_count(db), db.execute("SELECT count(*) FROM passages").fetchone()[0]
+    except sqlite3.Error:
+        return 0, 0
+    finally:
+        db.conn.close()
+
+
 def known_roots(index_dir: Path) -> list[str]:
     """The folders and files the live index was built from, read straight from its database
     (works when the FAISS file is damaged); [] when there is no readable index."""
@@ -762,6 +777,26 @@ def _take_lock(index_dir: Path):
         handle.close()
         raise StoreError(f"another `assistant index` is updating {index_dir}; wait for it") from exc
     return handle
+
+
+def index_running(index_dir: Path) -> bool:
+    """True while an `index` run holds the lock of ``index_dir`` (checked without waiting)."""
+    path = Path(index_dir) / "lock"
+    if not path.exists():
+        return False
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            return False  # closing the file releases the lock
+    except OSError:
+        return False
 
 
 def _release_lock(handle) -> None:

@@ -3,12 +3,13 @@
 On a small machine an `index` run embedding passages and an `ask` or chat generating an answer
 fight for the same cores; both slow down many times over (issue 15 measured 193 s instead of
 21–35 s for one `ask`). So answering comes first: a process that is answering holds a shared
-``flock`` on ``INDEX_DIR/answering.lock`` (:func:`answering`), and the indexer, before each
-embedding batch, waits until it can take that lock exclusively (:func:`wait_for_answers`). It
-never keeps the lock: it only checks that nobody is answering, so an answer waits for at most
-the batch already running.
+``flock`` on ``answering.lock`` in a per-user runtime folder (:func:`answering`), and the
+indexer, before each embedding batch, waits until it can take that lock exclusively
+(:func:`wait_for_answers`). It never keeps the lock: it only checks that nobody is answering,
+so an answer waits for at most the batch already running. The lock is per user, not per
+index: an `index` run of one data dir yields to answers from another, as the cores are shared.
 
-Where ``flock`` is missing (Windows) or the index folder is not writable, both are no-ops.
+Where ``flock`` is missing (Windows) or the folder is not writable, both are no-ops.
 """
 
 from __future__ import annotations
@@ -22,23 +23,35 @@ from typing import Iterator
 LOCK_NAME = "answering.lock"
 
 
-def _open(index_dir: Path):
+def lock_folder() -> Path:
+    """``$XDG_RUNTIME_DIR/assistant`` or ``<temp dir>/assistant-<uid>``: where the lock lives."""
+    import tempfile
+
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "assistant"
+    return Path(tempfile.gettempdir()) / f"assistant-{getattr(os, 'getuid', lambda: 0)()}"
+
+
+def _open(folder: Path | None):
     try:
         import fcntl  # noqa: F401
     except ImportError:
         return None
+    folder = Path(folder) if folder is not None else lock_folder()
     try:
-        Path(index_dir).mkdir(parents=True, exist_ok=True)
-        return open(Path(index_dir) / LOCK_NAME, "a+")
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return open(folder / LOCK_NAME, "a+")
     except OSError:
         return None
 
 
 @contextlib.contextmanager
-def answering(index_dir: Path) -> Iterator[None]:
-    """Hold the shared "answering" lock of ``index_dir`` for the block: background embedding
-    pauses meanwhile (after its current batch). Several answering processes may hold it."""
-    handle = _open(index_dir)
+def answering(folder: Path | None = None) -> Iterator[None]:
+    """Hold the shared "answering" lock for the block (``folder``: where the lock lives,
+    default :func:`lock_folder`): background embedding pauses meanwhile, after its current
+    batch. Several answering processes may hold it at once."""
+    handle = _open(folder)
     if handle is None:
         yield
         return
@@ -51,8 +64,9 @@ def answering(index_dir: Path) -> Iterator[None]:
         handle.close()  # releases the lock
 
 
-def wait_for_answers(index_dir: Path, *, poll: float = 0.2, most: float = 600.0) -> float:
-    """Block while any process holds the "answering" lock of ``index_dir``.
+def wait_for_answers(folder: Path | None = None, *, poll: float = 0.2,
+                     most: float = 600.0) -> float:
+    """Block while any process holds the "answering" lock (``folder`` as in :func:`answering`).
 
     Args:
         poll: seconds between checks.
@@ -62,7 +76,7 @@ def wait_for_answers(index_dir: Path, *, poll: float = 0.2, most: float = 600.0)
     Returns:
         Seconds waited.
     """
-    handle = _open(index_dir)
+    handle = _open(folder)
     if handle is None:
         return 0.0
     import fcntl

@@ -305,8 +305,8 @@ def test_embedding_waits_while_an_answer_is_being_generated(tmp_path, fake_embed
     write(docs / "a.md", "# A\n\nSome words.\n")
     index_dir = tmp_path / "index"
     indexer = Indexer(index_dir, fake_embedder,
-                      wait_turn=lambda: wait_for_answers(index_dir, poll=0.02))
-    with answering(index_dir):
+                      wait_turn=lambda: wait_for_answers(tmp_path / "locks", poll=0.02))
+    with answering(tmp_path / "locks"):
         worker = threading.Thread(target=indexer.run, args=([docs],))
         worker.start()
         time.sleep(0.5)

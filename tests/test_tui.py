@@ -326,3 +326,43 @@ async def test_control_characters_from_documents_never_reach_the_screen(tmp_path
         screen = "".join(segment.text for strip in app.screen._compositor.render_strips()
                          for segment in strip)
         assert "\x1b" not in screen and "\x07" not in screen
+
+
+async def test_chat_answers_and_shows_progress_while_passages_are_embedded(tmp_path):
+    """An index run is still embedding (its text already published): the chat answers from
+    the BM25-searchable passages and its status line says how far embedding has got."""
+    from assistant.cli import index_progress
+    from assistant.config import Settings
+    from index.ingest import Indexer
+    from tests.conftest import FakeEmbedder, load_jsonl, write_corpus
+
+    docs = tmp_path / "docs"
+    write_corpus(docs, load_jsonl("squad_passages.jsonl"))
+    embedder, published, go_on = FakeEmbedder(), threading.Event(), threading.Event()
+
+    def hold() -> None:  # before each embedding batch: stop after the first
+        published.set()
+        go_on.wait(30)
+
+    worker = threading.Thread(target=Indexer(tmp_path / "index", embedder, batch_size=8,
+                                             checkpoint_seconds=0.0, wait_turn=hold).run,
+                              args=([docs],))
+    worker.start()
+    assert published.wait(30)
+    settings = Settings(data_dir=tmp_path, index_dir=tmp_path / "index")
+    app = make_app(tmp_path, FakeGenerator(["The Denver Broncos."]), embedder=embedder)
+    app.index_progress = lambda: index_progress(settings)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: app.manager is not None)
+            await wait_for(pilot, lambda: "passages embedded" in app.status.index_info)
+            assert app.status.index_info.startswith("indexing · 0 of ")
+            await ask(pilot, "Which NFL team won Super Bowl 50?")
+            await wait_for(pilot, lambda: answers(app) and answers(app)[0].status == "complete")
+            assert "Super Bowl" in " ".join(s["text"] for s in app.query_one(SourcesPane).sources)
+            go_on.set()
+            worker.join(30)
+            await wait_for(pilot, lambda: app.status.index_info == "", timeout=10)
+    finally:
+        go_on.set()
+        worker.join(30)

@@ -89,8 +89,10 @@ class ChatApp(App[None]):
 
     def __init__(self, *, history: Any, load: Callable[[Callable[[str], None]], Any],
                  model_name: str, keymap: Mapping[str, str] | None = None,
-                 conversation_id: str | None = None) -> None:
+                 conversation_id: str | None = None,
+                 index_progress: Callable[[], str] | None = None) -> None:
         super().__init__()
+        self.index_progress = index_progress  # polled: "" or "indexing · 1,200 of …"
         self.history = history
         self.loader = load
         self.model_name = model_name
@@ -126,6 +128,19 @@ class ChatApp(App[None]):
             await self._welcome()
         self.query_one(PromptArea).focus()
         self._load()
+        if self.index_progress is not None:
+            self.set_interval(2.0, self._poll_index)
+            self._poll_index()
+
+    @work(thread=True, exit_on_error=False, group="index", exclusive=True)
+    def _poll_index(self) -> None:
+        """Show the background index run's progress (read from the live index, off the UI
+        thread)."""
+        try:
+            text = self.index_progress()
+        except Exception:  # a status line must never stop the chat
+            return
+        self.call_from_thread(self.status.set_index, text)
 
     def notify(self, message: str, *, title: str = "", severity="information",
                timeout: float | None = None, markup: bool = False) -> None:

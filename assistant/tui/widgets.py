@@ -296,6 +296,13 @@ class StatusLine(Static):
         super().__init__("", id="status")
         self.model_info = ""
         self.last = ""
+        self.index_info = ""
+
+    def set_index(self, text: str) -> None:
+        """Indexing progress ("indexing · 12,400 of 15,000 passages embedded"); "" hides it."""
+        if text != self.index_info:
+            self.index_info = text
+            self._render_line()
 
     def set_model(self, text: str) -> None:
         self.model_info = text
@@ -306,8 +313,8 @@ class StatusLine(Static):
         self._render_line()
 
     def _render_line(self) -> None:
-        self.update(Text(visible(" │ ".join(t for t in (self.model_info, self.last) if t),
-                                 one_line=True)))
+        parts = (self.model_info, self.index_info, self.last)
+        self.update(Text(visible(" │ ".join(t for t in parts if t), one_line=True)))
 
 
 def turn_figures(retrieved: int, timings: dict) -> str:
