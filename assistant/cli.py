@@ -238,6 +238,10 @@ def _print_report(console, report) -> None:
     if report.searchable_seconds is not None and report.checkpoints and report.passages_added:
         console.print(f"Searchable (BM25) after {report.searchable_seconds:.1f} s; published "
                       f"{report.checkpoints + 1} times as it went.", markup=False)
+    if report.disk_bytes:
+        console.print(f"Index on disk: {report.disk_bytes / 2**20:.1f} MiB (with the earlier "
+                      f"generation kept for open readers); at most "
+                      f"{report.peak_disk_bytes / 2**20:.1f} MiB during the run.", markup=False)
     if report.reembedded:
         console.print("Every passage was embedded again: the index's vectors came from another "
                       "embedding runtime.", markup=False)

@@ -50,6 +50,10 @@ class IndexReport:
         searchable_seconds: from the start until the new text was BM25-searchable (the first
             publication), or None when nothing changed.
         embed_seconds: time spent embedding.
+        disk_bytes: the index folder's size at the end (bytes; the live generation and the
+            earlier ones kept for readers that may still have them open).
+        peak_disk_bytes: the largest the index folder was at a publication during the run
+            (bytes): the run's temporary space is this minus the live generation's size.
     """
 
     added: int = 0
@@ -70,6 +74,8 @@ class IndexReport:
     seconds: float = 0.0
     searchable_seconds: float | None = None
     embed_seconds: float = 0.0
+    disk_bytes: int = 0
+    peak_disk_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -258,11 +264,14 @@ class Indexer:
         if report.searchable_seconds is None and (report.passages_added or report.removed):
             report.searchable_seconds = time.perf_counter() - started
         report.seconds = time.perf_counter() - started
+        report.disk_bytes = folder_bytes(self.index_dir)
+        report.peak_disk_bytes = max(report.peak_disk_bytes, report.disk_bytes)
         return report
 
     def _publish(self, store: Store, report: IndexReport, started: float) -> Store:
         """Publish a checkpoint; returns the store to go on with."""
         store = store.checkpoint()
+        report.peak_disk_bytes = max(report.peak_disk_bytes, folder_bytes(self.index_dir))
         report.checkpoints += 1
         self._last_publish = time.perf_counter()
         if report.searchable_seconds is None:
@@ -420,6 +429,18 @@ class _Pending:
     kind: str
     chunks: list
     duplicate_source: object = None  # the parsed document, when a duplicate of another
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (0 when it is missing)."""
+    total = 0
+    for path in Path(folder).rglob("*"):
+        try:
+            if path.is_file():
+                total += path.stat().st_size
+        except OSError:
+            pass
+    return total
 
 
 def embedding_text(title: str, heading: str, text: str) -> str:
