@@ -399,6 +399,10 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
         raise UserError(str(exc)) from None
     say = lambda message: click.echo(message, err=True)  # noqa: E731
     started = time.perf_counter()
+    from index.turns import answering
+
+    # From here to the answer, background embedding (any `index` run of ours) waits for us.
+    ctx.with_resource(answering())
     embedder = load_embedder(settings)
     ensure_demo_index(settings, embedder)
     manager = build_manager(settings, say=say, embedder=embedder)
