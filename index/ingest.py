@@ -257,7 +257,10 @@ class Indexer:
             if store.pending_count():
                 store = self._publish(store, report, started)
             store = self._embed_phase(store, report, progress, started)
-            store.commit()
+            if store.changed:
+                store.commit()
+            else:  # nothing to publish: the live index stays as it is
+                store.abort()
         except BaseException:
             store.abort()
             raise

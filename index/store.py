@@ -189,6 +189,7 @@ class Store:
         self._writable = False
         self._lock = None
         self._origin = ""  # the generation live when the update began (kept for readers)
+        self._baseline = 0  # rows changed by opening the update itself (see `changed`)
         self.reembedding = False
 
     # ---- opening -----------------------------------------------------------------------
@@ -328,6 +329,7 @@ class Store:
             store.vectors = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
             store.db["meta"].insert({"key": "embedding_runtime", "value": runtime},
                                     replace=True)
+        store._baseline = store.db.conn.total_changes
         return store
 
     def __enter__(self) -> "Store":
@@ -358,6 +360,13 @@ class Store:
         _remove_stale_generations(self.index_dir, keep=self._origin)
         _release_lock(self._lock)
 
+    @property
+    def changed(self) -> bool:
+        """True when this update changed anything (a row written since it began, or a new
+        index); an update that changed nothing need not be published."""
+        return (self.db.conn.total_changes != self._baseline or self.reembedding
+                or not self._origin)
+
     def checkpoint(self) -> "Store":
         """Publish what this update holds so far, then go on changing a fresh copy of it.
 
@@ -386,6 +395,7 @@ class Store:
             raise
         store = Store(self.index_dir, gen_dir, _connect(gen_dir / _DB), self.vectors)
         store._writable, store._lock, store._origin = True, self._lock, self._origin
+        store._baseline = -1  # published already: the rest of the update is published too
         self._writable, self._lock = False, None
         store.db.execute("BEGIN")
         return store
@@ -516,7 +526,8 @@ class Store:
     def add_roots(self, roots: Iterable[str]) -> None:
         """Remember folders/files given to `index`, so a bare `assistant index` re-scans them."""
         self._check_writable()
-        self.db["roots"].insert_all([{"path": r} for r in roots], replace=True)
+        self.db.conn.executemany("INSERT OR IGNORE INTO roots(path) VALUES (?)",
+                                 [(r,) for r in roots])
 
     def add_document(
         self, *, path: str, root: str, size: int, mtime_ns: int, sha256: str, title: str,

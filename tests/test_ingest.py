@@ -316,3 +316,13 @@ def test_embedding_waits_while_an_answer_is_being_generated(tmp_path, fake_embed
         store.close()
     worker.join(timeout=30)
     assert not worker.is_alive() and len(fake_embedder.embedded) == 1
+
+
+def test_a_run_that_changes_nothing_publishes_nothing(tmp_path, corpus_dir, fake_embedder):
+    Indexer(tmp_path / "index", fake_embedder).run([corpus_dir])
+    current = (tmp_path / "index" / "CURRENT").read_text()
+    generations = sorted(p.name for p in (tmp_path / "index").glob("gen-*"))
+    report = Indexer(tmp_path / "index", fake_embedder).run([corpus_dir])
+    assert report.unchanged == 36 and report.embedded == 0 and report.checkpoints == 0
+    assert (tmp_path / "index" / "CURRENT").read_text() == current
+    assert sorted(p.name for p in (tmp_path / "index").glob("gen-*")) == generations
