@@ -304,6 +304,9 @@ def ensure_demo_index(settings: Settings, embedder, *, say=None) -> None:
             self.done += 1
             say(f"first start: indexing the bundled Python reference, {self.done}/{self.total} files…")
 
+        def embedding(self, done: int, total: int) -> None:
+            say(f"first start: embedding the bundled Python reference, {done}/{total} passages…")
+
     make_indexer(settings, embedder, background=False).run([folder], progress=_Say())
 
 
