@@ -65,6 +65,8 @@ def near_duplicate(a: set[str], b: set[str], *, threshold: float = NEAR_DUPLICAT
     shingles). Empty sets are never duplicates."""
     if not a or not b:
         return False
+    if min(len(a), len(b)) < threshold * max(len(a), len(b)):
+        return False  # |a ∩ b| / |a ∪ b| <= min / max: cannot reach the threshold
     return len(a & b) >= threshold * len(a | b)
 
 
