@@ -167,8 +167,10 @@ def make_indexer(settings: Settings, embedder, *, background: bool = True):
                    wait_turn=wait_for_answers if background else no_wait)
 
 
-def run_index(settings: Settings, paths, *, rebuild: bool = False, embedder=None, quiet=False):
-    """Index ``paths`` with progress bars on stderr; prints the report. Returns it."""
+def run_index(settings: Settings, paths, *, rebuild: bool = False, embedder=None, quiet=False,
+              background: bool = True):
+    """Index ``paths`` with progress bars on stderr; prints the report. Returns it.
+    ``background``: embedding yields to answers (see :func:`make_indexer`)."""
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
@@ -180,7 +182,7 @@ def run_index(settings: Settings, paths, *, rebuild: bool = False, embedder=None
 
     console = Console(stderr=True)
     embedder = embedder or load_embedder(settings, for_index=True)
-    indexer = make_indexer(settings, embedder)
+    indexer = make_indexer(settings, embedder, background=background)
     bar = Progress(
         TextColumn("[bold]{task.description:9}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[unit]}"), TextColumn("{task.fields[rate]}"),
@@ -291,7 +293,7 @@ def ensure_demo_index(settings: Settings, embedder, *, say=None) -> None:
     if say is None:
         click.echo(f"No index yet: indexing the bundled Python language reference ({folder}).\n"
                    "Index your own documents with `assistant index PATH`.", err=True)
-        run_index(settings, [folder], embedder=embedder)
+        run_index(settings, [folder], embedder=embedder, background=False)
         return
 
     class _Say(IndexProgress):

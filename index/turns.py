@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 LOCK_NAME = "answering.lock"
+_held_here = 0  # answering blocks open in this process (it never waits for itself)
 
 
 def lock_folder() -> Path:
@@ -51,17 +52,19 @@ def answering(folder: Path | None = None) -> Iterator[None]:
     """Hold the shared "answering" lock for the block (``folder``: where the lock lives,
     default :func:`lock_folder`): background embedding pauses meanwhile, after its current
     batch. Several answering processes may hold it at once."""
+    global _held_here
     handle = _open(folder)
-    if handle is None:
-        yield
-        return
-    import fcntl
-
+    _held_here += 1
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+        if handle is not None:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
         yield
     finally:
-        handle.close()  # releases the lock
+        _held_here -= 1
+        if handle is not None:
+            handle.close()  # releases the lock
 
 
 def wait_for_answers(folder: Path | None = None, *, poll: float = 0.2,
@@ -74,8 +77,11 @@ def wait_for_answers(folder: Path | None = None, *, poll: float = 0.2,
             stop indexing for ever).
 
     Returns:
-        Seconds waited.
+        Seconds waited (0 at once when this process is itself answering: an `ask` that first
+        has to index the bundled corpus must not wait for its own answer).
     """
+    if _held_here:
+        return 0.0
     handle = _open(folder)
     if handle is None:
         return 0.0

@@ -295,34 +295,52 @@ def test_another_embedding_runtime_reembeds_every_passage(tmp_path, corpus_dir, 
     store.close()
 
 
-def test_embedding_waits_while_an_answer_is_being_generated(tmp_path, fake_embedder):
+def test_embedding_waits_while_another_process_is_answering(tmp_path, fake_embedder):
+    import subprocess
+    import sys
     import threading
     import time
+
+    from index.turns import wait_for_answers
+
+    docs = tmp_path / "docs"
+    write(docs / "a.md", "# A\n\nSome words.\n")
+    index_dir, locks = tmp_path / "index", tmp_path / "locks"
+    answering = subprocess.Popen(  # another process, answering until its stdin closes
+        [sys.executable, "-c", "import sys; from index.turns import answering\n"
+         f"with answering({str(locks)!r}):\n print('holding', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parent.parent)
+    assert answering.stdout.readline().strip() == "holding"
+    indexer = Indexer(index_dir, fake_embedder,
+                      wait_turn=lambda: wait_for_answers(locks, poll=0.02))
+    worker = threading.Thread(target=indexer.run, args=([docs],))
+    worker.start()
+    time.sleep(0.5)
+    assert fake_embedder.embedded == [] and worker.is_alive()  # paused, not embedding
+    store = Store.open(index_dir)  # but the text is already published
+    assert store.stats()["passages"] == 1
+    store.close()
+    answering.stdin.close()
+    answering.wait(10)
+    worker.join(timeout=30)
+    assert not worker.is_alive() and len(fake_embedder.embedded) == 1
+
+
+def test_a_process_that_is_answering_never_waits_for_itself(tmp_path, fake_embedder):
+    """`ask` with no index yet holds the answering lock and indexes the bundled corpus first:
+    its own embedding must not wait for its own answer."""
+    import threading
 
     from index.turns import answering, wait_for_answers
 
     docs = tmp_path / "docs"
     write(docs / "a.md", "# A\n\nSome words.\n")
-    index_dir = tmp_path / "index"
-    indexer = Indexer(index_dir, fake_embedder,
-                      wait_turn=lambda: wait_for_answers(tmp_path / "locks", poll=0.02))
-    with answering(tmp_path / "locks"):
+    locks = tmp_path / "locks"
+    indexer = Indexer(tmp_path / "index", fake_embedder,
+                      wait_turn=lambda: wait_for_answers(locks, poll=0.02, most=30))
+    with answering(locks):
         worker = threading.Thread(target=indexer.run, args=([docs],))
         worker.start()
-        time.sleep(0.5)
-        assert fake_embedder.embedded == [] and worker.is_alive()  # paused, not embedding
-        store = Store.open(index_dir)  # but the text is already published
-        assert store.stats()["passages"] == 1
-        store.close()
-    worker.join(timeout=30)
-    assert not worker.is_alive() and len(fake_embedder.embedded) == 1
-
-
-def test_a_run_that_changes_nothing_publishes_nothing(tmp_path, corpus_dir, fake_embedder):
-    Indexer(tmp_path / "index", fake_embedder).run([corpus_dir])
-    current = (tmp_path / "index" / "CURRENT").read_text()
-    generations = sorted(p.name for p in (tmp_path / "index").glob("gen-*"))
-    report = Indexer(tmp_path / "index", fake_embedder).run([corpus_dir])
-    assert report.unchanged == 36 and report.embedded == 0 and report.checkpoints == 0
-    assert (tmp_path / "index" / "CURRENT").read_text() == current
-    assert sorted(p.name for p in (tmp_path / "index").glob("gen-*")) == generations
+        worker.join(timeout=10)
+        assert not worker.is_alive() and len(fake_embedder.embedded) == 1
