@@ -196,7 +196,10 @@ class Indexer:
         chunk_tokens: passage budget in the embedder's tokens.
         chunk_overlap: tokens repeated between consecutive passages of a section.
         max_file_bytes: files larger than this are skipped (bytes).
-        batch_size: passages embedded per batch.
+        batch_size: passages embedded per batch (texts of similar length batched together).
+        checkpoint_seconds: publish what a long run has done at least this often (seconds).
+        wait_turn: called before each embedding batch; blocks while embedding should pause
+            (:func:`index.turns.wait_for_answers` in the CLI: while an answer is generated).
     """
 
     def __init__(self, index_dir: Path, embedder: Embedder, *, chunk_tokens: int = 200,
