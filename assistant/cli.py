@@ -230,7 +230,7 @@ def run_index(settings: Settings, paths, *, rebuild: bool = False, embedder=None
         raise UserError("interrupted: what was published so far is kept and searchable; "
                         "run `assistant index` again to go on") from None
     except (OSError, sqlite3.Error) as exc:  # disk full, permissions: nothing was published
-        raise UserError(f"indexing stopped, the previous index is unchanged: "
+        raise UserError(f"indexing stopped, the index stays as last published: "
                         f"{describe_error(exc)}") from None
     if not quiet:
         _print_report(console, report)
