@@ -91,8 +91,8 @@ def load_embedder(settings: Settings, *, for_index: bool = False):
     except GenerationError as exc:
         raise UserError(str(exc)) from None
     runtime = settings.embedding_runtime
-    built = live_meta(settings.index_path)
-    if not for_index and built:
+    built = {} if for_index else live_meta(settings.index_path)
+    if built:
         runtime = built.get("embedding_runtime", "torch")
     automatic = runtime == "auto"
     if automatic:

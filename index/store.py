@@ -723,49 +723,39 @@ def _remove_stale_generations(index_dir: Path, *, keep: str = "") -> None:
             shutil.rmtree(child, ignore_errors=True)
 
 
-def live_meta(index_dir: Path) -> dict[str, str]:
-    """The ``meta`` table of the live index, read straight from its database; {} when there
-    is no readable index."""
+def _read_live(index_dir: Path, read, default):
+    """``read(db)`` on the live generation's database, opened read-only and closed again
+    (works when the FAISS file is damaged); ``default`` when there is no readable index."""
     try:
         db = _connect(_live_generation(Path(index_dir)) / _DB, read_only=True)
     except (StoreError, sqlite3.Error):
-        return {}
+        return default
     try:
-        return dict(db.execute("SELECT key, value FROM meta").fetchall())
+        return read(db)
     except sqlite3.Error:
-        return {}
+        return default
     finally:
         db.conn.close()
+
+
+def live_meta(index_dir: Path) -> dict[str, str]:
+    """The ``meta`` table of the live index; {} when there is no readable index."""
+    return _read_live(index_dir, lambda db: dict(
+        db.execute("SELECT key, value FROM meta").fetchall()), {})
 
 
 def live_counts(index_dir: Path) -> tuple[int, int]:
-    """``(embedded passages, passages)`` of the live index, read from its database alone
-    (cheap enough to poll); ``(0, 0)`` when there is no readable index."""
-    try:
-        db = _connect(_live_generation(Path(index_dir)) / _DB, read_only=True)
-    except (StoreError, sqlite3.Error):
-        return 0, 0
-    try:
-        return _embedded_count(db), db.execute("SELECT count(*) FROM passages").fetchone()[0]
-    except sqlite3.Error:
-        return 0, 0
-    finally:
-        db.conn.close()
+    """``(embedded passages, passages)`` of the live index, from its database alone (cheap
+    enough to poll); ``(0, 0)`` when there is no readable index."""
+    return _read_live(index_dir, lambda db: (
+        _embedded_count(db), db.execute("SELECT count(*) FROM passages").fetchone()[0]), (0, 0))
 
 
 def known_roots(index_dir: Path) -> list[str]:
-    """The folders and files the live index was built from, read straight from its database
-    (works when the FAISS file is damaged); [] when there is no readable index."""
-    try:
-        db = _connect(_live_generation(Path(index_dir)) / _DB, read_only=True)
-    except (StoreError, sqlite3.Error):
-        return []
-    try:
-        return [r[0] for r in db.execute("SELECT path FROM roots ORDER BY path")]
-    except sqlite3.Error:
-        return []
-    finally:
-        db.conn.close()
+    """The folders and files the live index was built from (works when the FAISS file is
+    damaged); [] when there is no readable index."""
+    return _read_live(index_dir, lambda db: [
+        r[0] for r in db.execute("SELECT path FROM roots ORDER BY path")], [])
 
 
 def _take_lock(index_dir: Path):
