@@ -275,8 +275,7 @@ class Store:
         gen_dir = index_dir / f"gen-{time.time_ns():020d}"
         try:
             _remove_stale_generations(index_dir)
-            gen_dir.mkdir()
-            _private(gen_dir)
+            _make_generation(gen_dir)
             params = {k: str(v) for k, v in (params or {}).items()}
             if cls.exists(index_dir) and not rebuild:
                 old = cls.open(index_dir)
@@ -292,9 +291,7 @@ class Store:
                         f"index was built with other settings ({', '.join(sorted(changed))}); "
                         "rebuild it with `assistant index --rebuild PATH`"
                     )
-                dest = sqlite3.connect(str(gen_dir / _DB))
-                old.db.conn.backup(dest)
-                dest.close()
+                _copy_database(old.db, gen_dir)
                 db = _connect(gen_dir / _DB)
                 vectors = old.vectors  # the old store is dropped: no second copy in memory
                 old.close()
@@ -382,13 +379,12 @@ class Store:
         _remove_stale_generations(self.index_dir, keep=self._origin)
         gen_dir = self.index_dir / f"gen-{time.time_ns():020d}"
         try:
-            gen_dir.mkdir()
-            _private(gen_dir)
+            _make_generation(gen_dir)
             source = _connect(self.gen_dir / _DB, read_only=True)
-            dest = sqlite3.connect(str(gen_dir / _DB))
-            source.conn.backup(dest)
-            dest.close()
-            source.conn.close()
+            try:
+                _copy_database(source, gen_dir)
+            finally:
+                source.conn.close()
         except BaseException:
             shutil.rmtree(gen_dir, ignore_errors=True)
             _release_lock(self._lock)
@@ -680,6 +676,21 @@ class Store:
     def _check_writable(self) -> None:
         if not self._writable:
             raise StoreError("this index is open read-only; use Store.update() to change it")
+
+def _make_generation(gen_dir: Path) -> None:
+    """Create a new generation folder, owner-only."""
+    gen_dir.mkdir()
+    _private(gen_dir)
+
+
+def _copy_database(source: sqlite_utils.Database, gen_dir: Path) -> None:
+    """Copy ``source`` into ``gen_dir``'s database (SQLite's online backup, page by page)."""
+    dest = sqlite3.connect(str(gen_dir / _DB))
+    try:
+        source.conn.backup(dest)
+    finally:
+        dest.close()
+
 
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as handle:
