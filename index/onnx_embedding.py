@@ -13,8 +13,10 @@ This is the only module that imports onnxruntime.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -49,6 +51,31 @@ def prepare(name: str, runtime: str, cache_dir: Path) -> tuple[Path, dict]:
     if final.is_file() and info_file.is_file():
         return final, json.loads(info_file.read_text())
     folder.mkdir(parents=True, exist_ok=True)
+    with _quiet():
+        return _make(name, runtime, folder, fused, final, info_file)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """No library progress bars or advice on the user's terminal while the copy is made
+    (transformers' weight-loading bars, the quantizer's root-logger warning)."""
+    from transformers.utils import logging as hf_logging
+
+    root = logging.getLogger()
+    level, bars = root.level, hf_logging.is_progress_bar_enabled()
+    root.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _make(name: str, runtime: str, folder: Path, fused: Path, final: Path,
+          info_file: Path) -> tuple[Path, dict]:
+    """Export, fuse and (for int8) quantize; see :func:`prepare`."""
     raw = folder / "model.onnx"
     info = export_onnx(name, raw)
     from onnxruntime.transformers import optimizer
