@@ -159,6 +159,7 @@ def build_manager(settings: Settings, *, say=None, embedder=None, generator=None
         temperature=settings.temperature, prompt_style=settings.prompt_style,
         rerank_k=settings.rerank_k, read_k=settings.read_k, reader=settings.reader,
         read_mode=settings.read_mode, abstain_threshold=settings.abstain_threshold,
+        answer_forms=settings.answer_forms,
     )
 
 
@@ -743,8 +744,14 @@ def _bar(total: int, label: str):
 @click.option("--squad", "squad_dir", type=click.Path(path_type=Path, file_okay=False),
               help="A SQuAD-style set: corpus.jsonl and a questions*.jsonl with answers and "
                    "gold_passage.")
-@click.option("--questions", "questions_name", help="Questions file inside --squad "
+@click.option("--squad-questions", "questions_name", help="Questions file inside --squad "
               "(default: the first questions*.jsonl).")
+@click.option("--questions", "questions_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Real questions about real documents (JSON: corpora, questions with key "
+                   "facts and gold sources, see benchmarks/questions/real.json): key-fact "
+                   "recall, citation correctness and abstention per question form.")
+@click.option("--subset", type=click.Choice(["all", "tune", "heldout"]), default="all",
+              show_default=True, help="With --questions: which split of the questions to ask.")
 @click.option("--own", is_flag=True, help="Your indexed corpus: the generator writes a question "
               "for sampled passages; report how often retrieval finds that passage.")
 @click.option("--modes", default="bm25,dense,hybrid,convex", show_default=True,
@@ -765,8 +772,9 @@ def _bar(total: int, label: str):
                    "with --seed): their questions have no answer there; report abstention.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-def eval_command(ctx, beir_dir, split, squad_dir, questions_name, own, modes, alpha, limit,
-                 qa_limit, no_qa, seed, readers, unanswerable, as_json) -> None:
+def eval_command(ctx, beir_dir, split, squad_dir, questions_name, questions_file, subset, own,
+                 modes, alpha, limit, qa_limit, no_qa, seed, readers, unanswerable,
+                 as_json) -> None:
     """Measure retrieval and answers on benchmarks or on your own corpus, and print a table.
 
     Retrieval (BEIR): nDCG@10, recall@10/@100, MRR@10 per mode. QA (SQuAD): recall@1/@5 of
@@ -788,8 +796,9 @@ def eval_command(ctx, beir_dir, split, squad_dir, questions_name, own, modes, al
     bad = [m for m in mode_list if m not in MODES]
     if bad:
         raise UserError(f"unknown mode(s) {', '.join(bad)}; choose from {', '.join(MODES)}")
-    if not (beir_dir or squad_dir or own):
-        raise UserError("nothing to evaluate: give --beir DIR, --squad DIR or --own")
+    if not (beir_dir or squad_dir or own or questions_file):
+        raise UserError("nothing to evaluate: give --beir DIR, --squad DIR, --questions FILE "
+                        "or --own")
     out: dict = {"settings": {"embedding_model": settings.embedding_model,
                               "generator_model": settings.generator_model,
                               "chunk_tokens": settings.chunk_tokens,
@@ -879,6 +888,9 @@ def eval_command(ctx, beir_dir, split, squad_dir, questions_name, own, modes, al
                 for row in rows:
                     _table([row], f"{squad_dir.name} answers ({settings.retrieval_mode} "
                                   f"retrieval, top {settings.top_k}, {reranked})")
+    if questions_file:
+        out["questions"] = _eval_questions(settings, questions_file, subset, embedder,
+                                           as_json=as_json)
     if own:
         from index.store import Store
 
@@ -895,6 +907,60 @@ def eval_command(ctx, beir_dir, split, squad_dir, questions_name, own, modes, al
             _table(rows, f"your corpus ({len(questions)} generated questions)")
     if as_json:
         click.echo(json.dumps(out, ensure_ascii=False, indent=2))
+
+
+def _eval_questions(settings: Settings, path: Path, subset: str, embedder, *,
+                    as_json: bool) -> dict:
+    """``eval --questions FILE``: index the file's corpora together once under the data dir,
+    ask every question of ``subset`` as ``ask`` would (follow-ups after their history, in one
+    conversation) and print per-form rows for each split (see :mod:`assistant.question_set`)."""
+    import hashlib
+    import tempfile
+
+    from index.store import Store
+
+    from . import question_set as qs
+    from .corpus import write_python_reference
+
+    try:
+        corpora, questions = qs.load(path)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    key = hashlib.sha1(json.dumps({k: str(v) for k, v in sorted(corpora.items())}).encode())
+    work = Path(settings.data_dir) / "bench" / f"questions-{key.hexdigest()[:8]}"
+    roots = []
+    for name, where in corpora.items():
+        if isinstance(where, str):  # bundled:NAME
+            if where != qs.BUNDLED + "python-reference":
+                raise UserError(f"{path}: unknown bundled corpus {where}")
+            roots.append(write_python_reference(work / "python-reference"))
+        elif not where.exists():
+            raise UserError(f"{path}: corpus {name} not found at {where}")
+        else:
+            roots.append(where)
+    runtime = getattr(embedder, "runtime", "torch")
+    index_dir = work / (f"index-{Path(embedder.name).name}-{settings.chunk_tokens}-"
+                        f"{settings.chunk_overlap}" + ("" if runtime == "torch" else f"-{runtime}"))
+    bench = settings.replace(index_dir=index_dir)
+    run_index(bench, roots, embedder=embedder, quiet=Store.exists(index_dir))
+    history = _scratch_history(tempfile.mkdtemp(prefix="assistant-eval-"))
+    manager = build_manager(bench, embedder=embedder, history=history)
+    asked = [q for q in questions if subset == "all" or q.get("split", "tune") == subset]
+    bar, advance = _bar(len(asked), f"{path.name} answers")
+    results = []
+    with bar:
+        for q in asked:
+            results.append(qs.ask(manager, q))
+            advance()
+    splits = list(dict.fromkeys(r.split for r in results))
+    out = {"file": str(path), "subset": subset,
+           "splits": {s: qs.rows([r for r in results if r.split == s]) for s in splits},
+           "answers": [r.__dict__ for r in results]}
+    if not as_json:
+        for s in splits:
+            _table(out["splits"][s], f"{path.name}: {s} questions "
+                                     f"({sum(r.split == s for r in results)})")
+    return out
 
 
 def _scratch_history(folder: str):

@@ -113,6 +113,11 @@ class Settings:
     estimated probability that the passages hold the answer is below this; 0 never
     abstains."""
 
+    answer_forms: bool = True
+    """With ``reader = "blocks"``: shape each answer for its question form (a span for
+    who/when/which; cited sentences for how/why, definitions, comparisons, lists, yes/no
+    and summaries, see ``assistant/forms.py``); false gives every question a span."""
+
     chunk_tokens: int = 200
     """Passage size budget in embedder tokens (MiniLM reads at most 256)."""
 

@@ -7,6 +7,7 @@ chat`` both drive it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import threading
 import time
@@ -17,6 +18,8 @@ from index.retrieval import Hit, SearchResult
 from index.turns import answering
 
 from .attribution import CITATION, CitationShaper
+from .composer import Composer
+from .forms import classify, conversation_request, recap
 from .generation import GenerationError, GenerationStats, Generator, Reply
 from .history import History, SourceRecord
 from .extractive import (ExtractiveAnswer, example_questions, extractive_prefix,
@@ -63,6 +66,15 @@ def retrieval_query(question: str, history: Sequence[tuple[str, str]]) -> str:
     return question
 
 
+_PIECE = re.compile(r".+?(?:\[\d+\](?=\s)|$)\s*", re.S)
+
+
+def _pieces(text: str) -> list[str]:
+    """``text`` cut after each citation ("... [2] "), so a multi-sentence answer streams
+    sentence by sentence with its citations; joined they give ``text`` back."""
+    return _PIECE.findall(text) if text else []
+
+
 @dataclass
 class Turn:
     """One question being answered. Iterate it for answer fragments; when the iteration ends
@@ -92,6 +104,7 @@ class Turn:
         support: per shown source, its share of the answer's attention (0..1), or empty.
         answer_s: seconds from the question until the answer was complete (reranking and
             every reading included).
+        form: the question's form (:data:`assistant.forms.FORMS`), which shaped the answer.
     """
 
     conversation_id: str
@@ -117,6 +130,7 @@ class Turn:
     abstained: bool = False
     support: list[float] = field(default_factory=list)
     answer_s: float | None = None
+    form: str = "factoid"
     started: float = field(default_factory=time.perf_counter, repr=False)
     _answer_stats: GenerationStats | None = field(default=None, repr=False)
     _saved_at: float = 0.0
@@ -164,11 +178,15 @@ class Turn:
             if self.job is not None:
                 self.reading = reading = self.job(self._cancel.is_set)
                 self.hits = reading.hits + self.hits[len(reading.hits):]
-                self.short_answer, self.answer = reading.answer.span, reading.answer.text
+                if self.prompt is not None and len(self.hits) > self.prompt.passages_used:
+                    # a comparison's extra search added a source
+                    self.prompt = dataclasses.replace(self.prompt, passages_used=len(self.hits))
+                self.short_answer = reading.answer.span
                 self.abstained, self.support = reading.abstained, reading.support
                 self.answer_s = time.perf_counter() - self.started
-                if self.answer:
-                    yield self.answer
+                for piece in _pieces(reading.answer.text):  # sentence by sentence
+                    self.answer += piece
+                    yield piece
             elif self.reply is not None and self.extractive:
                 done = self._read_passages()
                 self.short_answer, self.answer = done.span, done.text
@@ -314,6 +332,9 @@ class DialogueManager:
         read_mode: with ``blocks``: ``each`` or ``fused`` (see :mod:`assistant.reader`).
         abstain_threshold: with ``blocks``: say the documents do not hold the answer when the
             reader's estimate that they do is below this (0 never abstains).
+        answer_forms: with ``blocks``: shape the answer for the question's form
+            (:mod:`assistant.forms`, :mod:`assistant.composer`); False answers every question
+            with a span.
     """
 
     def __init__(self, *, retriever: _Retriever | None, generator: Generator, history: History,
@@ -321,7 +342,7 @@ class DialogueManager:
                  history_tokens: int = 512, max_new_tokens: int = 256, temperature: float = 0.0,
                  prompt_style: str = "auto", rerank_k: int = 5, read_k: int = 3,
                  reader: str = "blocks", read_mode: str = "each",
-                 abstain_threshold: float = 0.5):
+                 abstain_threshold: float = 0.5, answer_forms: bool = True):
         self.retriever = retriever
         self.generator = generator
         self.history = history
@@ -339,6 +360,7 @@ class DialogueManager:
         self.reader = reader
         self.read_mode = read_mode
         self.abstain_threshold = abstain_threshold
+        self.answer_forms = answer_forms
         self._lock = threading.Lock()
 
     @property
@@ -402,6 +424,9 @@ class DialogueManager:
         earlier = self.history.exchanges(conversation_id)
         if turn_id is None:
             turn_id = self.history.start_turn(conversation_id, question, model=self.generator.name)
+        request = conversation_request(question)
+        if request is not None:  # about this conversation, not the documents
+            return self._recap(conversation_id, turn_id, question, request)
         query = retrieval_query(question, earlier)
         if self.retriever is None:
             message = "no index yet: run `assistant index PATH` to index your documents"
@@ -411,7 +436,8 @@ class DialogueManager:
         try:
             result = self.retriever.search(query, k=self.top_k, mode=self.mode)
             if self.reads_blocks:
-                return self._ask_blocks(conversation_id, turn_id, question, query, result)
+                return self._ask_blocks(conversation_id, turn_id, question, query, result,
+                                        earlier)
             if self.reranks:
                 hits, ms = rerank(question, result.hits, self.generator, k=self.rerank_k)
                 result = SearchResult(hits, result.milliseconds + ms)
@@ -432,6 +458,20 @@ class DialogueManager:
         return Turn(conversation_id, turn_id, question, query, list(result.hits),
                     result.milliseconds, prompt, reply, self.generator.name, self.history)
 
+    def _recap(self, conversation_id: str, turn_id: int, question: str,
+               request: tuple[str, str]) -> Turn:
+        """A turn answered from the conversation's own history (:func:`forms.recap`), no
+        retrieval: each line names the turn it comes from."""
+        turns = [(n, t["question"], t["answer"]) for n, t in
+                 enumerate(self.history.turns(conversation_id), 1)
+                 if t["id"] != turn_id and t["answer"] and t["status"] in ("complete", "cancelled")
+                 and conversation_request(t["question"]) is None]  # not earlier recaps
+        text = recap(request[0], request[1], turns)
+        reading = Reading([], ExtractiveAnswer("", None, text))
+        return Turn(conversation_id, turn_id, question, "", [], 0.0, None, None,
+                    self.generator.name, self.history, extractive=True,
+                    job=lambda cancelled: reading, form="conversation")
+
     @property
     def reads_blocks(self) -> bool:
         """True when extractive answers are read over passage blocks."""
@@ -439,7 +479,7 @@ class DialogueManager:
                 and self.generator.has_blocks)
 
     def _ask_blocks(self, conversation_id: str, turn_id: int, question: str, query: str,
-                    result) -> Turn:
+                    result, earlier: Sequence[tuple[str, str]] = ()) -> Turn:
         hits = list(result.hits)
         if not hits:
             raise RuntimeError("no passage matches the question")
@@ -447,11 +487,25 @@ class DialogueManager:
             self.generator, rerank_k=self.rerank_k, read_k=self.read_k,
             read_mode=self.read_mode, abstain_below=self.abstain_threshold,
             max_new_tokens=min(self.max_new_tokens, 48))
+        form = "factoid"
+        composer = None
+        embedder = getattr(self.retriever, "embedder", None)
+        if self.answer_forms and embedder is not None:
+            form = classify(question, classify(earlier[-1][0]) if earlier else None)
+            composer = Composer(embedder.embed, search=lambda q, k: self.retriever.search(
+                q, k=k, mode=self.mode).hits)
         prompt = Prompt([{"role": "user", "content": question_text(question)}],
                         passages_used=len(hits), tokens=0)
+
+        def job(cancelled: Callable[[], bool]) -> Reading:
+            reading = reader.read(question, hits, cancelled=cancelled, yes_no=form == "yesno")
+            if composer is not None and not cancelled():
+                reading = composer.compose(form, question, reading, query=query)
+            return reading
+
         return Turn(conversation_id, turn_id, question, query, hits, result.milliseconds,
                     prompt, None, self.generator.name, self.history, extractive=True,
-                    job=lambda cancelled: reader.read(question, hits, cancelled=cancelled))
+                    job=job, form=form)
 
     @property
     def reranks(self) -> bool:

@@ -85,6 +85,7 @@ def turn_json(turn, *, model: str, device: str = "", load_s: float | None = None
         "device": device,
         "retrieval_query": turn.query,
         "abstained": bool(getattr(turn, "abstained", False)),
+        "form": getattr(turn, "form", ""),
         "cited": turn.cited(),
         "sentences": sentence_support(turn),
         "sources": [

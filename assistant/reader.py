@@ -48,6 +48,10 @@ HEADS_MODEL = "gemma-3-270m"
 
 NOT_FOUND = "I could not find this in your documents."
 
+VERDICT_MARGIN = 1.0
+"""Nats by which log P(" Yes") and log P(" No") as the answer's first token must differ for a
+yes/no answer to start with "Yes"/"No" (else the evidence sentence alone is shown)."""
+
 ABSTAIN = (-2.849, 4.672, 0.499)
 """Weights of :func:`abstain_score`: (bias, per-token pointwise mutual information of the
 question and the best passage (nats per token), the answer's mean token log-probability).
@@ -86,6 +90,10 @@ class Reading:
         encoded: blocks computed for this question (the rest came from the block cache).
         seconds: ``encode``, ``score``, ``read``, ``support`` wall times.
         raw_span: the span found, also when the reader then abstained.
+        verdict: for a yes/no question, "Yes" or "No" when the model's first answer token
+            prefers one by at least :data:`VERDICT_MARGIN` nats; else None.
+        sentences: the passage sentences the answer quotes, ``(source number, text)`` (set
+            by :mod:`assistant.composer`; empty for a span answer).
     """
 
     hits: list[Hit]
@@ -101,6 +109,8 @@ class Reading:
     encoded: int = 0
     seconds: dict = field(default_factory=dict)
     raw_span: str = ""
+    verdict: str | None = None
+    sentences: list = field(default_factory=list)
 
 
 def support_weights(masses, heads: Sequence[tuple[int, int]] = ()) -> list[float]:
@@ -156,8 +166,10 @@ class ExtractiveReader:
         self.heads = tuple(heads)
 
     def read(self, question: str, hits: Sequence[Hit], *,
-             cancelled: Callable[[], bool] = lambda: False) -> Reading:
-        """Rerank, read and cite over ``hits`` (every hit becomes a block).
+             cancelled: Callable[[], bool] = lambda: False, yes_no: bool = False) -> Reading:
+        """Rerank, read and cite over ``hits`` (every hit becomes a block). With ``yes_no``,
+        also the verdict (see :attr:`Reading.verdict`) after the passage the answer was read
+        from.
 
         Raises:
             RuntimeError: no hits.
@@ -207,8 +219,9 @@ class ExtractiveReader:
                 if copied.span:
                     answer, done = copied, done_copy
             best = (answer, done)
+            best_i = 0
         else:
-            best_value, best = None, None
+            best_value, best, best_i = None, None, 0
             for i in range(readable):
                 if best is not None and (cancelled() or hits[i].score <= best_value):
                     continue
@@ -225,7 +238,7 @@ class ExtractiveReader:
                         answer, done = copied, done_copy
                 value = answer_value(hits[i].score, confidence)
                 if best is None or (answer.span and value > best_value) or not best[0].span:
-                    best_value, best = value, (answer, done)
+                    best_value, best, best_i = value, (answer, done), i
         answer, done = best
         seconds["read"] = time.perf_counter() - at
 
@@ -248,8 +261,14 @@ class ExtractiveReader:
         raw_span = answer.span
         if abstained:
             answer = ExtractiveAnswer("", None, NOT_FOUND)
+        verdict = None
+        if yes_no and not abstained:
+            yes, no = blocks_api.first_token_logprobs(states[best_i], ("Yes", "No"))
+            features["yes_margin"] = yes - no
+            if abs(yes - no) >= VERDICT_MARGIN:
+                verdict = "Yes" if yes > no else "No"
         return Reading(hits, answer, support, masses, abstained, features, list(done.ids),
-                       done.logprob, len(done.ids), read, encoded, seconds, raw_span)
+                       done.logprob, len(done.ids), read, encoded, seconds, raw_span, verdict)
 
 
 def _finish_over(raw: str, hits: Sequence[Hit]) -> ExtractiveAnswer:

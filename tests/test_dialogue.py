@@ -236,3 +236,53 @@ def test_cancelling_a_block_turn_stops_the_reading(tmp_path, retriever, tiny_gen
     assert turn.status == "cancelled"
     assert turn.reading.read == 1 and turn.reading.new_tokens <= 1
     assert turn.support == []
+
+
+def test_a_how_question_gets_cited_sentences_streamed_one_by_one(tmp_path, retriever,
+                                                                  tiny_generator):
+    history = History(tmp_path / "history.db")
+    m = DialogueManager(retriever=retriever, generator=tiny_generator, history=history,
+                        top_k=3, rerank_k=3, read_k=1, prompt_style="extractive",
+                        abstain_threshold=0)
+    turn = m.ask("How did the Denver Broncos win Super Bowl 50?")
+    pieces = list(turn)
+    assert turn.form == "explanation" and turn.status == "complete"
+    assert "".join(pieces) == turn.answer and len(pieces) == len(turn.reading.sentences) > 1
+    for (number, sentence), piece in zip(turn.reading.sentences, pieces):
+        assert piece.strip().endswith(f"[{number}]")  # each sentence streams with its source
+        assert " ".join(sentence.split()[:3]) in turn.hits[number - 1].passage.text
+    assert turn.short_answer == turn.reading.raw_span  # the span stays the short answer
+    assert history.turns(turn.conversation_id)[0]["answer"] == turn.answer
+    # a follow-up with no verb of its own keeps the form; spans when forms are off
+    follow = m.ask("and the Panthers?", conversation_id=turn.conversation_id)
+    list(follow)
+    assert follow.form == "explanation"
+    plain = DialogueManager(retriever=retriever, generator=tiny_generator, history=history,
+                            top_k=3, rerank_k=3, read_k=1, prompt_style="extractive",
+                            abstain_threshold=0, answer_forms=False)
+    spans = plain.ask("How did the Denver Broncos win Super Bowl 50?")
+    list(spans)
+    assert spans.form == "factoid" and spans.reading.sentences == []
+
+
+def test_summarise_this_conversation_answers_from_history_with_turn_numbers(tmp_path,
+                                                                            retriever):
+    gen = FakeGenerator(["The Denver Broncos won. It was close."])
+    m = manager(tmp_path, retriever, gen)
+    first = m.ask("Which NFL team won Super Bowl 50?")
+    list(first)
+    cid = first.conversation_id
+    calls = len(gen.calls)
+    recap = m.ask("Summarise this conversation", conversation_id=cid)
+    assert "".join(recap) == recap.answer
+    assert recap.form == "conversation" and recap.hits == [] and len(gen.calls) == calls
+    assert recap.answer.startswith("In this conversation:\n- Turn 1 — Which NFL team won "
+                                   "Super Bowl 50?: The Denver Broncos won.")
+    said = m.ask("What did you say about the Broncos?", conversation_id=cid)
+    list(said)
+    assert "Turn 1" in said.answer and "Turn 2" not in said.answer
+    nothing = m.ask("what did you say about bicycles?", conversation_id=cid)
+    list(nothing)
+    assert nothing.answer == "Nothing in this conversation was about bicycles."
+    rows = m.history.turns(cid)
+    assert [r["status"] for r in rows] == ["complete"] * 4 and rows[1]["answer"] == recap.answer

@@ -18,6 +18,21 @@ from typing import Iterator, Protocol, Sequence
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
 
+def cache_argument(model) -> str:
+    """The name ``model.forward`` takes its key/value cache by: ``cache`` in transformers
+    5.2x (``past_key_values`` still works there but warns on the user's terminal),
+    ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else (
+        "past_key_values")
+
+
+def cache_of(output):
+    """The key/value cache of a model output, under either name (see :func:`cache_argument`)."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
+
+
 def quiet_hub() -> None:
     """Silence library progress bars and advisory logging (the CLI draws its own progress)."""
     import os
@@ -435,7 +450,7 @@ class TransformersGenerator:
         key = tuple(prefix_ids)
         if getattr(self, "_cached_prefix", (None,))[0] != key:
             ids = torch.tensor([prefix_ids], device=self.device)
-            cache = self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+            cache = cache_of(self.model(input_ids=ids, use_cache=True, logits_to_keep=1))
             self._cached_prefix = (key, cache)
         return self._cached_prefix[1]
 
@@ -547,7 +562,8 @@ class TransformersGenerator:
             with self._lock, torch.inference_mode():
                 try:
                     if prefix_ids:
-                        kwargs["past_key_values"] = copy.deepcopy(self._prefix_cache(prefix_ids))
+                        kwargs[cache_argument(self.model)] = copy.deepcopy(
+                            self._prefix_cache(prefix_ids))
                     out = self.model.generate(**kwargs)
                     if out.shape[1] > stats.prompt_tokens:
                         logprobs.add(int(out[0, -1]))

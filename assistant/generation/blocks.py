@@ -31,6 +31,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from . import cache_argument, cache_of
+
 CAPTURE = "assistant_capture"
 """Name of the attention implementation registered by :func:`enable_capture`."""
 
@@ -199,6 +201,7 @@ class BlockModel:
         self.sliding_window = getattr(config, "sliding_window", None)
         self.dtype = next(model.parameters()).dtype
         self.capturing = enable_capture(model)
+        self._cache_arg = cache_argument(model)
 
     # --- positions ---------------------------------------------------------------------
     def shifted(self, block: KV, delta: int) -> KV:
@@ -317,15 +320,16 @@ class BlockModel:
             if recorder is not None:
                 with recorder:
                     out = self.model(input_ids=ids, position_ids=pos, attention_mask=masks,
-                                     past_key_values=cache, use_cache=True,
-                                     logits_to_keep=keep_logits)
+                                     use_cache=True, logits_to_keep=keep_logits,
+                                     **{self._cache_arg: cache})
             else:
                 out = self.model(input_ids=ids, position_ids=pos, attention_mask=masks,
-                                 past_key_values=cache, use_cache=True, logits_to_keep=keep_logits)
+                                 use_cache=True, logits_to_keep=keep_logits,
+                                 **{self._cache_arg: cache})
         logits = out.logits.float() if logits_at else None
         new = None
         if keep:
-            layers = out.past_key_values.layers
+            layers = cache_of(out).layers
             # copies, not views: a view would keep the whole batch cache (every row's copy
             # of the prefix) alive behind a small block, and the LRU would undercount it
             new = [KV([layers[i].keys[b, :, width:width + t].clone() for i in range(self.layers)],
@@ -407,7 +411,7 @@ class BlockModel:
             with torch.inference_mode():
                 result = self.model(input_ids=torch.tensor([run], device=self.device),
                                     position_ids=positions[None], attention_mask=masks,
-                                    past_key_values=cache, use_cache=True,
+                                    use_cache=True, **{self._cache_arg: cache},
                                     logits_to_keep=len(run))
             passes += 1
             position += len(run)
@@ -605,6 +609,13 @@ class BlockReader:
         states = [State([prefix, block, kv], logits[b, -1])
                   for b, (block, kv) in enumerate(zip(blocks, new))]
         return Scored(loglik[:len(blocks)], loglik[-1] if null else None, len(target_ids), states)
+
+    def first_token_logprobs(self, state: State, words: Sequence[str]) -> list[float]:
+        """Per word, the natural-log probability that the answer after ``state`` starts with
+        the word's first token (as it follows a space: " Yes"), from the logits already
+        computed; no forward pass."""
+        logp = torch.log_softmax(state.first_logits.float(), dim=-1)  # (vocab,)
+        return [float(logp[self.tokens(" " + w)[0]]) for w in words]
 
     def place(self, blocks: Sequence[KV], layout: str) -> tuple[list[KV], int]:
         """The blocks at their positions for reading them together, and the position where

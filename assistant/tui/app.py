@@ -279,7 +279,7 @@ class ChatApp(App[None]):
         status = "error" if error else turn.status
         await view.finish(status, note=error, cited=turn.cited())
         view.sources = [dataclasses.asdict(s) for s in turn.sources()]
-        self.query_one(SourcesPane).show(view.sources, view.query)
+        self.query_one(SourcesPane).show(view.sources, view.query, view.text)
         self.status.set_last(turn_figures(len(view.sources), turn.timings()))
         self._refresh_sessions()
         if error:
@@ -385,7 +385,7 @@ class ChatApp(App[None]):
                             cited=cited)
             last = view
         if last is not None:
-            self.query_one(SourcesPane).show(last.sources, last.query)
+            self.query_one(SourcesPane).show(last.sources, last.query, last.text)
             final = turns[-1]
             self.status.set_last(turn_figures(len(last.sources), final))
         else:
@@ -451,7 +451,8 @@ class ChatApp(App[None]):
     @on(AnswerView.Picked)
     def _picked(self, event: AnswerView.Picked) -> None:
         if event.view.sources:
-            self.query_one(SourcesPane).show(event.view.sources, event.view.query)
+            self.query_one(SourcesPane).show(event.view.sources, event.view.query,
+                                             event.view.text)
 
     @on(SourceList.Open)
     def _open_source(self, event: SourceList.Open) -> None:

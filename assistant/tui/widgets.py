@@ -19,6 +19,7 @@ from textual.widgets import Input, Markdown, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
 from ..attribution import content_words
+from ..forms import sentences
 from ..output import location, support_bar, visible
 from .keys import binding
 
@@ -120,15 +121,29 @@ class AnswerView(Vertical):
         self.post_message(self.Picked(self))
 
 
-def highlight(text: str, query: str) -> Text:
+def highlight(text: str, query: str, answer: str = "") -> Text:
     """``text`` with the content words of ``query`` (and words starting with them, so
-    "statement" also marks "statements") highlighted."""
+    "statement" also marks "statements") highlighted, and the sentences the ``answer``
+    quotes (see :func:`used_sentences`) underlined on a green background."""
     out = Text(visible(text))
+    for sentence in used_sentences(text, answer):
+        pattern = r"\s+".join(re.escape(w) for w in sentence.split())
+        out.highlight_regex(pattern, style="underline on dark_green")
     words = sorted(content_words(query), key=len, reverse=True)
     if words:
         pattern = r"(?i)\b(?:" + "|".join(re.escape(w) for w in words) + r")\w*"
         out.highlight_regex(pattern, style="bold reverse")
     return out
+
+
+def used_sentences(passage: str, answer: str) -> list[str]:
+    """The sentences of ``passage`` (:func:`assistant.forms.sentences`) that the ``answer``
+    quotes word for word (Markdown escapes, bold and citations ignored)."""
+    if not answer:
+        return []
+    said = " ".join(re.sub(r"\\(.)|\*\*|\[\d+(?:[,-]\s*\d+)*\]", lambda m: m.group(1) or " ",
+                           answer).split())
+    return [s.text for s in sentences(0, passage) if s.text in said]
 
 
 def source_label(source: dict) -> Text:
@@ -175,6 +190,7 @@ class SourcesPane(Vertical):
         super().__init__(id="sources")
         self.sources: list[dict] = []
         self.query = ""
+        self.answer = ""
 
     def compose(self) -> ComposeResult:
         yield Static("Sources", classes="pane-title")
@@ -182,9 +198,10 @@ class SourcesPane(Vertical):
         with VerticalScroll(id="passage-box"):
             yield Static("Sources of the answer appear here.", id="passage")
 
-    def show(self, sources: list[dict], query: str) -> None:
-        """Show ``sources`` (dicts as stored with a turn) for the search ``query``."""
-        self.sources, self.query = list(sources), query
+    def show(self, sources: list[dict], query: str, answer: str = "") -> None:
+        """Show ``sources`` (dicts as stored with a turn) for the search ``query``; the
+        sentences ``answer`` quotes are marked in each passage."""
+        self.sources, self.query, self.answer = list(sources), query, answer
         options = self.query_one(SourceList)
         options.clear_options()
         options.add_options([Option(source_label(s)) for s in self.sources])
@@ -206,7 +223,8 @@ class SourcesPane(Vertical):
         if s.get("heading"):
             head.append(f"{visible(s['heading'], one_line=True)}\n", style="italic")
         head.append("\n")
-        self.query_one("#passage", Static).update(head + highlight(s["text"], self.query))
+        self.query_one("#passage", Static).update(
+            head + highlight(s["text"], self.query, self.answer))
         self.query_one("#passage-box").scroll_home(animate=False)
 
 

@@ -1,0 +1,132 @@
+"""Shape an extractive reading into the answer its question form asks for.
+
+The reader (:mod:`assistant.reader`) gives a span and the reranked passages; for a factoid that
+is the answer. For the other forms (:mod:`assistant.forms`) the composer quotes the sentences of
+the top passages that best answer the question: scored by the embedder's cosine similarity to
+the question plus word overlap, chosen per form, each cited. A comparison whose second side is
+in none of the passages gets one more search for that side. The reader's span is kept as the
+short answer (what SQuAD-style scoring reads); abstentions pass through unchanged.
+
+No torch here: the embedder and the retriever do the tensor work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+
+from index.retrieval import Hit
+
+from . import forms
+from .extractive import ExtractiveAnswer, markdown_escape
+from .reader import Reading
+
+
+class Composer:
+    """Builds the answer text for a question form from a :class:`~assistant.reader.Reading`.
+
+    Args:
+        embed: ``embed(texts) -> (n, dim)`` L2-normalised float32 (the retriever's embedder).
+        search: ``search(query, k) -> list[Hit]`` for a comparison's missing side, or None.
+        passages: how many of the top reranked passages sentences are drawn from.
+        most: most sentences in an answer.
+    """
+
+    def __init__(self, embed: Callable[[Sequence[str]], np.ndarray],
+                 search: Callable[[str, int], list[Hit]] | None = None, *,
+                 passages: int = 3, most: int = 3):
+        self.embed = embed
+        self.search = search
+        self.passages = passages
+        self.most = most
+
+    def compose(self, form: str, question: str, reading: Reading, *,
+                query: str | None = None) -> Reading:
+        """``reading`` with its answer text shaped for ``form`` (and, for a comparison, maybe
+        one more hit at the end of ``hits``). Sentences are scored against ``query`` (the
+        turn's search query: a follow-up's includes the question before it), default the
+        question. Factoid answers, abstentions and readings with no usable sentence are
+        returned as they are."""
+        if form == "factoid" or reading.abstained or not reading.hits:
+            return reading
+        hits = list(reading.hits)
+        used = hits[: (len(hits) if form == "comparison" else self.passages)]
+        candidates = [s for i, h in enumerate(used) for s in forms.sentences(i, h.passage.text)]
+        extra = None
+        if form == "comparison" and self.search is not None:
+            extra = self._missing_side(question, candidates, hits)
+        elif form == "definition" and self.search is not None:
+            extra = self._definition(question, candidates, hits)
+        if extra is not None:
+            hits.append(extra)
+            candidates += forms.sentences(len(hits) - 1, extra.passage.text)
+        if not candidates:
+            return reading
+        things = (forms.compared(question) or ()) if form == "comparison" else ()
+        asks = [query or question] + [f"What is {t}?" for t in things]
+        vectors = self.embed(asks + [c.text for c in candidates])  # (asks + n, dim)
+        similarity = vectors[len(asks):] @ vectors[:len(asks)].T  # (n, asks) cosine
+        scores = forms.score_sentences(query or question, candidates,
+                                       similarity[:, 0].tolist())
+        sides = [similarity[:, j + 1].tolist() for j in range(len(things))]
+        picked = forms.choose(form, question, candidates, scores, most=self.most,
+                              anchor=_anchor(reading, candidates), side_scores=sides)
+        if not picked:
+            return reading
+        verdict = None
+        if form == "yesno" and reading.verdict:
+            # the model's Yes/No must agree with the evidence: "No" needs a negation in it
+            negated = any(forms.negated(s.text) for s in picked)
+            verdict = reading.verdict if (reading.verdict == "No") == negated else None
+        text = forms.render(picked, lambda hit: hit + 1, form=form, verdict=verdict,
+                            escape=markdown_escape)
+        answer = ExtractiveAnswer(reading.answer.span, picked[0].hit + 1, text,
+                                  reading.answer.supported)
+        return dataclasses.replace(reading, hits=hits, answer=answer,
+                                   sentences=[(s.hit + 1, s.text) for s in picked])
+
+    def _definition(self, question: str, candidates: Sequence[forms.Sentence],
+                    hits: Sequence[Hit]) -> Hit | None:
+        """A passage with a sentence saying what the asked-about term is (found by one more
+        search, "<term> is"), when no candidate sentence does; or None."""
+        term = forms.defined_term(question)
+        if not term or any(forms.defines(c.text, term) for c in candidates):
+            return None
+        seen = {h.passage.id for h in hits}
+        for hit in self.search(f"{term} is", 5):
+            if hit.passage.id not in seen and any(
+                    forms.defines(c.text, term) for c in forms.sentences(0, hit.passage.text)):
+                return hit
+        return None
+
+    def _missing_side(self, question: str, candidates: Sequence[forms.Sentence],
+                      hits: Sequence[Hit]) -> Hit | None:
+        """A passage naming the compared thing no candidate sentence names, found by one more
+        search ("<thing> <question's other words>"), or None."""
+        things = forms.compared(question)
+        if not things:
+            return None
+        seen = {h.passage.id for h in hits}
+        for thing in things:
+            key = forms.thing_key(thing)
+            if any(key in c.text.lower() for c in candidates):
+                continue
+            rest = " ".join(w for w in forms.content_words(question)
+                            if w not in forms.content_words(" ".join(things)))
+            for hit in self.search(f"{thing} {rest}".strip(), 3):
+                if hit.passage.id not in seen and key in hit.passage.text.lower():
+                    return hit
+        return None
+
+
+def _anchor(reading: Reading, candidates: Sequence[forms.Sentence]) -> int | None:
+    """Index of the candidate sentence holding the reader's span (in the passage it was
+    read from), or None."""
+    span = reading.answer.span.lower()
+    source = reading.answer.source
+    if not span or not source or not reading.answer.supported:
+        return None
+    return next((i for i, c in enumerate(candidates)
+                 if c.hit == source - 1 and span in c.text.lower()), None)

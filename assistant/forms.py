@@ -1,0 +1,383 @@
+"""Question forms and the answer shape each one gets.
+
+A span is the right answer to "who / when / which / how many"; "how", "why", "what is the
+difference", "list the …" and "summarise" need sentences drawn from one or more passages.
+:func:`classify` names the form of a question by rules (measured on the question set's tune
+split, ``benchmarks/questions/real.json``); :func:`sentences` splits passages into the
+sentences an answer may quote; :func:`choose` picks them for a form from per-sentence scores
+(see :func:`score_sentences`) and :func:`render` joins them into a short cited answer.
+
+This module is plain Python: the scores come from the caller (the embedder and the reader).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+FORMS = ("factoid", "definition", "explanation", "comparison", "list", "yesno", "summary")
+
+_LEAD_IN = re.compile(r"^\s*(and|but|also|so|then|ok|okay|now|well)\b[\s,]*", re.I)
+_SUMMARY = re.compile(
+    r"^(summari[sz]e|sum up|give (me )?(an? )?(short |brief )?(overview|summary|outline)|"
+    r"(an? )?(overview|summary) of|tl;?dr|what is (this|the) (document|page|section|chapter) "
+    r"about)\b", re.I)
+_COMPARISON = re.compile(
+    r"\b(differences?|differ|differs|compare[sd]?|comparison|versus|vs\.?|distinguish|"
+    r"contrast)\b|\bhow is .+ different from\b", re.I)
+_LIST = re.compile(r"^(list|name|enumerate)\b|\b(kinds|types|sorts) of\b", re.I)
+_PLURAL_ASK = re.compile(
+    r"^(what|which)\s+(?:[\w-]+\s+){0,2}?(\w+s)\s+(are|do|does|can|must|should|will|were|did)\b",
+    re.I)
+_WHAT_ARE_THE = re.compile(r"^what are (the|all) \w+", re.I)
+_YES_NO = re.compile(
+    r"^(is|are|was|were|do|does|did|can|could|should|will|would|has|have|had|may|must|"
+    r"shall|isn't|aren't|doesn't|don't|can't)\b", re.I)
+_HOW_MUCH = re.compile(r"^how (many|much|long|old|far|often|big|large|small|fast|slow|"
+                       r"soon|early|late)\b", re.I)
+_EXPLANATION = re.compile(
+    r"^(how|why|explain|describe|what happens|what is the (purpose|reason|point|use)|"
+    r"what are the (advantages|benefits|reasons)|in what way)\b", re.I)
+_DEFINITION = re.compile(
+    r"^(what(?:'s| is| are| does)|define|meaning of)\s+(?P<term>(?:(?:a|an|the)\s+)?"
+    r"[^?]{1,40}?)\s*(?:mean|do|stand for)?\s*\??$", re.I)
+_QUESTION_WORDS = re.compile(r"\b(what|which|who|whom|whose|when|where|why|how|name of|"
+                             r"number of|called)\b", re.I)
+
+
+def classify(question: str, previous: str | None = None) -> str:
+    """The form of ``question``: one of :data:`FORMS`.
+
+    Follow-ups: a leading "and"/"but"/"so" is ignored, and a question with no verb of its
+    own ("and tuples?", "what about DRD?") keeps the ``previous`` turn's form.
+    """
+    q = _LEAD_IN.sub("", " ".join(question.split())).strip()
+    if previous and (re.match(r"^(what|how) about\b", q, re.I) or (
+            len(q.split()) <= 3 and not _YES_NO.match(q) and not _QUESTION_WORDS.search(q))):
+        return previous
+    if re.match(r"^why\b", q, re.I) or re.match(r"^(give|show) (me )?an? example", q, re.I):
+        return "explanation"
+    if _SUMMARY.search(q):
+        return "summary"
+    if _COMPARISON.search(q):
+        return "comparison"
+    if _YES_NO.match(q):
+        return "yesno"
+    if _LIST.search(q) or _WHAT_ARE_THE.match(q) or _PLURAL_ASK.match(q):
+        return "list"
+    if _HOW_MUCH.match(q):
+        return "factoid"
+    if _EXPLANATION.match(q):
+        return "explanation"
+    match = _DEFINITION.match(q)
+    if match and not _QUESTION_WORDS.search(match.group("term")) and len(
+            match.group("term").split()) <= 5:
+        return "definition"
+    return "factoid"
+
+
+def compared(question: str) -> tuple[str, str] | None:
+    """The two things a comparison asks about ("a list and a tuple" -> ``("list", "tuple")``),
+    or None when they cannot be told apart."""
+    q = " ".join(question.split()).rstrip("?. ")
+    between = re.search(r"between (.+)$", q, re.I)
+    if between:  # "between the and and or operators": the first split leaving two things
+        words = between.group(1).split(" ")
+        for i, word in enumerate(words):
+            if word.lower() == "and" and 0 < i < len(words) - 1:
+                a, b = _thing(" ".join(words[:i])), _thing(" ".join(words[i + 1:]))
+                if a and b:
+                    return a, b
+    patterns = (
+        r"^(?:how|in what way)s? (?:do|does|is|are) (?P<a>.+?) (?:differ|different) from "
+        r"(?P<b>.+)$",
+        r"^(?:how|in what way)s? (?:do|does) (?P<a>.+?) and (?P<b>.+?) (?:differ|compare)",
+        r"^(?:compare|contrast) (?P<a>.+?) (?:and|with|to) (?P<b>.+)$",
+        r"(?P<a>\S+(?: \S+)?) (?:vs\.?|versus) (?P<b>.+)$",
+        r"^how does (?P<a>.+?) differ from (?P<b>.+)$",
+    )
+    for pattern in patterns:
+        m = re.search(pattern, q, re.I)
+        if m:
+            return _thing(m.group("a")), _thing(m.group("b"))
+    return None
+
+
+def _thing(text: str) -> str:
+    text = re.sub(r"^(the|a|an)(\s+|$)", "", text.strip(), flags=re.I)
+    text = re.sub(r"\s+(operators?|statements?|objects?|memory|blocks?)$", "", text, flags=re.I)
+    return text.strip(" \"'")
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """A sentence of a retrieved passage: ``hit`` (0-based), ``index`` (order in the
+    passage) and ``text`` (whitespace collapsed, list bullet removed)."""
+
+    hit: int
+    index: int
+    text: str
+
+    @property
+    def intro(self) -> bool:
+        """True for a sentence that introduces what follows ("... as follows:")."""
+        return self.text.endswith(":")
+
+
+_SPLIT = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9\"*])")
+_JUNK = re.compile(r"^[*=~^#\-_]{3,}$|::=|^\s*>>>|^\s*\.\.\.\s|\+-{3,}|\|.*\|")
+_BULLET = re.compile(r"^(?:[*\-•]|\d+\.|\(\w\))\s+")
+
+
+def sentences(hit: int, text: str) -> list[Sentence]:
+    """The sentences of one passage, in order: split at sentence ends and at blank lines or
+    list bullets (bullet marks dropped). Left out: headings' underlines, grammar rules
+    (``::=``), tables, code prompts, questions (an FAQ's own question restates the user's,
+    it does not answer it), title-case lines (headings, tables of contents), fragments with
+    no closing punctuation that are not list items (text cut by code or by the passage's
+    end) and pieces under four words."""
+    out: list[Sentence] = []
+    blocks = re.split(r"\n\s*\n|\n(?=\s*(?:[*\-•]|\d+\.)\s)", text)
+    for block in blocks:
+        lines = [line for line in block.splitlines() if line.strip()]
+        if not lines or any(_JUNK.search(line.strip()) for line in lines[:1]):
+            continue
+        if len(lines) > 1 and all(line.startswith("   ") for line in lines):
+            continue  # an indented code or grammar block
+        flat = " ".join(" ".join(lines).split())
+        item = bool(_BULLET.match(flat))
+        pieces = _SPLIT.split(_BULLET.sub("", flat))
+        for n, piece in enumerate(pieces):
+            piece = _BULLET.sub("", piece.strip())
+            closed = bool(re.search(r"[.!:;][\"')\]]*$", piece))
+            if (len(re.findall(r"[A-Za-z]{2,}", piece)) < 4 or _JUNK.search(piece)
+                    or piece.endswith("?") or _title_case(piece)
+                    or not (closed or (item and n == len(pieces) - 1))):
+                continue
+            out.append(Sentence(hit, len(out), piece))
+    return out
+
+
+def _title_case(text: str) -> bool:
+    """True for a heading-like line: no closing punctuation and most longer words
+    capitalised ("Hints and Tips for Effective Use of Helgrind")."""
+    if re.search(r"[.!?:;]$", text):
+        return False
+    words = [w for w in re.findall(r"[A-Za-z][\w-]*", text) if len(w) > 3]
+    return bool(words) and sum(w[0].isupper() for w in words) >= 0.6 * len(words)
+
+
+_BACK_REFERENCE = re.compile(r"^(therefore|thus|hence|so|this|these|that|those|it|they|its|"
+                             r"their|however|but|also|then|otherwise|instead|in short)\b",
+                             re.I)
+
+
+def leans_back(sentence: Sentence) -> bool:
+    """True when the sentence leans on the one before it ("Therefore ...", "It ...")."""
+    return bool(_BACK_REFERENCE.match(sentence.text))
+
+
+_STOP = frozenset("""a an the of to in on for and or is are was were be been being do does did
+what which who whom how why when where that this these those it its with as by at from can
+could should would will shall may might must i you we they my your our their me us about
+into than then there here so not no yes if else between difference differences differ
+compare""".split())
+
+
+_NEGATION = re.compile(r"\b(not|no|never|cannot|can't|doesn't|don't|isn't|aren't|won't|"
+                       r"mustn't|shouldn't|nor|neither|impossible|unable)\b|n't\b", re.I)
+
+
+def negated(text: str) -> bool:
+    """True when ``text`` holds a negation ("not", "cannot", "doesn't", ...)."""
+    return bool(_NEGATION.search(text))
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-case words of ``text`` minus stop words (for overlap scores)."""
+    return {w for w in re.findall(r"[a-z0-9_]+", text.lower()) if w not in _STOP}
+
+
+def score_sentences(question: str, candidates: Sequence[Sentence], similarity: Sequence[float],
+                    *, rank_weight: float = 0.05, overlap_weight: float = 0.3) -> list[float]:
+    """Per sentence: its embedding ``similarity`` to the question (cosine, -1..1) plus
+    ``overlap_weight`` × the share of the question's content words it holds, minus
+    ``rank_weight`` per rank of its passage (the reranked order)."""
+    words = content_words(question)
+    out = []
+    for sentence, sim in zip(candidates, similarity):
+        overlap = len(words & content_words(sentence.text)) / len(words) if words else 0.0
+        out.append(sim + overlap_weight * overlap - rank_weight * sentence.hit)
+    return out
+
+
+def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Sequence[float],
+           *, most: int = 3, anchor: int | None = None, anchor_slack: float = 0.15,
+           side_scores: Sequence[Sequence[float]] = ()) -> list[Sentence]:
+    """The sentences an answer of ``form`` quotes, in reading order (passage, then position).
+
+    The lead sentence is the best-scored one, or ``anchor`` (the index of the sentence
+    holding the reader's span) when it scores within ``anchor_slack`` of the best: the
+    reader's likelihood chose that passage and span, the scores only rank sentences.
+
+    - ``definition``, ``yesno``: the lead, and the next sentence of its passage when it
+      scores within 0.1 of it or the lead introduces it (ends with ":");
+    - ``explanation``, ``list``: the lead and the sentences after it in its passage, up to
+      ``most`` (a list of several items may take ``most + 2``); never ending on an intro;
+    - ``summary``: the first sentences of the lead's passage, up to ``most``;
+    - ``comparison``: per compared thing (:func:`compared`), the best sentence naming it, by
+      the mean of its score and ``side_scores[i]`` (similarity to "What is <thing>?") when
+      given, a sentence saying what the thing is ("Tuples are ...") or starting with it
+      preferred; then the best remaining one if only one side was found;
+    - ``factoid``: none (the span and its sentence are the answer).
+    """
+    if not candidates or form == "factoid":
+        return []
+    order = sorted(range(len(candidates)), key=lambda i: -scores[i])
+    lead = order[0]
+    if form != "comparison":
+        leads = [i for i in order if not candidates[i].intro or form == "list"] or order
+        lead = leads[0]
+        if anchor is not None and scores[anchor] >= scores[lead] - anchor_slack:
+            lead = anchor
+    best = candidates[lead]
+    same = [c for c in candidates if c.hit == best.hit]
+    before = next((c for c in same if c.index == best.index - 1), None)
+    if form != "summary" and before is not None and leans_back(best) and not before.intro:
+        best = before  # "Therefore ..." needs the sentence it follows from
+
+    def run_from(start: Sentence, n: int) -> list[Sentence]:
+        run = [c for c in same if start.index <= c.index < start.index + n]
+        if run and run[-1].intro:  # "... as follows:" takes the items after it
+            run += [c for c in same if run[-1].index < c.index <= run[-1].index + 2]
+        while len(run) > 1 and run[-1].intro:
+            run.pop()
+        return run
+
+    if form in ("definition", "yesno"):
+        if form == "definition":
+            term = defined_term(question)
+            defining = [i for i in order if term and defines(candidates[i].text, term)]
+            if defining and scores[defining[0]] >= scores[lead] - 0.3:
+                best = candidates[defining[0]]
+                same = [c for c in candidates if c.hit == best.hit]
+        picked = [best]
+        nxt = next((c for c in same if c.index == best.index + 1), None)
+        if nxt is not None and (best.intro or leans_back(nxt) or
+                                scores[candidates.index(nxt)] >= scores[lead] - 0.1):
+            picked.append(nxt)
+        return picked
+    if form == "summary":
+        return run_from(same[0], most)
+    if form == "list":
+        return run_from(best, most + 2 if best.intro else most)
+    if form == "explanation":
+        return run_from(best, most)
+    if form == "comparison":
+        things = compared(question) or ()
+        picked: list[Sentence] = []
+        for side, thing in enumerate(things):
+            key = thing_key(thing)
+            ranked = side_scores[side] if side < len(side_scores) else scores
+
+            def value(i: int) -> float:
+                text = candidates[i].text.lower().lstrip("\"'(")
+                defines = re.match(r"(?:the |an? )?" + re.escape(key) + r"\w*\W*\s+(?:is|are)\b",
+                                   text)
+                return (ranked[i] + scores[i]) / 2 + (0.2 if defines else 0.1 if
+                                                      text.startswith(key) else 0.0)
+
+            named = [i for i in range(len(candidates)) if key and key in candidates[i].text.lower()
+                     and candidates[i] not in picked and not candidates[i].intro]
+            if named:
+                picked.append(candidates[max(named, key=value)])
+        for i in order:
+            if len(picked) >= 2:
+                break
+            if candidates[i] not in picked and not candidates[i].intro:
+                picked.append(candidates[i])
+        return sorted(picked, key=lambda c: (c.hit, c.index))
+    return [best]
+
+
+def defined_term(question: str) -> str:
+    """The term a definition question asks about ("What is a context manager?" -> "context
+    manager"), or ""."""
+    q = _LEAD_IN.sub("", " ".join(question.split())).strip()
+    m = _DEFINITION.match(q)
+    return _thing(re.sub(r"\s+(mean|do|stand for)$", "", m.group("term"), flags=re.I)) if m else ""
+
+
+def defines(sentence: str, term: str) -> bool:
+    """True when ``sentence`` says what ``term`` is: "<term> is/are ...", "<term>: a ...",
+    "The <term> statement is ..."."""
+    key = re.escape(thing_key(term))
+    return bool(re.match(r"^(?:the |an? )?\W?" + key + r"\w*\W?(?: \w+)?\s+(?:is|are)\b|^\W?"
+                         + key + r"\w*\W?:", sentence.strip(), re.I))
+
+
+def thing_key(thing: str) -> str:
+    """A lower-case key that finds ``thing`` in a sentence ("tuples" -> "tuple")."""
+    key = thing.lower().strip()
+    if len(key) > 4 and key.endswith("s") and not key.endswith("ss"):
+        key = key[:-1]
+    return key
+
+
+def render(picked: Sequence[Sentence], number: Callable[[int], int], *, form: str,
+           verdict: str | None = None, escape: Callable[[str], str] = lambda s: s) -> str:
+    """The answer in Markdown: the sentences with their source numbers (``number(hit)``),
+    as one paragraph, or as bullets for a ``list`` of three or more; a yes/no ``verdict``
+    ("Yes"/"No") first in bold."""
+    parts = [f"{escape(s.text)} [{number(s.hit)}]" for s in picked]
+    if form == "list" and len(parts) >= 3:
+        body = "\n".join(f"- {p}" for p in parts)
+    else:
+        body = " ".join(parts)
+    if verdict:
+        return f"**{verdict}.** {body}"
+    return body
+
+
+_RECAP = re.compile(
+    r"^(?:please\s+)?(?:summari[sz]e|recap|sum up|give (?:me )?(?:a |an )?(?:summary|recap|"
+    r"overview) of)\s+(?:this|our|the)\s+(?:conversation|chat|discussion|session)\b", re.I)
+_SAID_ABOUT = re.compile(
+    r"^(?:what|which) (?:did|have) you (?:say|said|tell me|told me|answer|answered)"
+    r"(?: me)? (?:about|on|regarding) (?P<topic>.+?)\??$", re.I)
+
+
+def conversation_request(question: str) -> tuple[str, str] | None:
+    """``("recap", "")`` for "summarise this conversation", ``("said", topic)`` for "what
+    did you say about X"; None for a question about the documents."""
+    q = _LEAD_IN.sub("", " ".join(question.split())).strip()
+    if _RECAP.match(q):
+        return "recap", ""
+    m = _SAID_ABOUT.match(q)
+    if m:
+        return "said", m.group("topic").strip()
+    return None
+
+
+_CITES = re.compile(r"\s*\[\d+(?:\s*[,;-]\s*\d+)*\]")
+
+
+def recap(kind: str, topic: str, turns: Sequence[tuple[int, str, str]]) -> str:
+    """The answer to a :func:`conversation_request` from earlier ``turns`` ``(number,
+    question, answer)``: one line per turn ("Turn 2 — question: first sentence"), for
+    ``said`` only the turns whose question or answer shares a content word with ``topic``.
+    Says so plainly when nothing matches."""
+    wanted = content_words(topic)
+    lines = []
+    for number, question, answer in turns:
+        if kind == "said" and not wanted & content_words(f"{question} {answer}"):
+            continue
+        text = " ".join(_CITES.sub("", answer).replace("**", "").lstrip("> ").split())
+        first = re.split(r"(?<=[.!?])\s+", text, maxsplit=1)[0] if text else "(no answer)"
+        lines.append(f"- Turn {number} — {question.strip()}: {first}")
+    if not lines:
+        return (f"Nothing in this conversation was about {topic}." if kind == "said"
+                else "This conversation has no answered questions yet.")
+    head = "In this conversation:" if kind == "recap" else f"What I said about {topic}:"
+    return head + "\n" + "\n".join(lines)

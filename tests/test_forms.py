@@ -1,0 +1,236 @@
+"""Question forms, sentence choice and answer rendering (assistant/forms.py), the composer over
+real passages with a real embedder, and the question-set metrics (assistant/question_set.py)."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from assistant import forms, question_set
+from assistant.composer import Composer
+from assistant.extractive import ExtractiveAnswer
+from assistant.reader import Reading
+from index.retrieval import Hit
+from index.store import Passage
+
+
+@pytest.mark.parametrize("question, form", [
+    ("Who wrote the novel?", "factoid"),
+    ("How many passages are there?", "factoid"),
+    ("Which keyword creates an anonymous function?", "factoid"),
+    ("What is a lambda expression?", "definition"),
+    ("What does the global statement do?", "definition"),
+    ("How does the with statement work?", "explanation"),
+    ("Why does a for loop have an else clause?", "explanation"),
+    ("What is the difference between a list and a tuple?", "comparison"),
+    ("How does DRD differ from Helgrind?", "comparison"),
+    ("list vs tuple", "comparison"),
+    ("Which built-in objects are considered false?", "list"),
+    ("What kinds of errors can Memcheck detect?", "list"),
+    ("List the augmented assignment operators.", "list"),
+    ("Are tuples immutable?", "yesno"),
+    ("Can a lambda expression contain statements?", "yesno"),
+    ("Summarize the assert statement.", "summary"),
+    ("Give an overview of the import statement.", "summary"),
+])
+def test_classify_names_the_form(question, form):
+    assert forms.classify(question) == form
+
+
+def test_a_follow_up_keeps_the_previous_form_or_takes_its_own():
+    assert forms.classify("and tuples?", "comparison") == "comparison"
+    assert forms.classify("what about DRD?", "definition") == "definition"
+    assert forms.classify("and are tuples immutable?", "comparison") == "yesno"
+    assert forms.classify("why?", "factoid") == "explanation"
+    assert forms.classify("and tuples?") == "factoid"  # no previous turn: nothing to keep
+
+
+@pytest.mark.parametrize("question, things", [
+    ("What is the difference between a list and a tuple?", ("list", "tuple")),
+    ("What is the difference between the and and or operators?", ("and", "or")),
+    ("How does DRD differ from Helgrind?", ("DRD", "Helgrind")),
+    ("How do the is operator and the == operator differ?", ("is", "==")),
+    ("Compare Cachegrind with Callgrind", ("Cachegrind", "Callgrind")),
+    ("What is a tuple?", None),
+])
+def test_compared_finds_both_sides(question, things):
+    assert forms.compared(question) == things
+
+
+RST = """The "with" statement
+********************
+
+The "with" statement is used to wrap the execution of a block with
+methods defined by a context manager. This allows common usage
+patterns to be encapsulated for convenient reuse.
+
+   with_stmt ::= "with" with_item ":" suite
+
+1. The context expression is evaluated to obtain a context manager.
+
+2. The context manager's "__enter__()" is loaded for later use.
+"""
+
+
+def test_sentences_skip_headings_grammar_and_split_lists():
+    got = [s.text for s in forms.sentences(0, RST)]
+    assert got == [
+        'The "with" statement is used to wrap the execution of a block with methods defined '
+        'by a context manager.',
+        "This allows common usage patterns to be encapsulated for convenient reuse.",
+        "The context expression is evaluated to obtain a context manager.",
+        'The context manager\'s "__enter__()" is loaded for later use.',
+    ]
+    assert [s.index for s in forms.sentences(3, RST)] == [0, 1, 2, 3]
+    assert {s.hit for s in forms.sentences(3, RST)} == {3}
+
+
+def _sentences(*texts):
+    return [forms.Sentence(hit, index, text) for hit, index, text in texts]
+
+
+def test_choose_gives_each_form_its_shape():
+    c = _sentences((0, 0, "Lists are mutable sequences."), (0, 1, "They hold items."),
+                   (0, 2, "Lists grow."), (1, 0, "Tuples are immutable sequences."),
+                   (1, 1, "Tuples are hashable."))
+    scores = [0.9, 0.5, 0.4, 0.3, 0.2]
+    q = "What is the difference between a list and a tuple?"
+    assert [s.text for s in forms.choose("comparison", q, c, scores)] == [
+        "Lists are mutable sequences.", "Tuples are immutable sequences."]
+    assert [s.text for s in forms.choose("explanation", "How?", c, scores, most=2)] == [
+        "Lists are mutable sequences.", "They hold items."]
+    # "They ..." leans on the sentence before it, so it comes along
+    assert [s.text for s in forms.choose("definition", "What is a list?", c, scores)] == [
+        "Lists are mutable sequences.", "They hold items."]
+    assert [s.text for s in forms.choose("definition", "What is a list?", c[2:],
+                                         scores[2:])] == ["Lists grow."]
+    assert [s.text for s in forms.choose("summary", "Summarize tuples", c,
+                                         [0.1, 0.1, 0.1, 0.2, 0.9])] == [
+        "Tuples are immutable sequences.", "Tuples are hashable."]
+    assert forms.choose("factoid", "Who?", c, scores) == []
+
+
+def test_render_cites_every_sentence_and_puts_the_verdict_first():
+    c = _sentences((0, 0, "A is x."), (2, 0, "B is y."), (2, 1, "C is z."))
+    assert forms.render(c[:2], lambda h: h + 1, form="comparison") == "A is x. [1] B is y. [3]"
+    assert forms.render(c, lambda h: h + 1, form="list") == (
+        "- A is x. [1]\n- B is y. [3]\n- C is z. [3]")
+    assert forms.render(c[:1], lambda h: h + 1, form="yesno", verdict="Yes") == (
+        "**Yes.** A is x. [1]")
+
+
+def _hit(i, text, path="doc.rst"):
+    passage = Passage(i, i, f"/docs/{path}", path, "", None, 1, 2, text)
+    return Hit(passage=passage, score=1.0 - i / 10, rank=i + 1)
+
+
+LISTS = ("Lists are mutable sequences, typically used to store collections of homogeneous "
+         "items. Lists may be constructed in several ways.")
+TUPLES = ("Tuples are immutable sequences, typically used to store collections of "
+          "heterogeneous data. Tuples may be constructed in a number of ways.")
+OTHER = "The pass statement is a null operation. Nothing happens when it is executed."
+
+
+def _reading(hits, span="mutable"):
+    return Reading(list(hits), ExtractiveAnswer(span, 1, f"**{span}** [1]", True))
+
+
+@pytest.mark.slow
+def test_a_comparison_cites_both_sides_and_finds_a_missing_one(real_embedder):
+    q = "What is the difference between a list and a tuple?"
+    both = [_hit(0, LISTS, "lists.rst"), _hit(1, OTHER), _hit(2, TUPLES, "tuples.rst")]
+    out = Composer(real_embedder.embed).compose("comparison", q, _reading(both))
+    assert "[1]" in out.answer.text and "[3]" in out.answer.text
+    assert "immutable" in out.answer.text and out.answer.span == "mutable"
+    assert out.sentences and all(n in (1, 3) for n, _ in out.sentences)
+
+    searched = []
+
+    def search(query, k):
+        searched.append(query)
+        return [_hit(7, TUPLES, "tuples.rst")]
+
+    one = [_hit(0, LISTS, "lists.rst"), _hit(1, OTHER)]
+    out = Composer(real_embedder.embed, search).compose("comparison", q, _reading(one))
+    assert searched and searched[0].startswith("tuple")
+    assert len(out.hits) == 3 and "[3]" in out.answer.text and "immutable" in out.answer.text
+
+
+@pytest.mark.slow
+def test_factoids_and_abstentions_pass_through(real_embedder):
+    hits = [_hit(0, LISTS)]
+    reading = _reading(hits)
+    composer = Composer(real_embedder.embed)
+    assert composer.compose("factoid", "Who?", reading) is reading
+    abstained = Reading(hits, ExtractiveAnswer("", None, "I could not find this."),
+                        abstained=True)
+    assert composer.compose("explanation", "How?", abstained) is abstained
+
+
+def test_facts_match_whole_words_without_markup():
+    assert question_set.facts_found("**No.** It is \\*not\\* hashable [1]",
+                                    [["no"], ["hashable"], ["mutable"]]) == 2
+    assert question_set.facts_found("nothing at all", [["no"]]) == 0
+    assert question_set.facts_found("use --leak-check=yes", [["--leak-check"]]) == 1
+
+
+def test_score_and_summary(tmp_path):
+    gold = _hit(0, TUPLES, "objects.rst")
+    other = _hit(1, OTHER, "pass.rst")
+    turn = SimpleNamespace(answer="Tuples are immutable [1]; see also [2]", abstained=False,
+                           hits=[gold, other], sources_shown=2, answer_s=1.5, form="yesno",
+                           cited=lambda: [1, 2])
+    q = {"id": "q1", "split": "tune", "form": "yesno", "question": "Are tuples immutable?",
+         "facts": [["immutable"], ["hashable"]],
+         "sources": [{"file": "objects.rst", "has": "immutable"}]}
+    r = question_set.score(q, turn)
+    assert (r.facts_found, r.facts_total, r.cited, r.cited_gold) == (1, 2, 2, 1)
+    no = SimpleNamespace(answer="I could not find this", abstained=True, hits=[other],
+                         sources_shown=1, answer_s=1.0, form="factoid", cited=lambda: [])
+    u = question_set.score({"id": "q2", "question": "Who won?", "answerable": False,
+                            "form": "factoid"}, no)
+    s = question_set.summary([r, u])
+    assert s["key_fact_recall"] == 50.0 and s["citation_correct"] == 50.0
+    assert s["abstention_precision"] == 100.0 and s["abstention_f1"] == 100.0
+    assert s["form_accuracy"] == 100.0
+    rows = question_set.rows([r, u])
+    assert [row["form"] for row in rows] == ["yesno", "factoid", "all"]
+
+    path = tmp_path / "q.json"
+    path.write_text(json.dumps({"corpora": {"py": "bundled:python-reference"},
+                                "questions": [q | {"corpus": "py"}]}))
+    corpora, questions = question_set.load(path)
+    assert corpora == {"py": "bundled:python-reference"} and len(questions) == 1
+    path.write_text(json.dumps({"corpora": {}, "questions": [q]}))
+    with pytest.raises(ValueError, match="needs 'facts' and a 'corpus'"):
+        question_set.load(path)
+
+
+def test_the_shipped_question_file_is_well_formed():
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "questions" / "real.json"
+    corpora, questions = question_set.load(path)
+    assert len(questions) >= 60
+    assert sum(not q.get("answerable", True) for q in questions) >= 10
+    assert {q["form"] for q in questions} == set(forms.FORMS)
+    held = [q for q in questions if q["split"] == "heldout"]
+    assert len(held) >= len(questions) // 3
+
+
+@pytest.mark.slow
+def test_a_definition_searches_once_more_for_a_sentence_saying_what_it_is(real_embedder):
+    searched = []
+
+    def search(query, k):
+        searched.append(query)
+        return [_hit(5, "Valgrind has many tools. Cachegrind is a cache and branch-prediction "
+                        "profiler. It helps you make programs faster.", "manual-intro.html")]
+
+    hits = [_hit(0, "This section talks about details you don't need to know about in order "
+                    "to use Cachegrind, but may be of interest to some people.", "cg.html")]
+    out = Composer(real_embedder.embed, search).compose(
+        "definition", "What is Cachegrind?", _reading(hits, span="details"))
+    assert searched == ["Cachegrind is"]
+    assert out.answer.text.startswith("Cachegrind is a cache and branch-prediction profiler. [2]")
+    assert "It helps you make programs faster. [2]" in out.answer.text  # leans back: kept
