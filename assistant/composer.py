@@ -53,7 +53,10 @@ class Composer:
             return reading
         hits = list(reading.hits)
         used = hits[: (len(hits) if form == "comparison" else self.passages)]
-        candidates = [s for i, h in enumerate(used) for s in forms.sentences(i, h.passage.text)]
+        term = forms.defined_term(question) if form == "definition" else ""
+        candidates = [s for i, h in enumerate(used) for s in
+                      forms.heading_sentences(i, h.passage.heading, term)
+                      + forms.sentences(i, h.passage.text)]
         extra = None
         if form == "comparison" and self.search is not None:
             extra = self._missing_side(question, candidates, hits)
@@ -61,7 +64,8 @@ class Composer:
             extra = self._definition(question, candidates, hits)
         if extra is not None:
             hits.append(extra)
-            candidates += forms.sentences(len(hits) - 1, extra.passage.text)
+            candidates += (forms.heading_sentences(len(hits) - 1, extra.passage.heading, term)
+                           + forms.sentences(len(hits) - 1, extra.passage.text))
         if not candidates:
             return reading
         things = (forms.compared(question) or ()) if form == "comparison" else ()
@@ -71,8 +75,13 @@ class Composer:
         scores = forms.score_sentences(query or question, candidates,
                                        similarity[:, 0].tolist())
         sides = [similarity[:, j + 1].tolist() for j in range(len(things))]
+        then: list[int] = []
+        if form == "summary":
+            anchor, then = _opening(hits[: len(used)], candidates)
+        else:
+            anchor = _anchor(reading, candidates)
         picked = forms.choose(form, question, candidates, scores, most=self.most,
-                              anchor=_anchor(reading, candidates), side_scores=sides)
+                              anchor=anchor, side_scores=sides, then=then)
         if not picked:
             return reading
         verdict = None
@@ -130,3 +139,15 @@ def _anchor(reading: Reading, candidates: Sequence[forms.Sentence]) -> int | Non
         return None
     return next((i for i, c in enumerate(candidates)
                  if c.hit == source - 1 and span in c.text.lower()), None)
+
+
+def _opening(hits: Sequence[Hit],
+             candidates: Sequence[forms.Sentence]) -> tuple[int | None, list[int]]:
+    """For a summary: the index of the first sentence of the earliest passage (by line) of
+    the top hit's file among ``hits`` (a document is summed up from its opening), or None;
+    and the hits of that file after it, in line order (where the summary goes on)."""
+    top = hits[0].passage
+    same = sorted((i for i, h in enumerate(hits) if h.passage.path == top.path),
+                  key=lambda i: (hits[i].passage.line_start or 0, i))
+    first = next((k for k, c in enumerate(candidates) if c.hit == same[0]), None)
+    return first, same[1:]

@@ -443,10 +443,11 @@ class DialogueManager:
                 result = SearchResult(hits, result.milliseconds + ms)
             if self.prompt_style == "extractive":
                 return self._ask_extractive(conversation_id, turn_id, question, query, result)
+            form, evidence = self._evidence(question, query, earlier, list(result.hits))
             prompt = build_prompt(
                 question, [h.passage for h in result.hits], counter=self.generator,
                 budget_tokens=self.budget_tokens, history=earlier,
-                history_tokens=self.history_tokens,
+                history_tokens=self.history_tokens, form=form, evidence=evidence,
             )
             reply = self.generator.generate(
                 prompt.messages, max_new_tokens=self.max_new_tokens, temperature=self.temperature
@@ -456,7 +457,23 @@ class DialogueManager:
                                      retrieval_query=query)
             raise
         return Turn(conversation_id, turn_id, question, query, list(result.hits),
-                    result.milliseconds, prompt, reply, self.generator.name, self.history)
+                    result.milliseconds, prompt, reply, self.generator.name, self.history,
+                    form=form)
+
+    def _evidence(self, question: str, query: str, earlier: Sequence[tuple[str, str]],
+                  hits: list[Hit]) -> tuple[str, list[tuple[int, str]]]:
+        """For a chat model: the question's form and the sentences of ``hits`` an answer of
+        that form would quote (:class:`Composer`, no extra search), as ``(source number,
+        sentence)``; none for a factoid or with ``answer_forms`` off."""
+        embedder = getattr(self.retriever, "embedder", None)
+        if not self.answer_forms or embedder is None or not hits:
+            return "factoid", []
+        form = classify(question, classify(earlier[-1][0]) if earlier else None)
+        if form == "factoid":
+            return form, []
+        empty = Reading(hits, ExtractiveAnswer("", None, ""))
+        shaped = Composer(embedder.embed).compose(form, question, empty, query=query)
+        return form, list(shaped.sentences)
 
     def _recap(self, conversation_id: str, turn_id: int, question: str,
                request: tuple[str, str]) -> Turn:

@@ -127,6 +127,7 @@ class Sentence:
 
 _SPLIT = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9\"*])")
 _JUNK = re.compile(r"^[*=~^#\-_]{3,}$|::=|^\s*>>>|^\s*\.\.\.\s|\+-{3,}|\|.*\|")
+_ABBREVIATION = re.compile(r"\b(?:e\.g|eg|i\.e|ie|cf|etc|vs|viz|approx|no|fig|sec)\. ", re.I)
 _BULLET = re.compile(r"^(?:[*\-•]|\d+\.|\(\w\))\s+")
 
 
@@ -145,11 +146,12 @@ def sentences(hit: int, text: str) -> list[Sentence]:
             continue
         if len(lines) > 1 and all(line.startswith("   ") for line in lines):
             continue  # an indented code or grammar block
-        flat = " ".join(" ".join(lines).split())
+        flat = _ABBREVIATION.sub(lambda m: m.group(0).replace(". ", ".\x00"),
+                                 " ".join(" ".join(lines).split()))
         item = bool(_BULLET.match(flat))
         pieces = _SPLIT.split(_BULLET.sub("", flat))
         for n, piece in enumerate(pieces):
-            piece = _BULLET.sub("", piece.strip())
+            piece = _BULLET.sub("", piece.strip()).replace("\x00", " ")
             closed = bool(re.search(r"[.!:;][\"')\]]*$", piece))
             if (len(re.findall(r"[A-Za-z]{2,}", piece)) < 4 or _JUNK.search(piece)
                     or piece.endswith("?") or _title_case(piece)
@@ -214,7 +216,8 @@ def score_sentences(question: str, candidates: Sequence[Sentence], similarity: S
 
 def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Sequence[float],
            *, most: int = 3, anchor: int | None = None, anchor_slack: float = 0.15,
-           side_scores: Sequence[Sequence[float]] = ()) -> list[Sentence]:
+           side_scores: Sequence[Sequence[float]] = (),
+           then: Sequence[int] = ()) -> list[Sentence]:
     """The sentences an answer of ``form`` quotes, in reading order (passage, then position).
 
     The lead sentence is the best-scored one, or ``anchor`` (the index of the sentence
@@ -225,7 +228,9 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
       scores within 0.1 of it or the lead introduces it (ends with ":");
     - ``explanation``, ``list``: the lead and the sentences after it in its passage, up to
       ``most`` (a list of several items may take ``most + 2``); never ending on an intro;
-    - ``summary``: the first sentences of the lead's passage, up to ``most``;
+    - ``summary``: the first sentences of the lead's passage (``anchor``'s when given: the
+      caller picks the passage), then those of the passages ``then`` (hits that continue the
+      same document), up to ``most``;
     - ``comparison``: per compared thing (:func:`compared`), the best sentence naming it, by
       the mean of its score and ``side_scores[i]`` (similarity to "What is <thing>?") when
       given, a sentence saying what the thing is ("Tuples are ...") or starting with it
@@ -236,7 +241,9 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
         return []
     order = sorted(range(len(candidates)), key=lambda i: -scores[i])
     lead = order[0]
-    if form != "comparison":
+    if form == "summary" and anchor is not None:
+        lead = anchor  # the passage to summarise, chosen by the caller
+    elif form != "comparison":
         leads = [i for i in order if not candidates[i].intro or form == "list"] or order
         lead = leads[0]
         if anchor is not None and scores[anchor] >= scores[lead] - anchor_slack:
@@ -269,7 +276,12 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
             picked.append(nxt)
         return picked
     if form == "summary":
-        return run_from(same[0], most)
+        run = run_from(same[0], most)
+        for hit in then:
+            run += [c for c in candidates if c.hit == hit][: most - len(run)]
+        while len(run) > 1 and run[-1].intro:
+            run.pop()
+        return run
     if form == "list":
         return run_from(best, most + 2 if best.intro else most)
     if form == "explanation":
@@ -299,6 +311,14 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
                 picked.append(candidates[i])
         return sorted(picked, key=lambda c: (c.hit, c.index))
     return [best]
+
+
+def heading_sentences(hit: int, heading: str, term: str) -> list[Sentence]:
+    """Parts of a passage's heading path that say what ``term`` is ("5. Cachegrind: a cache
+    and branch-prediction profiler"), as sentences placed before the passage's first
+    (index -1); manuals often define a tool in its chapter title and nowhere else."""
+    parts = [re.sub(r"^[\d.]+\s+", "", p.strip()) for p in heading.split(" > ")]
+    return [Sentence(hit, -1, p) for p in parts if term and defines(p, term)][:1]
 
 
 def defined_term(question: str) -> str:

@@ -65,6 +65,14 @@ class Prompt:
     tokens: int
 
 
+def form_instruction(form: str) -> str:
+    """The answer instruction for a question form (``prompts/forms.txt``: ``form: text``
+    lines); the factoid one for an unknown form."""
+    lines = dict(line.split(":", 1) for line in load_template("forms.txt").splitlines()
+                 if ":" in line)
+    return (lines.get(form) or lines.get("factoid", "")).strip()
+
+
 def build_prompt(
     question: str,
     passages: Sequence[_Passage],
@@ -73,6 +81,8 @@ def build_prompt(
     budget_tokens: int,
     history: Sequence[tuple[str, str]] = (),
     history_tokens: int = 512,
+    form: str = "factoid",
+    evidence: Sequence[tuple[int, str]] = (),
 ) -> Prompt:
     """Chat messages for ``question`` with ``passages`` numbered from 1, within budget.
 
@@ -83,6 +93,9 @@ def build_prompt(
         budget_tokens: most tokens for the whole rendered prompt.
         history: earlier ``(question, answer)`` turns, oldest first.
         history_tokens: most tokens spent on ``history``.
+        form: the question's form (``prompts/forms.txt`` holds the instruction for each).
+        evidence: ``(source number, sentence)`` the answer should rest on, shown after the
+            passages as "Key sentences" (only those of passages kept in the prompt).
 
     Returns:
         The :class:`Prompt`; passages beyond ``passages_used`` were left out.
@@ -97,9 +110,14 @@ def build_prompt(
         turns[:0] = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         spent += cost
 
+    instruction = form_instruction(form)
+
     def render(texts: list[str]) -> list[dict]:
+        kept = [f"[{n}] {text}" for n, text in evidence if n <= len(texts)]
         body = load_template("answer.txt").format(
-            passages="\n\n".join(texts) if texts else "(no sources found)", question=question.strip()
+            passages="\n\n".join(texts) if texts else "(no sources found)",
+            question=question.strip(), instruction=instruction,
+            evidence=("\nKey sentences:\n" + "\n".join(kept) + "\n") if kept else "",
         )
         return [system, *turns, {"role": "user", "content": body}]
 

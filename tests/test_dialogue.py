@@ -286,3 +286,22 @@ def test_summarise_this_conversation_answers_from_history_with_turn_numbers(tmp_
     assert nothing.answer == "Nothing in this conversation was about bicycles."
     rows = m.history.turns(cid)
     assert [r["status"] for r in rows] == ["complete"] * 4 and rows[1]["answer"] == recap.answer
+
+
+def test_a_chat_model_gets_the_form_instruction_and_key_sentences(tmp_path, retriever):
+    gen = FakeGenerator(["The Broncos won. [1]"])
+    m = manager(tmp_path, retriever, gen)
+    turn = m.ask("How did the Denver Broncos win Super Bowl 50?")
+    list(turn)
+    prompt = gen.calls[0][-1]["content"]
+    assert turn.form == "explanation"
+    assert "Explain how or why in two to four sentences." in prompt
+    key = prompt.split("Key sentences:\n", 1)[1].split("\nQuestion:")[0].strip().splitlines()
+    assert key and all(line.startswith("[") for line in key)
+    number = int(key[0][1:key[0].index("]")])
+    assert key[0].split("] ", 1)[1][:30] in " ".join(turn.hits[number - 1].passage.text.split())
+    gen2 = FakeGenerator(["Denver. [1]"])
+    m2 = manager(tmp_path, retriever, gen2)
+    list(m2.ask("Which NFL team won Super Bowl 50?"))
+    factoid = gen2.calls[0][-1]["content"]
+    assert "Answer in one short sentence." in factoid and "Key sentences" not in factoid

@@ -234,3 +234,13 @@ def test_a_definition_searches_once_more_for_a_sentence_saying_what_it_is(real_e
     assert searched == ["Cachegrind is"]
     assert out.answer.text.startswith("Cachegrind is a cache and branch-prediction profiler. [2]")
     assert "It helps you make programs faster. [2]" in out.answer.text  # leans back: kept
+
+
+def test_a_summary_opens_the_document_and_goes_on_in_its_next_passage():
+    c = _sentences((0, 0, "Later text about asserts."), (1, 0, "Assert statements insert checks:"),
+                   (2, 0, "They are removed under optimisation."), (2, 1, "Another sentence here."))
+    got = forms.choose("summary", "Summarize the assert statement.", c, [0.9, 0.5, 0.4, 0.3],
+                       anchor=1, then=[2])
+    assert [s.text for s in got] == ["Assert statements insert checks:",
+                                     "They are removed under optimisation.",
+                                     "Another sentence here."]

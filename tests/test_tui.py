@@ -366,3 +366,32 @@ async def test_chat_answers_and_shows_progress_while_passages_are_embedded(tmp_p
     finally:
         go_on.set()
         worker.join(30)
+
+
+def test_the_sentences_an_answer_quotes_are_marked_in_the_passage():
+    passage = ("Lists are mutable sequences, typically\nused to store items. Lists may be "
+               "constructed in several ways.")
+    answer = "Lists are mutable sequences, typically used to store items. [1] Tuples are \\*not\\*."
+    text = highlight(passage, "", answer)
+    marked = [(text.plain[s.start:s.end], str(s.style)) for s in text.spans]
+    assert marked == [("Lists are mutable sequences, typically\nused to store items.",
+                       "underline on dark_green")]
+    assert highlight(passage, "", "").spans == []
+
+
+async def test_the_sources_pane_marks_what_the_answer_quoted(tmp_path):
+    quote = ("Super Bowl 50 was an American football game to determine the champion of the "
+             "National Football League (NFL) for the 2015 season.")
+    app = make_app(tmp_path, FakeGenerator([quote]))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.manager is not None)
+        await ask(pilot, "What was Super Bowl 50?")
+        await wait_for(pilot, lambda: answers(app) and answers(app)[0].status == "complete")
+        pane = app.query_one(SourcesPane)
+        assert pane.answer == answers(app)[0].text
+        quoted = [s for s in pane.sources if quote in " ".join(s["text"].split())]
+        assert quoted
+        pane._show_passage(pane.sources.index(quoted[0]))
+        shown = app.query_one("#passage", Static).render()
+        marked = [shown.plain[s.start:s.end] for s in shown.spans if "underline" in str(s.style)]
+        assert [" ".join(m.split()) for m in marked] == [quote]
