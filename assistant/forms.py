@@ -394,7 +394,11 @@ def recap(kind: str, topic: str, turns: Sequence[tuple[int, str, str]]) -> str:
         if kind == "said" and not wanted & content_words(f"{question} {answer}"):
             continue
         text = " ".join(_CITES.sub("", answer).replace("**", "").lstrip("> ").split())
-        first = re.split(r"(?<=[.!?])\s+", text, maxsplit=1)[0] if text else "(no answer)"
+        first = "(no answer)"
+        if text:  # its first sentence, two when that is only "Yes." or "No."
+            parts = re.split(r"(?<=[.!?])\s+", text)
+            first = parts[0] if len(parts[0].split()) > 3 or len(parts) == 1 else " ".join(
+                parts[:2])
         lines.append(f"- Turn {number} — {question.strip()}: {first}")
     if not lines:
         return (f"Nothing in this conversation was about {topic}." if kind == "said"

@@ -244,3 +244,17 @@ def test_a_summary_opens_the_document_and_goes_on_in_its_next_passage():
     assert [s.text for s in got] == ["Assert statements insert checks:",
                                      "They are removed under optimisation.",
                                      "Another sentence here."]
+
+
+def test_a_recap_names_each_turn_and_keeps_a_bare_verdict_with_its_reason():
+    turns = [(1, "Are tuples immutable?", "**Yes.** Tuples are immutable sequences. [1] More."),
+             (3, "What is a list?", "Lists are mutable sequences. [2] They hold items.")]
+    assert forms.recap("recap", "", turns) == (
+        "In this conversation:\n"
+        "- Turn 1 — Are tuples immutable?: Yes. Tuples are immutable sequences.\n"
+        "- Turn 3 — What is a list?: Lists are mutable sequences.")
+    assert forms.recap("said", "lists", turns).splitlines()[1:] == [
+        "- Turn 3 — What is a list?: Lists are mutable sequences."]
+    assert forms.conversation_request("Please summarize our chat") == ("recap", "")
+    assert forms.conversation_request("and what did you say about tuples?") == ("said", "tuples")
+    assert forms.conversation_request("Summarize the assert statement.") is None

@@ -316,7 +316,11 @@ class TransformersGenerator:
         quiet_hub()
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        # transformers read the progress-bar setting when first imported (maybe by the
+        # embedder, before quiet_hub): its "Loading weights" bar would draw over the output
+        hf_logging.disable_progress_bar()
         self.name = name
         self.device = pick_device(device)
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
