@@ -957,9 +957,10 @@ def _eval_questions(settings: Settings, path: Path, subset: str, embedder, *,
            "splits": {s: qs.rows([r for r in results if r.split == s]) for s in splits},
            "answers": [r.__dict__ for r in results]}
     if not as_json:
-        for s in splits:
-            _table(out["splits"][s], f"{path.name}: {s} questions "
-                                     f"({sum(r.split == s for r in results)})")
+        for s in splits:  # percentages with one decimal (the table would show 0.0 as a ratio)
+            shown = [{k: f"{v:.1f}" if isinstance(v, float) else v for k, v in row.items()}
+                     for row in out["splits"][s]]
+            _table(shown, f"{path.name}: {s} questions ({sum(r.split == s for r in results)})")
     return out
 
 

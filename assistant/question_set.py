@@ -165,9 +165,11 @@ def summary(results: Sequence[Scored]) -> dict:
     return {
         "questions": len(results),
         "answerable": len(answerable),
-        "key_fact_recall": pct(sum(r.recall for r in answerable) / max(len(answerable), 1)),
+        "key_fact_recall": pct(sum(r.recall for r in answerable) / len(answerable))
+        if answerable else None,
         "citation_correct": pct(sum(r.cited_gold for r in answerable) / cited) if cited else None,
-        "gold_cited": pct(sum(r.cited_gold > 0 for r in answerable) / max(len(answerable), 1)),
+        "gold_cited": pct(sum(r.cited_gold > 0 for r in answerable) / len(answerable))
+        if answerable else None,
         "form_accuracy": pct(sum(r.predicted_form == r.form for r in results) / len(results))
         if results and any(r.predicted_form for r in results) else None,
         "abstained_answerable": sum(1 for r in said if r.answerable),

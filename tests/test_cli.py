@@ -81,3 +81,32 @@ def test_index_then_ask_json_end_to_end(tmp_path, corpus_dir, shared_data_dir, r
     assert data["abstained"] is True and data["cited"] == []
     assert data["answer"] == "I could not find this in your documents."
     assert len(data["sources"]) == 5
+
+
+@pytest.mark.slow
+def test_eval_questions_scores_a_question_file_end_to_end(tmp_path, corpus_dir, shared_data_dir,
+                                                          real_generator):
+    """`eval --questions FILE`: the file's corpus indexed, each question asked as `ask` would,
+    rows per split and form."""
+    questions = tmp_path / "q.json"
+    questions.write_text(json.dumps({
+        "corpora": {"squad": str(corpus_dir)},
+        "questions": [
+            {"id": "q1", "split": "tune", "corpus": "squad", "form": "factoid",
+             "question": "Which NFL team won Super Bowl 50?",
+             "facts": [["Denver Broncos", "Broncos"]], "sources": [{"file": "squad-00-000.md"}]},
+            {"id": "q2", "split": "heldout", "corpus": None, "form": "factoid",
+             "question": "Who won the 2018 FIFA World Cup?", "answerable": False},
+        ]}))
+    result = CliRunner().invoke(cli, ["--data-dir", str(shared_data_dir), "eval", "--questions",
+                                      str(questions), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output[result.output.index('{\n'):])["questions"]
+    assert set(data["splits"]) == {"tune", "heldout"}
+    tune = {row["form"]: row for row in data["splits"]["tune"]}
+    assert tune["all"]["answerable"] == 1 and tune["factoid"]["form_accuracy"] == 100.0
+    assert 0 <= tune["all"]["key_fact_recall"] <= 100
+    held = data["splits"]["heldout"][-1]
+    assert held["answerable"] == 0 and held["key_fact_recall"] is None
+    assert held["abstention_recall"] == 100.0  # the World Cup question: not in the documents
+    assert [a["id"] for a in data["answers"]] == ["q1", "q2"]

@@ -258,3 +258,11 @@ def test_a_recap_names_each_turn_and_keeps_a_bare_verdict_with_its_reason():
     assert forms.conversation_request("Please summarize our chat") == ("recap", "")
     assert forms.conversation_request("and what did you say about tuples?") == ("said", "tuples")
     assert forms.conversation_request("Summarize the assert statement.") is None
+
+
+def test_a_split_with_no_answerable_question_has_no_recall():
+    no = question_set.Scored("q", "heldout", "factoid", "factoid", "Who won?", "I could not",
+                             False, True, 0, 0, 0, 0, 1.0)
+    s = question_set.summary([no])
+    assert s["key_fact_recall"] is None and s["gold_cited"] is None
+    assert s["abstention_f1"] == 100.0
