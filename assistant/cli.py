@@ -660,6 +660,14 @@ def history_delete(ctx, conversation_id, yes) -> None:
     click.echo(f"Deleted conversation {cid}.", err=True)
 
 
+def _bench_index_dir(settings: Settings, work: Path, embedder) -> Path:
+    """Where a benchmark corpus under ``work`` is indexed: one folder per embedder, chunking
+    and embedding runtime, so changing any of them never reuses vectors made otherwise."""
+    runtime = getattr(embedder, "runtime", "torch")
+    return work / (f"index-{Path(embedder.name).name}-{settings.chunk_tokens}-"
+                   f"{settings.chunk_overlap}" + ("" if runtime == "torch" else f"-{runtime}"))
+
+
 def _bench_index(settings: Settings, folder: Path, embedder, *,
                  leave_out: frozenset[str] = frozenset()):
     """Index a benchmark corpus (``folder/corpus.jsonl``) once under the data dir; returns
@@ -686,8 +694,7 @@ def _bench_index(settings: Settings, folder: Path, embedder, *,
     except ValueError as exc:
         raise UserError(str(exc)) from None
     runtime = getattr(embedder, "runtime", "torch")
-    index_dir = work / (f"index-{Path(embedder.name).name}-{settings.chunk_tokens}-"
-                        f"{settings.chunk_overlap}" + ("" if runtime == "torch" else f"-{runtime}"))
+    index_dir = _bench_index_dir(settings, work, embedder)
     click.echo(f"{folder.name}: {count} documents; index {index_dir}", err=True)
     bench = settings.replace(index_dir=index_dir)
     report = run_index(bench, [docs], embedder=embedder, quiet=Store.exists(index_dir))
@@ -938,9 +945,7 @@ def _eval_questions(settings: Settings, path: Path, subset: str, embedder, *,
             raise UserError(f"{path}: corpus {name} not found at {where}")
         else:
             roots.append(where)
-    runtime = getattr(embedder, "runtime", "torch")
-    index_dir = work / (f"index-{Path(embedder.name).name}-{settings.chunk_tokens}-"
-                        f"{settings.chunk_overlap}" + ("" if runtime == "torch" else f"-{runtime}"))
+    index_dir = _bench_index_dir(settings, work, embedder)
     bench = settings.replace(index_dir=index_dir)
     run_index(bench, roots, embedder=embedder, quiet=Store.exists(index_dir))
     history = _scratch_history(tempfile.mkdtemp(prefix="assistant-eval-"))

@@ -54,21 +54,21 @@ class Composer:
         hits = list(reading.hits)
         used = hits[: (len(hits) if form == "comparison" else self.passages)]
         term = forms.defined_term(question) if form == "definition" else ""
+        things = (forms.compared(question) or ()) if form == "comparison" else ()
         candidates = [s for i, h in enumerate(used) for s in
                       forms.heading_sentences(i, h.passage.heading, term)
                       + forms.sentences(i, h.passage.text)]
         extra = None
         if form == "comparison" and self.search is not None:
-            extra = self._missing_side(question, candidates, hits)
+            extra = self._missing_side(question, things, candidates, hits)
         elif form == "definition" and self.search is not None:
-            extra = self._definition(question, candidates, hits)
+            extra = self._definition(term, candidates, hits)
         if extra is not None:
             hits.append(extra)
             candidates += (forms.heading_sentences(len(hits) - 1, extra.passage.heading, term)
                            + forms.sentences(len(hits) - 1, extra.passage.text))
         if not candidates:
             return reading
-        things = (forms.compared(question) or ()) if form == "comparison" else ()
         asks = [query or question] + [f"What is {t}?" for t in things]
         vectors = self.embed(asks + [c.text for c in candidates])  # (asks + n, dim)
         similarity = vectors[len(asks):] @ vectors[:len(asks)].T  # (n, asks) cosine
@@ -96,11 +96,10 @@ class Composer:
         return dataclasses.replace(reading, hits=hits, answer=answer,
                                    sentences=[(s.hit + 1, s.text) for s in picked])
 
-    def _definition(self, question: str, candidates: Sequence[forms.Sentence],
+    def _definition(self, term: str, candidates: Sequence[forms.Sentence],
                     hits: Sequence[Hit]) -> Hit | None:
-        """A passage with a sentence saying what the asked-about term is (found by one more
-        search, "<term> is"), when no candidate sentence does; or None."""
-        term = forms.defined_term(question)
+        """A passage with a sentence saying what the asked-about ``term`` is (found by one
+        more search, "<term> is"), when no candidate sentence does; or None."""
         if not term or any(forms.defines(c.text, term) for c in candidates):
             return None
         seen = {h.passage.id for h in hits}
@@ -110,11 +109,11 @@ class Composer:
                 return hit
         return None
 
-    def _missing_side(self, question: str, candidates: Sequence[forms.Sentence],
-                      hits: Sequence[Hit]) -> Hit | None:
-        """A passage naming the compared thing no candidate sentence names, found by one more
-        search ("<thing> <question's other words>"), or None."""
-        things = forms.compared(question)
+    def _missing_side(self, question: str, things: Sequence[str],
+                      candidates: Sequence[forms.Sentence], hits: Sequence[Hit]) -> Hit | None:
+        """A passage naming the compared thing (of ``things``, :func:`forms.compared`) no
+        candidate sentence names, found by one more search ("<thing> <question's other
+        words>"), or None."""
         if not things:
             return None
         seen = {h.passage.id for h in hits}

@@ -460,19 +460,25 @@ class DialogueManager:
                     result.milliseconds, prompt, reply, self.generator.name, self.history,
                     form=form)
 
+    def _form(self, question: str, earlier: Sequence[tuple[str, str]]) -> str:
+        """The question's form (:func:`forms.classify`, after the previous question's for a
+        follow-up); ``factoid`` when ``answer_forms`` is off or the retriever has no embedder
+        to choose sentences with."""
+        if not self.answer_forms or getattr(self.retriever, "embedder", None) is None:
+            return "factoid"
+        return classify(question, classify(earlier[-1][0]) if earlier else None)
+
     def _evidence(self, question: str, query: str, earlier: Sequence[tuple[str, str]],
                   hits: list[Hit]) -> tuple[str, list[tuple[int, str]]]:
         """For a chat model: the question's form and the sentences of ``hits`` an answer of
         that form would quote (:class:`Composer`, no extra search), as ``(source number,
         sentence)``; none for a factoid or with ``answer_forms`` off."""
-        embedder = getattr(self.retriever, "embedder", None)
-        if not self.answer_forms or embedder is None or not hits:
-            return "factoid", []
-        form = classify(question, classify(earlier[-1][0]) if earlier else None)
-        if form == "factoid":
+        form = self._form(question, earlier)
+        if form == "factoid" or not hits:
             return form, []
         empty = Reading(hits, ExtractiveAnswer("", None, ""))
-        shaped = Composer(embedder.embed).compose(form, question, empty, query=query)
+        shaped = Composer(self.retriever.embedder.embed).compose(form, question, empty,
+                                                                 query=query)
         return form, list(shaped.sentences)
 
     def _recap(self, conversation_id: str, turn_id: int, question: str,
@@ -504,13 +510,11 @@ class DialogueManager:
             self.generator, rerank_k=self.rerank_k, read_k=self.read_k,
             read_mode=self.read_mode, abstain_below=self.abstain_threshold,
             max_new_tokens=min(self.max_new_tokens, 48))
-        form = "factoid"
+        form = self._form(question, earlier)
         composer = None
-        embedder = getattr(self.retriever, "embedder", None)
-        if self.answer_forms and embedder is not None:
-            form = classify(question, classify(earlier[-1][0]) if earlier else None)
-            composer = Composer(embedder.embed, search=lambda q, k: self.retriever.search(
-                q, k=k, mode=self.mode).hits)
+        if form != "factoid":
+            composer = Composer(self.retriever.embedder.embed, search=lambda q, k:
+                                self.retriever.search(q, k=k, mode=self.mode).hits)
         prompt = Prompt([{"role": "user", "content": question_text(question)}],
                         passages_used=len(hits), tokens=0)
 

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from .attribution import CITATION
+
 FORMS = ("factoid", "definition", "explanation", "comparison", "list", "yesno", "summary")
 
 _LEAD_IN = re.compile(r"^\s*(and|but|also|so|then|ok|okay|now|well)\b[\s,]*", re.I)
@@ -380,7 +382,7 @@ def conversation_request(question: str) -> tuple[str, str] | None:
     return None
 
 
-_CITES = re.compile(r"\s*\[\d+(?:\s*[,;-]\s*\d+)*\]")
+_CITES = re.compile(r"\s*" + CITATION.pattern)  # a citation and the space before it
 
 
 def recap(kind: str, topic: str, turns: Sequence[tuple[int, str, str]]) -> str:

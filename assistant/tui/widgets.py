@@ -18,7 +18,7 @@ from textual.message import Message
 from textual.widgets import Input, Markdown, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
-from ..attribution import content_words
+from ..attribution import CITATION, content_words
 from ..forms import sentences
 from ..output import location, support_bar, visible
 from .keys import binding
@@ -141,8 +141,8 @@ def used_sentences(passage: str, answer: str) -> list[str]:
     quotes word for word (Markdown escapes, bold and citations ignored)."""
     if not answer:
         return []
-    said = " ".join(re.sub(r"\\(.)|\*\*|\[\d+(?:[,-]\s*\d+)*\]", lambda m: m.group(1) or " ",
-                           answer).split())
+    said = " ".join(re.sub(r"\\(.)|\*\*", lambda m: m.group(1) or " ",
+                           CITATION.sub(" ", answer)).split())
     return [s.text for s in sentences(0, passage) if s.text in said]
 
 
