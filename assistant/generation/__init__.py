@@ -40,6 +40,11 @@ def quiet_hub() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers reads the progress-bar setting when first imported (maybe already, by the
+    # embedder): its "Loading weights" and "Writing model shards" bars would draw over ours
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 class GenerationError(Exception):
@@ -316,11 +321,7 @@ class TransformersGenerator:
         quiet_hub()
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        # transformers read the progress-bar setting when first imported (maybe by the
-        # embedder, before quiet_hub): its "Loading weights" bar would draw over the output
-        hf_logging.disable_progress_bar()
         self.name = name
         self.device = pick_device(device)
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
