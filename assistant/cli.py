@@ -125,7 +125,8 @@ def load_generator(settings: Settings, *, say=None):
 
     try:
         path = generator_path(settings.generator_model, settings.models_dir, on_convert=say)
-        return TransformersGenerator(settings.generator_model, path, device=settings.device)
+        return TransformersGenerator(settings.generator_model, path, device=settings.device,
+                                     precision=settings.precision)
     except (ModelNotFound, GenerationError) as exc:
         raise UserError(str(exc)) from None
 
@@ -159,7 +160,7 @@ def build_manager(settings: Settings, *, say=None, embedder=None, generator=None
         temperature=settings.temperature, prompt_style=settings.prompt_style,
         rerank_k=settings.rerank_k, read_k=settings.read_k, reader=settings.reader,
         read_mode=settings.read_mode, abstain_threshold=settings.abstain_threshold,
-        answer_forms=settings.answer_forms,
+        answer_forms=settings.answer_forms, output_head=settings.output_head,
     )
 
 
@@ -398,20 +399,39 @@ def watch_index(settings: Settings, paths, *, embedder, quiet: bool = False,
 def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversation_id) -> None:
     """Answer QUESTION from the indexed documents, with numbered sources.
 
-    With no index yet, the bundled Python language reference is indexed first.
+    With no index yet, the bundled Python language reference is indexed first. When an answer
+    server is up (`assistant serve`) it answers, with its models already loaded.
     """
-    from .generation import GenerationError
+    from . import serve
 
-    settings = _settings(ctx).replace(**{k: v for k, v in {
-        "top_k": top_k, "retrieval_mode": mode, "max_new_tokens": max_new_tokens}.items()
-        if v is not None})
+    settings = _settings(ctx)
     from .question import check_question
 
     try:
         question = check_question(DEFAULT_QUESTION if question is None else question)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    request = {"question": question, "conversation": conversation_id, "json": as_json,
+               "top_k": top_k, "retrieval_mode": mode, "max_new_tokens": max_new_tokens}
     say = lambda message: click.echo(message, err=True)  # noqa: E731
+    conn = serve.connect(settings)
+    if conn is None and settings.serve_idle_minutes > 0:
+        conn = serve.start(settings, _serve_argv(ctx, settings.serve_idle_minutes),
+                           ready=lambda: None)
+        if conn is None:
+            say("The answer server did not start (see serve.log in the data dir); answering "
+                "here.")
+    if conn is not None:
+        with conn:
+            try:
+                _print_turn(serve.ask(conn, settings, request), as_json)
+                return
+            except serve.ServerError as exc:
+                if "other settings" not in str(exc):
+                    raise UserError(str(exc)) from None
+            except KeyboardInterrupt:
+                click.echo("\n[cancelled]", err=True)
+                return
     started = time.perf_counter()
     from index.turns import answering
 
@@ -420,41 +440,145 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
     embedder = load_embedder(settings)
     ensure_demo_index(settings, embedder)
     manager = build_manager(settings, say=say, embedder=embedder)
-    load_s = time.perf_counter() - started
-    if conversation_id is not None:
-        try:
-            conversation_id = manager.history.resolve(conversation_id)
-        except KeyError as exc:
-            raise UserError(exc.args[0]) from None
-    try:
-        turn = manager.ask(question, conversation_id=conversation_id)
-    except (RuntimeError, ValueError, GenerationError) as exc:
-        raise UserError(str(exc)) from None
-    try:
-        for fragment in turn:
-            if not as_json:
-                click.echo(visible(fragment), nl=False)
-    except GenerationError as exc:
-        raise UserError(str(exc)) from None
-    except KeyboardInterrupt:
-        turn.cancel()
-        click.echo("\n[cancelled]", err=True)
+    messages = _turn_messages(manager, settings, request,
+                              load_s=time.perf_counter() - started)
+    _print_turn(messages, as_json)
+
+
+def _turn_messages(manager, settings: Settings, request: dict, *, load_s: float = 0.0):
+    """Answer one `ask` request with ``manager``: yields ``{"fragment": str}`` as the answer
+    streams, then ``{"end": {"json" or "sources", "status"}}``. Closing the generator early
+    (the client left, Ctrl-C) cancels the turn, which is kept marked cancelled.
+
+    Raises:
+        UserError: a bad conversation id, or the question could not be answered.
+    """
+    from .generation import GenerationError
     from .output import sources_text, turn_json
 
-    if as_json:
-        click.echo(json.dumps(turn_json(turn, model=settings.generator_model, load_s=load_s,
-                                        device=getattr(manager.generator, "device", "")),
-                              ensure_ascii=False, indent=2))
-    else:
-        click.echo("\n")
-        click.echo(sources_text(turn))
-        t = turn.timings()
-        ttft = f"{t['first_token_s']:.2f} s" if t["first_token_s"] is not None else "-"
-        tps = f"{t['tokens_per_s']:.1f}" if t["tokens_per_s"] else "-"
-        done = f" · answer in {t['answer_s']:.2f} s" if t.get("answer_s") is not None else ""
-        click.echo(f"retrieval {t['retrieval_ms']:.0f} ms · first token {ttft} · {tps} tokens/s"
-                   f"{done} · {settings.generator_model} on {manager.generator.device} "
-                   f"· conversation {turn.conversation_id}", err=True)
+    overrides = {"top_k": "top_k", "retrieval_mode": "mode", "max_new_tokens": "max_new_tokens"}
+    saved = {attr: getattr(manager, attr) for attr in overrides.values()}
+    for key, attr in overrides.items():
+        if request.get(key) is not None:
+            setattr(manager, attr, request[key])
+    try:
+        conversation_id = request.get("conversation")
+        if conversation_id is not None:
+            try:
+                conversation_id = manager.history.resolve(conversation_id)
+            except KeyError as exc:
+                raise UserError(exc.args[0]) from None
+        try:
+            turn = manager.ask(request["question"], conversation_id=conversation_id)
+        except (RuntimeError, ValueError, GenerationError) as exc:
+            raise UserError(str(exc)) from None
+        try:
+            for fragment in turn:
+                yield {"fragment": fragment}
+        except GenerationError as exc:
+            raise UserError(str(exc)) from None
+        except GeneratorExit:
+            turn.cancel()
+            for _ in turn:  # finish the turn so that history keeps it, marked cancelled
+                pass
+            raise
+    finally:
+        for attr, value in saved.items():
+            setattr(manager, attr, value)
+    model = manager.generator.name if hasattr(manager.generator, "name") else ""
+    device = getattr(manager.generator, "device", "")
+    if request.get("json"):
+        yield {"end": {"json": turn_json(turn, model=settings.generator_model, load_s=load_s,
+                                         device=device)}}
+        return
+    t = turn.timings()
+    ttft = f"{t['first_token_s']:.2f} s" if t["first_token_s"] is not None else "-"
+    tps = f"{t['tokens_per_s']:.1f}" if t["tokens_per_s"] else "-"
+    done = f" · answer in {t['answer_s']:.2f} s" if t.get("answer_s") is not None else ""
+    yield {"end": {"sources": sources_text(turn), "status": (
+        f"retrieval {t['retrieval_ms']:.0f} ms · first token {ttft} · {tps} tokens/s{done} · "
+        f"{model or settings.generator_model} on {device} · conversation "
+        f"{turn.conversation_id}")}}
+
+
+def _print_turn(messages, as_json: bool) -> None:
+    """Print an answer's messages (see :func:`_turn_messages`) as `ask` shows them."""
+    try:
+        for message in messages:
+            if "fragment" in message and not as_json:
+                click.echo(visible(message["fragment"]), nl=False)
+            end = message.get("end")
+            if end is None:
+                continue
+            if as_json:
+                click.echo(json.dumps(end["json"], ensure_ascii=False, indent=2))
+            else:
+                click.echo("\n")
+                click.echo(end["sources"])
+                click.echo(end["status"], err=True)
+    except KeyboardInterrupt:
+        messages.close()
+        click.echo("\n[cancelled]", err=True)
+
+
+def _serve_argv(ctx: click.Context, idle_minutes: float) -> list[str]:
+    """The command line of an `assistant serve` with this command's global options."""
+    argv = [sys.executable, "-m", "assistant"]
+    for name, flag in (("config_path", "--config"), ("data_dir", "--data-dir"),
+                       ("index_dir", "--index-dir"), ("embedding_model", "--embedding-model"),
+                       ("generator_model", "--model"), ("device", "--device")):
+        value = ctx.find_root().params.get(name)
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv + ["serve", "--idle-minutes", f"{idle_minutes:g}"]
+
+
+@cli.command("serve")
+@click.option("--idle-minutes", type=click.FloatRange(0), default=None,
+              help="Exit after this many minutes without a question (0: never). Default: the "
+                   "serve_idle_minutes setting, or 10 when that is 0.")
+@click.option("--stop", "stop_it", is_flag=True, help="Stop the running server.")
+@click.pass_context
+def serve_command(ctx, idle_minutes, stop_it) -> None:
+    """Keep the models loaded and answer `assistant ask` from them (a Unix socket in the data
+    dir, owner-only), until idle for --idle-minutes."""
+    from . import serve
+
+    settings = _settings(ctx)
+    if stop_it:
+        click.echo("Stopped the answer server." if serve.stop(settings)
+                   else "No answer server is running.", err=True)
+        return
+    if serve.connect(settings) is not None:
+        raise UserError(f"an answer server is already running ({serve.socket_path(settings)})")
+    if idle_minutes is None:
+        idle_minutes = settings.serve_idle_minutes or 10.0
+    say = lambda message: click.echo(message, err=True)  # noqa: E731
+    embedder = load_embedder(settings)
+    ensure_demo_index(settings, embedder, say=say)
+    manager = build_manager(settings, say=say, embedder=embedder)
+    manager.warm_up()
+    from index.turns import answering
+
+    def handle(request: dict, send) -> None:
+        with answering():
+            messages = _turn_messages(manager, settings, request)
+            try:
+                for message in messages:
+                    send(message)
+            except UserError as exc:
+                send({"error": str(exc)})
+            finally:
+                messages.close()
+
+    try:
+        serve.serve(settings, handle, idle_s=60 * idle_minutes, on_ready=lambda path: say(
+            f"Answering on {path} (idle timeout {idle_minutes:g} min; "
+            f"`assistant serve --stop` stops it)."))
+    except serve.ServerError as exc:
+        raise UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
 
 
 @cli.command("chat")
@@ -989,6 +1113,7 @@ def info_command(ctx) -> None:
     click.echo(f"embedding model:  {show(settings.embedding_model)}")
     click.echo(f"generator model:  {show(settings.generator_model)}")
     click.echo(f"device:           {show(settings.device)}")
+    click.echo(f"precision:        {show(settings.precision)}")
     if not Store.exists(settings.index_path):
         click.echo("indexed:          nothing yet (`assistant index PATH`)")
         return

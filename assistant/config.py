@@ -79,6 +79,16 @@ class Settings:
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
 
+    serve_idle_minutes: float = 0.0
+    """When above 0, ``assistant ask`` starts an answer server (``assistant serve``) if none is
+    up and answers through it; the server keeps the models loaded until no question came for
+    this many minutes. 0: ``ask`` uses a server only when one was started by hand."""
+
+    precision: str = "auto"
+    """The generator's weights: ``auto`` (bfloat16 on CUDA, int8 on a CPU: what measured
+    fastest with the same answers), ``fp32``, ``bf16``, ``int8`` or ``int4`` (int4, and int8
+    on a GPU, need torchao)."""
+
     top_k: int = 5
     """Passages retrieved per question and shown as numbered sources."""
 
@@ -117,6 +127,13 @@ class Settings:
     """With ``reader = "blocks"``: shape each answer for its question form (a span for
     who/when/which; cited sentences for how/why, definitions, comparisons, lists, yes/no
     and summaries, see ``assistant/forms.py``); false gives every question a span."""
+
+    output_head: str = "passages"
+    """With ``reader = "blocks"``: ``passages`` computes, at each step of an extractive
+    reading, only the logits of tokens its passages and question contain (an answer copied
+    from them can use no other; Gemma 3's head has 262,144 rows, a reading ~1,000);
+    ``full`` computes the whole vocabulary's (slower; the reference it was measured
+    against)."""
 
     chunk_tokens: int = 200
     """Passage size budget in embedder tokens (MiniLM reads at most 256)."""
@@ -223,6 +240,13 @@ class Settings:
             raise ConfigError(f"reader must be blocks or text, not {self.reader!r}")
         if self.read_mode not in ("each", "fused"):
             raise ConfigError(f"read_mode must be each or fused, not {self.read_mode!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "int8", "int4"):
+            raise ConfigError(f"precision must be auto, fp32, bf16, int8 or int4, "
+                              f"not {self.precision!r}")
+        if not 0 <= self.serve_idle_minutes <= 7 * 24 * 60:
+            raise ConfigError("serve_idle_minutes must be between 0 and 10080 (a week)")
+        if self.output_head not in ("passages", "full"):
+            raise ConfigError(f"output_head must be passages or full, not {self.output_head!r}")
         if not 0 <= self.abstain_threshold <= 1:
             raise ConfigError("abstain_threshold must be between 0 and 1")
         if self.rerank_k < 0:

@@ -335,6 +335,8 @@ class DialogueManager:
         answer_forms: with ``blocks``: shape the answer for the question's form
             (:mod:`assistant.forms`, :mod:`assistant.composer`); False answers every question
             with a span.
+        output_head: with ``blocks``: ``passages`` (readings compute only the logits of
+            their passages' tokens) or ``full``.
     """
 
     def __init__(self, *, retriever: _Retriever | None, generator: Generator, history: History,
@@ -342,7 +344,8 @@ class DialogueManager:
                  history_tokens: int = 512, max_new_tokens: int = 256, temperature: float = 0.0,
                  prompt_style: str = "auto", rerank_k: int = 5, read_k: int = 3,
                  reader: str = "blocks", read_mode: str = "each",
-                 abstain_threshold: float = 0.5, answer_forms: bool = True):
+                 abstain_threshold: float = 0.5, answer_forms: bool = True,
+                 output_head: str = "passages"):
         self.retriever = retriever
         self.generator = generator
         self.history = history
@@ -361,6 +364,7 @@ class DialogueManager:
         self.read_mode = read_mode
         self.abstain_threshold = abstain_threshold
         self.answer_forms = answer_forms
+        self.output_head = output_head
         self._lock = threading.Lock()
 
     @property
@@ -501,15 +505,28 @@ class DialogueManager:
         return (self.prompt_style == "extractive" and self.reader == "blocks"
                 and self.generator.has_blocks)
 
+    def _reader(self) -> ExtractiveReader:
+        return ExtractiveReader(
+            self.generator, rerank_k=self.rerank_k, read_k=self.read_k,
+            read_mode=self.read_mode, abstain_below=self.abstain_threshold,
+            max_new_tokens=min(self.max_new_tokens, 48),
+            restrict_head=self.output_head == "passages")
+
+    def warm_up(self) -> None:
+        """Run the models once on a tiny input, so that the first question does not pay for
+        first-call kernel set-up and the worked examples' key/value cache (an answer server
+        calls this after loading)."""
+        if self.retriever is not None:
+            self.retriever.embedder.embed(["warm up"])
+        if self.reads_blocks:
+            self._reader().warm_up()
+
     def _ask_blocks(self, conversation_id: str, turn_id: int, question: str, query: str,
                     result, earlier: Sequence[tuple[str, str]] = ()) -> Turn:
         hits = list(result.hits)
         if not hits:
             raise RuntimeError("no passage matches the question")
-        reader = ExtractiveReader(
-            self.generator, rerank_k=self.rerank_k, read_k=self.read_k,
-            read_mode=self.read_mode, abstain_below=self.abstain_threshold,
-            max_new_tokens=min(self.max_new_tokens, 48))
+        reader = self._reader()
         form = self._form(question, earlier)
         composer = None
         if form != "factoid":

@@ -22,15 +22,16 @@ def corpus(bench: Path) -> dict[str, str]:
     return {doc["_id"]: doc["text"] for doc in read_jsonl(bench / "corpus.jsonl")}
 
 
-def generator(settings: Settings, model: str | None = None, device: str = "cpu"):
-    """The generator ``model`` (default: the configured one) on ``device``, converted from its
-    embedded GGUF on first use."""
+def generator(settings: Settings, model: str | None = None, device: str = "cpu",
+              precision: str | None = None):
+    """The generator ``model`` (default: the configured one) on ``device`` in ``precision``
+    (default: the configured one), converted from its embedded GGUF on first use."""
     from assistant.generation import TransformersGenerator
     from assistant.models import generator_path
 
     model = model or settings.generator_model
     return TransformersGenerator(model, generator_path(model, Path(settings.data_dir) / "models"),
-                                 device=device)
+                                 device=device, precision=precision or settings.precision)
 
 
 def retriever(settings: Settings, bench: Path):

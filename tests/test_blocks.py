@@ -209,3 +209,43 @@ def test_lookup_proposes_what_follows_the_answer_in_the_passage():
     assert _lookup([99, 12], passage, 2) == [13, 14]      # falls back to the last token
     assert _lookup([99], passage, 5) == []
     assert _lookup([14], passage, 0) == []
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "llama"])
+def test_a_restricted_head_gives_the_greedy_tokens_when_they_are_in_it(kind, tiny_tokenizer):
+    _, reader, state = first_passage_prompt(kind, tiny_tokenizer)
+    engine = reader.engine
+    plain = engine.decode(state.context, state.first_logits, max_new_tokens=8, end_ids=[3])
+    # a vocabulary with the greedy tokens and unrelated others: the same tokens, and each
+    # step's log-probability is at least the full one (normalised over fewer tokens)
+    vocab = sorted(set(plain.ids) | set(range(20, 60)))
+    cut = engine.decode(state.context, state.first_logits, max_new_tokens=8, end_ids=[3],
+                        vocab=vocab)
+    assert cut.ids == plain.ids
+    assert plain.logprob <= cut.logprob <= 0
+    # the head's logits are the model's own for those rows
+    head = engine.head_rows(vocab)
+    hidden = torch.randn(2, engine.model.config.hidden_size)
+    full = engine.model.get_output_embeddings()(hidden)
+    assert torch.allclose(head(hidden), full[:, head.ids], atol=1e-5)
+
+
+def test_a_restricted_head_never_chooses_outside_it(tiny_tokenizer):
+    _, reader, state = first_passage_prompt("gemma3", tiny_tokenizer)
+    plain = reader.engine.decode(state.context, state.first_logits, max_new_tokens=6, end_ids=[])
+    vocab = [t for t in range(5, 40) if t not in plain.ids[:1]]
+    cut = reader.engine.decode(state.context, state.first_logits, max_new_tokens=6, end_ids=[],
+                               vocab=vocab)
+    assert cut.ids and set(cut.ids) <= set(vocab) and cut.ids[0] != plain.ids[0]
+
+
+@pytest.mark.parametrize("within", [None, PASSAGES[0]])
+def test_a_reading_restricted_to_its_prompt_copies_as_the_full_head_does(within, tiny_tokenizer):
+    _, reader, state = first_passage_prompt("gemma3", tiny_tokenizer)
+    text, full = reader.decode(state, max_new_tokens=8, end_ids=[], within=within)
+    cut_text, cut = reader.decode(state, max_new_tokens=8, end_ids=[], within=within,
+                                  restrict=True)
+    prompt = set(i for kv in state.context for i in kv.ids)
+    assert set(cut.ids) <= prompt | set(reader.tokens(" " + " ".join(PASSAGES[0].split())))
+    if within is not None:  # a copy is inside the head anyway: the same answer
+        assert cut_text == text and cut.ids == full.ids

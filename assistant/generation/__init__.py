@@ -310,21 +310,29 @@ class TransformersGenerator:
         name: model name shown to the user.
         path: local directory or hub id to load from (a hub id is looked up in the local cache
             first; the network is used only when it is not cached).
-        device: ``auto``, ``cpu``, ``cuda``, ... (see :func:`pick_device`); bfloat16 on CUDA,
-            float32 elsewhere.
+        device: ``auto``, ``cpu``, ``cuda``, ... (see :func:`pick_device`).
+        precision: ``auto``, ``fp32``, ``bf16``, ``int8`` or ``int4`` weights (see
+            :mod:`assistant.generation.precision`; ``auto``: bfloat16 on CUDA, int8 on a CPU).
 
     Raises:
-        GenerationError: the model cannot be found or loaded.
+        GenerationError: the model cannot be found or loaded, or the precision cannot run
+            here.
     """
 
-    def __init__(self, name: str, path: str, *, device: str = "auto"):
+    def __init__(self, name: str, path: str, *, device: str = "auto", precision: str = "fp32"):
         quiet_hub()
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from . import precision as precisions
+
         self.name = name
         self.device = pick_device(device)
-        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        try:
+            self.precision = precisions.resolve(precision, self.device)
+        except precisions.PrecisionError as exc:
+            raise GenerationError(str(exc)) from None
+        dtype = precisions.load_dtype(self.precision)
         try:
             try:
                 self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -337,6 +345,9 @@ class TransformersGenerator:
             self.model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=dtype, local_files_only=local
             ).to(self.device)
+            self.model = precisions.apply(self.model.eval(), self.precision, self.device)
+        except precisions.PrecisionError as exc:
+            raise GenerationError(str(exc)) from None
         except (OSError, ValueError) as exc:
             raise GenerationError(f"cannot load generator {name!r} from {path}: "
                                   f"{str(exc).splitlines()[0]}") from exc

@@ -202,6 +202,25 @@ class BlockModel:
         self.dtype = next(model.parameters()).dtype
         self.capturing = enable_capture(model)
         self._cache_arg = cache_argument(model)
+        self._decoder_cache_arg = cache_argument(model.get_decoder())
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+        self._output = None  # the output head's float weight and bias, found on first use
+
+    # --- the output head ----------------------------------------------------------------
+    def head_rows(self, rows: Sequence[int]) -> "Head":
+        """The output head cut to the token ids ``rows`` (sorted, unique): a
+        :class:`Head` whose logits are ``(..., len(rows))``, for decoding that can only choose
+        among those tokens (an extractive reading copies its passages). Gemma 3 270M's full
+        head is 262,144 × 640 (168 M of its 268 M parameters); a reading's rows are ~1 k."""
+        ids = torch.tensor(sorted(set(int(r) for r in rows)), dtype=torch.long,
+                           device=self.device)
+        if self._output is None:
+            from .precision import output_weight
+
+            self._output = output_weight(self.model)
+        weight, bias = self._output
+        return Head(ids, weight.index_select(0, ids),
+                    None if bias is None else bias.index_select(0, ids), self.softcap)
 
     # --- positions ---------------------------------------------------------------------
     def shifted(self, block: KV, delta: int) -> KV:
@@ -339,11 +358,23 @@ class BlockModel:
                    for b, (r, t) in enumerate(zip(rows, new_len))]
         return logits, new, (recorder.probs if recorder is not None else None)
 
+    def _step(self, ids, positions, masks, cache, head: "Head | None"):
+        """One decoding pass of ``ids`` ``(1, n)``: logits ``(n, vocab)``, or ``(n, k)``
+        through ``head`` (the decoder runs without the model's own head)."""
+        args = dict(input_ids=ids, position_ids=positions, attention_mask=masks, use_cache=True)
+        if head is None:
+            return self.model(**args, **{self._cache_arg: cache},
+                              logits_to_keep=ids.shape[1]).logits[0]
+        hidden = self.model.get_decoder()(**args, **{self._decoder_cache_arg: cache})
+        hidden = hidden.last_hidden_state[0]  # (n, hidden)
+        return head(hidden)
+
     # --- greedy decoding ----------------------------------------------------------------
     def decode(self, context: Sequence[KV], first_logits: "torch.Tensor", *, max_new_tokens: int,
                end_ids: Sequence[int], allowed: Callable[[list[int]], list[int]] | None = None,
                cancelled: Callable[[], bool] = lambda: False,
-               draft_from: Sequence[int] = (), draft: int = 6) -> "Decoded":
+               draft_from: Sequence[int] = (), draft: int = 6,
+               vocab: Sequence[int] | None = None) -> "Decoded":
         """Greedy decoding after ``context`` (the prompt's segments, already run), starting
         from ``first_logits`` ``(vocab,)`` (the logits after the prompt's last token).
 
@@ -358,6 +389,11 @@ class BlockModel:
         tokens are those of plain greedy decoding; an extractive answer copied from the
         passage needs one or two passes instead of one per token.
 
+        With ``vocab`` (token ids), each step chooses among those tokens only and its
+        log-probabilities are normalised over them: the output head computes ``len(vocab)``
+        logits instead of the whole vocabulary's (see :meth:`head_rows`). Tokens outside
+        ``vocab`` never come out; the end tokens and any ``allowed`` token must be in it.
+
         Returns:
             :class:`Decoded`: the token ids, their summed natural-log probability (the ending
             token's included), and the seconds until the first token.
@@ -366,6 +402,10 @@ class BlockModel:
 
         started = time.perf_counter()
         ends = set(end_ids)
+        head = self.head_rows([*vocab, *end_ids]) if vocab is not None else None
+        column = head.index() if head is not None else None
+        if head is not None:
+            first_logits = first_logits[head.ids.to(first_logits.device)]
         keys = [torch.cat([s.keys[i] for s in context], dim=1)[None] for i in range(self.layers)]
         values = [torch.cat([s.values[i] for s in context], dim=1)[None]
                   for i in range(self.layers)]
@@ -373,21 +413,25 @@ class BlockModel:
         cache = DynamicCache(ddp_cache_data=list(zip(keys, values)))
         position = int(key_pos.max()) + 1
         source = list(draft_from)
-        logits = first_logits
+        logits = first_logits  # (vocab,) or (len(head.ids),)
         out: list[int] = []
         logprob = 0.0
         first_s = None
         ended = False
         passes = 0
 
+
         def choose(step_logits) -> tuple[int, float]:
             logp = torch.log_softmax(step_logits.float(), dim=-1)
             if allowed is not None:
-                pick = torch.tensor(allowed(out), device=logp.device)
-                token = int(pick[int(torch.argmax(logp[pick]))])
+                ids = allowed(out)
+                cols = ids if column is None else [column[t] for t in ids if t in column]
+                pick = torch.tensor(cols, device=logp.device)
+                col = int(pick[int(torch.argmax(logp[pick]))])
             else:
-                token = int(torch.argmax(logp))
-            return token, float(logp[token])
+                col = int(torch.argmax(logp))
+            token = col if head is None else int(head.ids[col])
+            return token, float(logp[col])
 
         while True:
             token, value = choose(logits)
@@ -409,13 +453,10 @@ class BlockModel:
             masks = self._masks(key_pos[None], ok, positions[None],
                                 key_pos.shape[0] - len(run) + torch.arange(len(run)))
             with torch.inference_mode():
-                result = self.model(input_ids=torch.tensor([run], device=self.device),
-                                    position_ids=positions[None], attention_mask=masks,
-                                    use_cache=True, **{self._cache_arg: cache},
-                                    logits_to_keep=len(run))
+                step_logits = self._step(torch.tensor([run], device=self.device),
+                                         positions[None], masks, cache, head)
             passes += 1
             position += len(run)
-            step_logits = result.logits[0]  # (len(run), vocab)
             accepted = 0
             for j, proposed in enumerate(drafts):
                 if len(out) >= max_new_tokens or cancelled():
@@ -440,6 +481,34 @@ class BlockModel:
                 position -= rejected
             logits = step_logits[accepted]
         return Decoded(out, logprob, first_s, time.perf_counter() - started, ended, passes)
+
+
+@dataclass
+class Head:
+    """An output head restricted to some token ids (see :meth:`BlockModel.head_rows`).
+
+    Attributes:
+        ids: ``(k,)`` long, the token ids kept, ascending.
+        weight: ``(k, hidden)``, their rows of the output embedding; ``bias`` ``(k,)`` or None.
+        softcap: the model's final logit soft-capping (Gemma 2: 30), or None.
+    """
+
+    ids: "torch.Tensor"
+    weight: "torch.Tensor"
+    bias: "torch.Tensor | None"
+    softcap: float | None
+
+    def __call__(self, hidden: "torch.Tensor") -> "torch.Tensor":
+        """Logits ``(..., k)`` float32 of hidden states ``(..., hidden)``, as the model's own
+        head computes them for these rows (soft-capping included)."""
+        logits = torch.nn.functional.linear(hidden.to(self.weight.dtype), self.weight, self.bias)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits.float()
+
+    def index(self) -> dict[int, int]:
+        """Token id → its column in the restricted logits."""
+        return {int(t): i for i, t in enumerate(self.ids.tolist())}
 
 
 def _lookup(answer: Sequence[int], source: Sequence[int], limit: int) -> list[int]:
@@ -655,22 +724,32 @@ class BlockReader:
 
     def decode(self, state: State, *, max_new_tokens: int, end_ids: Sequence[int],
                within: str | None = None, cancelled: Callable[[], bool] = lambda: False,
-               drafts: bool = True):
+               drafts: bool = True, restrict: bool = False):
         """Greedy answer after ``state``; with ``within``, constrained to copy a run of its
         tokens (as it follows a space). With ``drafts``, tokens are proposed from the blocks
-        of ``state`` (prompt lookup; the same answer in fewer passes). Returns
-        ``(text, Decoded)``."""
-        draft_from = [i for kv in state.context[1:-1] for i in kv.ids] if drafts else []
+        of ``state`` (prompt lookup; the same answer in fewer passes). With ``restrict``, the
+        answer can only use tokens of the prompt (its blocks' passages as encoded and with
+        their words re-joined by single spaces, as an answer copies them, and the question),
+        and the output head computes only those logits (see :meth:`BlockModel.decode`).
+        Returns ``(text, Decoded)``."""
+        passages = [i for kv in state.context[1:-1] for i in kv.ids]
+        draft_from = passages if drafts else []
         from . import copy_constraint
 
         allowed = None
+        copied = self.tokens(" " + " ".join(within.split())) if within is not None else []
         if within is not None:
-            allowed = copy_constraint(self.tokens(" " + " ".join(within.split())), end_ids)
+            allowed = copy_constraint(copied, end_ids)
+        vocab = None
+        if restrict:
+            text = self.tokenizer.decode(passages, skip_special_tokens=True)
+            vocab = {*passages, *state.context[-1].ids, *copied,
+                     *self.tokens(" " + " ".join(text.split()))}
         with self.lock:
             done = self.engine.decode(state.context, state.first_logits,
                                       max_new_tokens=max_new_tokens, end_ids=end_ids,
                                       allowed=allowed, cancelled=cancelled,
-                                      draft_from=draft_from)
+                                      draft_from=draft_from, vocab=vocab)
         return self.tokenizer.decode(done.ids, skip_special_tokens=True), done
 
     def support(self, prefix: KV, blocks: Sequence[KV], text: str, answer: Sequence[int], *,

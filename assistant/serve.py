@@ -1,0 +1,205 @@
+"""A warm answer server: the models stay loaded between ``assistant ask`` commands.
+
+Loading the embedder and the generator takes most of a one-shot ``ask`` on a CPU (imports,
+weights, first-call kernel warm-up). ``assistant serve`` loads them once and answers over a
+Unix socket in the data directory (``serve.sock``, mode 0600: only its owner can connect) until
+it has been idle for its timeout; ``ask`` uses it when it is up and has the same settings, and
+answers in its own process otherwise, so the answers, history and errors are the same.
+
+Protocol: one JSON object per line. The client sends ``{"key", "question", ...}``; the server
+answers with ``{"fragment": str}`` lines as the answer streams, then one ``{"end": {...}}``
+line, or one ``{"error": str}`` line. A client that disconnects mid-answer cancels it (the turn
+is kept, marked cancelled, as in-process). Ollama keeps models warm the same way.
+
+This module imports no model library: the server's handler comes from the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+SOCKET_NAME = "serve.sock"
+UNSHARED = ("serve_idle_minutes", "top_k", "retrieval_mode", "max_new_tokens")
+"""Settings a client may differ in from the server: per-request ones travel with the request."""
+
+
+class ServerError(Exception):
+    """The server answered with an error, or went away mid-answer; ``str()`` is one line."""
+
+
+def socket_path(settings) -> Path:
+    """Where the server of ``settings``' data directory listens."""
+    return Path(settings.data_dir) / SOCKET_NAME
+
+
+def settings_key(settings) -> str:
+    """A digest of every setting that changes answers (all but :data:`UNSHARED`): a client is
+    served only by a server started with the same ones."""
+    values = {f.name: str(getattr(settings, f.name)) for f in dataclasses.fields(settings)
+              if f.name not in UNSHARED}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _lines(conn: socket.socket) -> Iterator[dict]:
+    """JSON objects read one per line from ``conn`` until it closes."""
+    with conn.makefile("r", encoding="utf-8") as stream:
+        for line in stream:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _send(conn: socket.socket, message: dict) -> None:
+    conn.sendall((json.dumps(message, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+# --- client ------------------------------------------------------------------------------
+def connect(settings, *, timeout: float = 1.0) -> socket.socket | None:
+    """A connection to the running server of these settings' data directory, or None when
+    none is listening (no socket file, or a stale one)."""
+    path = socket_path(settings)
+    if not path.exists():
+        return None
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(timeout)
+    try:
+        conn.connect(str(path))
+    except OSError:
+        conn.close()
+        return None
+    conn.settimeout(None)
+    return conn
+
+
+def ask(conn: socket.socket, settings, request: dict) -> Iterator[dict]:
+    """Send ``request`` (with the settings key) and yield the server's messages: fragments,
+    then the end message.
+
+    Raises:
+        ServerError: the server answered with an error or closed the connection before the end.
+    """
+    _send(conn, {**request, "key": settings_key(settings)})
+    for message in _lines(conn):
+        if "error" in message:
+            raise ServerError(message["error"])
+        yield message
+        if "end" in message:
+            return
+    raise ServerError("the answer server stopped before the answer ended (see serve.log in "
+                      "the data directory)")
+
+
+def stop(settings) -> bool:
+    """Ask the running server to exit; True when one was running."""
+    conn = connect(settings)
+    if conn is None:
+        return False
+    with conn:
+        _send(conn, {"op": "stop", "key": settings_key(settings)})
+        for _ in _lines(conn):
+            pass
+    return True
+
+
+def start(settings, argv: list[str], *, wait_s: float = 300.0,
+          ready: Callable[[], None] | None = None) -> socket.socket | None:
+    """Start ``argv`` (an ``assistant serve`` command) detached, its output in
+    ``serve.log`` in the data directory, and wait until it accepts connections; None when it
+    exits or does not come up within ``wait_s`` seconds."""
+    import subprocess
+
+    log = Path(settings.data_dir) / "serve.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                 start_new_session=True)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        conn = connect(settings)
+        if conn is not None:
+            if ready:
+                ready()
+            return conn
+        if child.poll() is not None:
+            return None
+        time.sleep(0.1)
+    return None
+
+
+# --- server ------------------------------------------------------------------------------
+Handler = Callable[[dict, Callable[[dict], None]], None]
+"""Answers one request: called with the request and a ``send(message)`` that raises
+``OSError`` once the client is gone."""
+
+
+def serve(settings, handle: Handler, *, idle_s: float,
+          on_ready: Callable[[Path], None] | None = None) -> None:
+    """Listen on :func:`socket_path` and answer requests one at a time with ``handle``, until
+    no request came for ``idle_s`` seconds (0: never) or a client asks to stop. The socket is
+    created owner-only (0600) and removed on exit.
+
+    Raises:
+        ServerError: another server is already listening there.
+    """
+    path = socket_path(settings)
+    if connect(settings) is not None:
+        raise ServerError(f"an answer server is already running ({path})")
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    listener.listen(8)
+    key = settings_key(settings)
+    if on_ready:
+        on_ready(path)
+    try:
+        with listener:
+            while True:
+                listener.settimeout(idle_s or None)
+                try:
+                    conn, _ = listener.accept()
+                except socket.timeout:
+                    return
+                with conn:
+                    if not _serve_one(conn, key, handle):
+                        return
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _serve_one(conn: socket.socket, key: str, handle: Handler) -> bool:
+    """Read one request from ``conn`` and answer it; False when it asked the server to stop."""
+    try:
+        request = next(_lines(conn), None)
+    except (OSError, ValueError):
+        return True
+    if request is None:
+        return True
+    if request.get("op") == "stop":  # from its owner (the socket is 0600), whatever settings
+        return False
+    if request.get("key") != key:
+        with contextlib.suppress(OSError):
+            _send(conn, {"error": "the running answer server has other settings (stop it with "
+                                  "`assistant serve --stop`)", "mismatch": True})
+        return True
+
+    def send(message: dict) -> None:
+        _send(conn, message)
+
+    try:
+        handle(request, send)
+    except OSError:
+        pass  # the client left; the handler has cancelled its turn
+    return True
