@@ -533,6 +533,25 @@ def _serve_argv(ctx: click.Context, idle_minutes: float) -> list[str]:
     return argv + ["serve", "--idle-minutes", f"{idle_minutes:g}"]
 
 
+def serve_handler(manager, settings: Settings):
+    """The answer server's request handler (see :data:`assistant.serve.Handler`): each `ask`
+    request answered by ``manager`` as in-process, while background embedding waits."""
+    from index.turns import answering
+
+    def handle(request: dict, send) -> None:
+        with answering():
+            messages = _turn_messages(manager, settings, request)
+            try:
+                for message in messages:
+                    send(message)
+            except UserError as exc:
+                send({"error": str(exc)})
+            finally:
+                messages.close()
+
+    return handle
+
+
 @cli.command("serve")
 @click.option("--idle-minutes", type=click.FloatRange(0), default=None,
               help="Exit after this many minutes without a question (0: never). Default: the "
@@ -558,21 +577,8 @@ def serve_command(ctx, idle_minutes, stop_it) -> None:
     ensure_demo_index(settings, embedder, say=say)
     manager = build_manager(settings, say=say, embedder=embedder)
     manager.warm_up()
-    from index.turns import answering
-
-    def handle(request: dict, send) -> None:
-        with answering():
-            messages = _turn_messages(manager, settings, request)
-            try:
-                for message in messages:
-                    send(message)
-            except UserError as exc:
-                send({"error": str(exc)})
-            finally:
-                messages.close()
-
     try:
-        serve.serve(settings, handle, idle_s=60 * idle_minutes, on_ready=lambda path: say(
+        serve.serve(settings, serve_handler(manager, settings), idle_s=60 * idle_minutes, on_ready=lambda path: say(
             f"Answering on {path} (idle timeout {idle_minutes:g} min; "
             f"`assistant serve --stop` stops it)."))
     except serve.ServerError as exc:

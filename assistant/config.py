@@ -85,9 +85,10 @@ class Settings:
     this many minutes. 0: ``ask`` uses a server only when one was started by hand."""
 
     precision: str = "auto"
-    """The generator's weights: ``auto`` (bfloat16 on CUDA, int8 on a CPU: what measured
-    fastest with the same answers), ``fp32``, ``bf16``, ``int8`` or ``int4`` (int4, and int8
-    on a GPU, need torchao)."""
+    """The generator's weights: ``auto`` (bfloat16 on CUDA, float32 on a CPU: what measured
+    fastest with the same answers), ``fp32``, ``bf16``, ``int8`` (on a CPU: faster, but its
+    quantized activations change a base model's answers, see BENCHMARKS.md) or ``int4``
+    (CUDA with torchao; int8 on a GPU needs torchao too)."""
 
     top_k: int = 5
     """Passages retrieved per question and shown as numbered sources."""

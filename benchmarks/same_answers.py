@@ -69,17 +69,21 @@ def main() -> None:
             row["em"].append(exact_match(span, q["answers"]))
             row["f1"].append(token_f1(span, q["answers"]))
             row["seconds"].append(sum(v for k, v in reading.seconds.items() if k != "encode"))
-        if number % 25 == 0:
-            print(f"{number}/{len(chosen)} questions", flush=True)
-    n = len(chosen)
-    print(f"\n{n} SQuAD dev questions (seed {args.seed}), {time.strftime('%Y-%m-%d')}\n")
+        if number % 25 == 0 or number == len(chosen):
+            table(rows, number, args.seed)
+
+
+def table(rows: dict, n: int, seed: int) -> None:
+    """The comparison so far (``n`` questions), as a Markdown table."""
+    print(f"\n{n} SQuAD dev questions (seed {seed}), {time.strftime('%Y-%m-%d %H:%M')}\n")
     print("| reader | same answer as full fp32 | EM | token F1 | reading s (median) | "
           "reading s (mean) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, row in rows.items():
         print(f"| {name} | {100 * row['same'] / n:.1f} % | {100 * statistics.mean(row['em']):.1f}"
               f" | {100 * statistics.mean(row['f1']):.1f} | "
-              f"{statistics.median(row['seconds']):.2f} | {statistics.mean(row['seconds']):.2f} |")
+              f"{statistics.median(row['seconds']):.2f} | {statistics.mean(row['seconds']):.2f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

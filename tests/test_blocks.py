@@ -222,7 +222,13 @@ def test_a_restricted_head_gives_the_greedy_tokens_when_they_are_in_it(kind, tin
     cut = engine.decode(state.context, state.first_logits, max_new_tokens=8, end_ids=[3],
                         vocab=vocab)
     assert cut.ids == plain.ids
-    assert plain.logprob <= cut.logprob <= 0
+    # the log-probability is still over the whole vocabulary: the same as the full head's
+    assert cut.logprob == pytest.approx(plain.logprob, abs=1e-4)
+    # and with drafts (several tokens per pass) too
+    drafted = engine.decode(state.context, state.first_logits, max_new_tokens=8, end_ids=[3],
+                            vocab=vocab, draft_from=[5, 6] + plain.ids)
+    assert drafted.ids == plain.ids and drafted.passes < plain.passes
+    assert drafted.logprob == pytest.approx(plain.logprob, abs=1e-4)
     # the head's logits are the model's own for those rows
     head = engine.head_rows(vocab)
     hidden = torch.randn(2, engine.model.config.hidden_size)

@@ -113,3 +113,52 @@ def test_a_shared_prefix_is_cached_and_changes_nothing(tiny_gemma):
     # a prefix the prompt does not start with is ignored
     other = tiny_gemma.complete(prompt, max_new_tokens=6, shared_prefix="Nothing like it")
     assert other.text() == outputs[-1]
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma_dir(tiny_gemma):
+    return tiny_gemma.model.name_or_path
+
+
+def test_int8_weights_give_the_float32_greedy_answer(tiny_gemma, tiny_gemma_dir):
+    """Dynamic int8 quantization of every Linear layer (the output head included) on a fixed
+    prompt: the same greedy tokens through the block reader, logits close to float32."""
+    import torch
+
+    from assistant.generation import TransformersGenerator
+    from assistant.reader import LEAD, TAIL
+
+    int8 = TransformersGenerator("tiny-gemma", tiny_gemma_dir, device="cpu", precision="int8")
+    assert int8.precision == "int8"
+    assert any("quantized" in type(m).__module__ for m in int8.model.modules())
+
+    def answer(generator, restrict):
+        blocks = generator.blocks
+        prefix = blocks.prefix("<bos>Context: The game was in 2016.\nAnswer: 2016\n\n")
+        block = blocks.blocks(prefix, [(0, "Context: Denver beat Carolina to win.\n")])
+        state = blocks.score(prefix, block, lead=LEAD, target=" Who won?", tail=TAIL).states[0]
+        return state.first_logits, blocks.decode(state, max_new_tokens=8, end_ids=[],
+                                                 restrict=restrict)[1].ids
+
+    ref_logits, ref_ids = answer(tiny_gemma, False)
+    logits, ids = answer(int8, False)
+    assert ids == ref_ids
+    assert torch.allclose(logits, ref_logits, atol=0.05 * float(ref_logits.abs().max()))
+    assert answer(int8, True)[1] == answer(tiny_gemma, True)[1]
+
+
+def test_an_unknown_or_unavailable_precision_is_a_one_line_error(tiny_gemma_dir):
+    from assistant.generation import GenerationError, TransformersGenerator
+
+    with pytest.raises(GenerationError, match="unknown precision 'int3'"):
+        TransformersGenerator("tiny-gemma", tiny_gemma_dir, device="cpu", precision="int3")
+    with pytest.raises(GenerationError, match="'int4' runs on CUDA only"):
+        TransformersGenerator("tiny-gemma", tiny_gemma_dir, device="cpu", precision="int4")
+
+
+def test_auto_precision_is_fp32_on_a_cpu_and_bf16_on_cuda():
+    from assistant.generation.precision import resolve
+
+    assert resolve("auto", "cpu") == "fp32"
+    assert resolve("auto", "cuda:0") == "bf16"
+    assert resolve("fp32", "cpu") == "fp32"

@@ -312,7 +312,7 @@ class TransformersGenerator:
             first; the network is used only when it is not cached).
         device: ``auto``, ``cpu``, ``cuda``, ... (see :func:`pick_device`).
         precision: ``auto``, ``fp32``, ``bf16``, ``int8`` or ``int4`` weights (see
-            :mod:`assistant.generation.precision`; ``auto``: bfloat16 on CUDA, int8 on a CPU).
+            :mod:`assistant.generation.precision`; ``auto``: bfloat16 on CUDA, float32 on a CPU).
 
     Raises:
         GenerationError: the model cannot be found or loaded, or the precision cannot run
@@ -345,7 +345,9 @@ class TransformersGenerator:
             self.model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=dtype, local_files_only=local
             ).to(self.device)
-            self.model = precisions.apply(self.model.eval(), self.precision, self.device)
+            self.model = precisions.apply(self.model.eval(), self.precision, self.device,
+                                          head=bool(getattr(self.tokenizer, "chat_template",
+                                                            None)))
         except precisions.PrecisionError as exc:
             raise GenerationError(str(exc)) from None
         except (OSError, ValueError) as exc:

@@ -359,15 +359,16 @@ class BlockModel:
         return logits, new, (recorder.probs if recorder is not None else None)
 
     def _step(self, ids, positions, masks, cache, head: "Head | None"):
-        """One decoding pass of ``ids`` ``(1, n)``: logits ``(n, vocab)``, or ``(n, k)``
-        through ``head`` (the decoder runs without the model's own head)."""
+        """One decoding pass of ``ids`` ``(1, n)``: ``(logits, hidden)``, logits ``(n, vocab)``
+        and hidden None, or through ``head`` logits ``(n, k)`` and the decoder's last hidden
+        states ``(n, hidden)`` (the decoder runs without the model's own head)."""
         args = dict(input_ids=ids, position_ids=positions, attention_mask=masks, use_cache=True)
         if head is None:
             return self.model(**args, **{self._cache_arg: cache},
-                              logits_to_keep=ids.shape[1]).logits[0]
+                              logits_to_keep=ids.shape[1]).logits[0], None
         hidden = self.model.get_decoder()(**args, **{self._decoder_cache_arg: cache})
         hidden = hidden.last_hidden_state[0]  # (n, hidden)
-        return head(hidden)
+        return head(hidden), hidden
 
     # --- greedy decoding ----------------------------------------------------------------
     def decode(self, context: Sequence[KV], first_logits: "torch.Tensor", *, max_new_tokens: int,
@@ -389,10 +390,13 @@ class BlockModel:
         tokens are those of plain greedy decoding; an extractive answer copied from the
         passage needs one or two passes instead of one per token.
 
-        With ``vocab`` (token ids), each step chooses among those tokens only and its
-        log-probabilities are normalised over them: the output head computes ``len(vocab)``
-        logits instead of the whole vocabulary's (see :meth:`head_rows`). Tokens outside
-        ``vocab`` never come out; the end tokens and any ``allowed`` token must be in it.
+        With ``vocab`` (token ids), each step chooses among those tokens only: the output head
+        computes ``len(vocab)`` logits per pass instead of the whole vocabulary's (see
+        :meth:`head_rows`). Tokens outside ``vocab`` never come out; the end tokens and any
+        ``allowed`` token must be in it. The returned log-probability is still the exact one
+        (normalised over the whole vocabulary, as without ``vocab``): the hidden states of the
+        chosen tokens go through the full head once, in one batch, at the end, so answers read
+        with different vocabularies stay comparable.
 
         Returns:
             :class:`Decoded`: the token ids, their summed natural-log probability (the ending
@@ -404,8 +408,10 @@ class BlockModel:
         ends = set(end_ids)
         head = self.head_rows([*vocab, *end_ids]) if vocab is not None else None
         column = head.index() if head is not None else None
+        first_full = first_logits
         if head is not None:
             first_logits = first_logits[head.ids.to(first_logits.device)]
+        counted: list[tuple[object, int]] = []  # (hidden row or None for the first, token)
         keys = [torch.cat([s.keys[i] for s in context], dim=1)[None] for i in range(self.layers)]
         values = [torch.cat([s.values[i] for s in context], dim=1)[None]
                   for i in range(self.layers)]
@@ -414,6 +420,7 @@ class BlockModel:
         position = int(key_pos.max()) + 1
         source = list(draft_from)
         logits = first_logits  # (vocab,) or (len(head.ids),)
+        hidden = None  # the hidden state ``logits`` came from (None: the prompt's last)
         out: list[int] = []
         logprob = 0.0
         first_s = None
@@ -437,11 +444,13 @@ class BlockModel:
             token, value = choose(logits)
             if token in ends:
                 logprob += value
+                counted.append((hidden, token))
                 ended = True
                 break
             if len(out) >= max_new_tokens or cancelled():
                 break
             logprob += value
+            counted.append((hidden, token))
             out.append(token)
             if first_s is None:
                 first_s = time.perf_counter() - started
@@ -453,8 +462,8 @@ class BlockModel:
             masks = self._masks(key_pos[None], ok, positions[None],
                                 key_pos.shape[0] - len(run) + torch.arange(len(run)))
             with torch.inference_mode():
-                step_logits = self._step(torch.tensor([run], device=self.device),
-                                         positions[None], masks, cache, head)
+                step_logits, step_hidden = self._step(torch.tensor([run], device=self.device),
+                                                      positions[None], masks, cache, head)
             passes += 1
             position += len(run)
             accepted = 0
@@ -465,6 +474,7 @@ class BlockModel:
                 if choice != proposed:
                     break
                 logprob += value
+                counted.append((None if step_hidden is None else step_hidden[j], choice))
                 if choice in ends:
                     ended = True
                     break
@@ -480,7 +490,29 @@ class BlockModel:
                 key_pos = key_pos[:-rejected]
                 position -= rejected
             logits = step_logits[accepted]
+            hidden = None if step_hidden is None else step_hidden[accepted]
+        if head is not None and counted:
+            logprob = self._exact_logprob(first_full, counted)
         return Decoded(out, logprob, first_s, time.perf_counter() - started, ended, passes)
+
+    def _exact_logprob(self, first_logits, counted) -> float:
+        """Summed log-probability of the chosen tokens over the whole vocabulary:
+        ``counted`` pairs each token with the hidden state ``(hidden,)`` that chose it (None:
+        the prompt's last, whose full logits ``first_logits`` ``(vocab,)`` are known); the
+        hidden states go through the full output head in one batch."""
+        total = 0.0
+        rows = [(h, t) for h, t in counted if h is not None]
+        for h, t in counted:
+            if h is None:
+                total += float(torch.log_softmax(first_logits.float(), dim=-1)[t])
+        if rows:
+            weight, bias = self._output  # found by head_rows, which made the restricted head
+            head = Head(torch.arange(weight.shape[0]), weight, bias, self.softcap)
+            with torch.inference_mode():
+                logp = torch.log_softmax(head(torch.stack([h for h, _ in rows])), dim=-1)
+            tokens = torch.tensor([t for _, t in rows], device=logp.device)
+            total += float(logp.gather(-1, tokens[:, None]).sum())
+        return total
 
 
 @dataclass

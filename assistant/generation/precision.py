@@ -3,9 +3,16 @@
 Decoding one token reads every weight once, so on a CPU its time is about the bytes of the
 weights over the memory bandwidth (Gemma 3 270M in float32: 1.07 GB per token). int8 weights
 read a quarter of that. On the CPU, int8 uses PyTorch's dynamic quantization (int8 weights,
-activations quantized per batch; fbgemm/oneDNN kernels, AVX2 and up); int4 and GPU int8 use
-torchao's weight-only configs when torchao is installed. ``auto`` picks what measured fastest
-with the same answers (BENCHMARKS.md, "Generation speed"): bfloat16 on CUDA, int8 on a CPU.
+activations quantized per batch; fbgemm/oneDNN kernels, AVX2 and up): measured here 15× faster
+at decoding than torchao 0.18's int8 weight-only config, which has no fast CPU kernel without
+``torch.compile`` (BENCHMARKS.md). On CUDA, int8 and int4 use torchao's weight-only configs
+when torchao is installed (not measured here: no GPU was lent). ``auto`` picks what measured fastest
+with the same answers (BENCHMARKS.md, "Generation speed"): bfloat16 on CUDA, float32 on a CPU.
+On this project's 2-core AVX2 machine int8 decoded 1.6× faster and prefilled 1.5–2× faster,
+but quantizing the activations (what makes it fast) changed Gemma 3 270M's answers: the same
+answer as float32 for 32 % of 50 SQuAD dev questions, token F1 25.3 against 48.1; and this CPU
+has no bfloat16 arithmetic (no AVX512-BF16/AMX), nor a fast weight-only int8 kernel
+(``torch._weight_int8pack_mm`` and torchao's weight-only int8 ran 10–15× slower than float32).
 
 This module imports torch; only :mod:`assistant.generation` imports it.
 """
@@ -31,7 +38,7 @@ def resolve(precision: str, device: str) -> str:
         raise PrecisionError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
-    return "bf16" if device.startswith("cuda") else "int8"
+    return "bf16" if device.startswith("cuda") else "fp32"
 
 
 def load_dtype(precision: str) -> "torch.dtype":
@@ -39,24 +46,36 @@ def load_dtype(precision: str) -> "torch.dtype":
     return torch.bfloat16 if precision == "bf16" or precision == "int4" else torch.float32
 
 
-def apply(model, precision: str, device: str):
-    """``model`` with its Linear layers (the output head included) converted to ``precision``;
-    the embedding stays as loaded. Returns the model (dynamic quantization replaces modules).
+def apply(model, precision: str, device: str, *, head: bool = True):
+    """``model`` with its Linear layers converted to ``precision``; the embedding stays as
+    loaded. Returns the model (dynamic quantization replaces modules).
+
+    With ``head`` False, a CPU int8 model keeps its output head in float32: quantizing Gemma
+    3's 262,144-row head takes about 2.5 s at every load, and a base model's readings compute
+    only a few rows of it (see ``output_head``), so only a chat model, which computes the
+    whole head for every token it writes, gains from it.
 
     Raises:
-        PrecisionError: int4 without torchao, or int8 on a GPU without torchao.
+        PrecisionError: int4 on a CPU; int4, or int8 on a GPU, without torchao.
     """
     if precision in ("fp32", "bf16"):
         return model
     on_cpu = device == "cpu"
+    if precision == "int4" and on_cpu:
+        raise PrecisionError("precision 'int4' runs on CUDA only (torchao has no fast CPU int4 "
+                             "kernel); on a CPU use int8 (or auto)")
     if precision == "int8" and on_cpu:
         import warnings
 
         from torch.ao.quantization import quantize_dynamic
 
-        with warnings.catch_warnings():  # PyTorch's notice that quantized tensors will move
-            warnings.simplefilter("ignore", UserWarning)
-            return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        with warnings.catch_warnings():  # PyTorch's notices that this API moves to torchao
+            warnings.simplefilter("ignore")
+            quantize_dynamic(model.get_decoder(), {torch.nn.Linear}, dtype=torch.qint8,
+                             inplace=True)
+            if head:  # what is left as nn.Linear: the head
+                quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+            return model
     try:
         from torchao.quantization import (Int4WeightOnlyConfig, Int8WeightOnlyConfig,
                                           quantize_)
@@ -65,7 +84,7 @@ def apply(model, precision: str, device: str):
                              f"(pip install torchao), or use fp32, bf16"
                              f"{', int8' if on_cpu else ''}") from None
     config = Int8WeightOnlyConfig() if precision == "int8" else Int4WeightOnlyConfig(
-        group_size=128, **({"int4_packing_format": "opaque"} if on_cpu else {}))
+        group_size=128, int4_packing_format="tile_packed_to_4d")
     quantize_(model, config)
     return model
 

@@ -1,0 +1,182 @@
+"""The answer server: a real Unix socket, the CLI's own request handler over a dialogue manager
+(real FAISS and SQLite, scripted generator), and, in the slow subset, `assistant serve` with the
+embedded models answering `assistant ask` as the in-process path does."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from assistant import serve
+from assistant.cli import cli, serve_handler
+from assistant.config import Settings
+from assistant.dialogue import DialogueManager
+from assistant.history import History
+from index.ingest import Indexer
+from index.retrieval import Retriever
+from index.store import Store
+from tests.conftest import FakeGenerator
+
+
+class Running:
+    """``serve.serve`` in a thread; ``.join()`` waits for it to return."""
+
+    def __init__(self, settings, handle, idle_s: float = 0):
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=serve.serve, args=(settings, handle), kwargs={
+            "idle_s": idle_s, "on_ready": lambda path: self.ready.set()}, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(10)
+
+    def join(self, timeout: float = 10) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
+@pytest.fixture
+def served(tmp_path, corpus_dir, fake_embedder):
+    """Settings, a manager over a real index with a slow scripted generator, and its server."""
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.data_dir.mkdir()
+    Indexer(tmp_path / "index", fake_embedder).run([corpus_dir])
+    generator = FakeGenerator(["The Denver ", "Broncos ", "won. "] + ["more "] * 200, delay=0.01)
+    manager = DialogueManager(retriever=Retriever(Store.open(tmp_path / "index"), fake_embedder),
+                              generator=generator, history=History(tmp_path / "history.db"),
+                              top_k=3)
+    server = Running(settings, serve_handler(manager, settings))
+    yield settings, manager, server
+    serve.stop(settings)
+    server.join()
+
+
+def test_the_socket_is_owner_only_and_answers_stream_then_end(served):
+    settings, manager, _ = served
+    path = serve.socket_path(settings)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    conn = serve.connect(settings)
+    with conn:
+        messages = list(serve.ask(conn, settings, {"question": "Who won Super Bowl 50?",
+                                                   "max_new_tokens": 3}))
+    fragments = [m["fragment"] for m in messages if "fragment" in m]
+    assert "".join(fragments).startswith("The Denver Broncos won.")
+    end = messages[-1]["end"]
+    assert end["sources"].startswith("Sources:") and "conversation" in end["status"]
+    assert manager.max_new_tokens == 256  # a request's overrides do not outlive it
+    turns = manager.history.turns(manager.history.conversations()[0]["id"])
+    assert turns[-1]["status"] == "complete"
+
+
+def test_json_requests_get_the_turn_object(served):
+    settings, manager, _ = served
+    with serve.connect(settings) as conn:
+        messages = list(serve.ask(conn, settings, {"question": "Who won?", "json": True,
+                                                   "max_new_tokens": 2}))
+    data = messages[-1]["end"]["json"]
+    assert data["question"] == "Who won?" and data["status"] == "complete"
+    assert data["answer"].startswith("The Denver Broncos")
+
+
+def test_errors_are_one_line_and_the_server_goes_on(served):
+    settings, _, _ = served
+    with serve.connect(settings) as conn:
+        with pytest.raises(serve.ServerError, match="no conversation"):
+            list(serve.ask(conn, settings, {"question": "Who won?", "conversation": "zzzz"}))
+    with serve.connect(settings) as conn:  # the next request is answered
+        assert list(serve.ask(conn, settings, {"question": "Who won?", "max_new_tokens": 1}))
+
+
+def test_other_settings_are_refused(served):
+    settings, _, _ = served
+    other = settings.replace(top_k=7, fusion_alpha=0.9)
+    with serve.connect(other) as conn:
+        with pytest.raises(serve.ServerError, match="other settings"):
+            list(serve.ask(conn, other, {"question": "Who won?"}))
+
+
+def test_a_client_that_leaves_mid_answer_cancels_it_and_the_turn_is_kept(served):
+    settings, manager, _ = served
+    conn = serve.connect(settings)
+    answer = serve.ask(conn, settings, {"question": "Who won Super Bowl 50?"})
+    got = [next(answer) for _ in range(3)]
+    assert all("fragment" in m for m in got)
+    answer.close()  # the client goes (as a process on Ctrl-C does)
+    conn.close()
+    conversation = manager.history.conversations()[0]["id"]
+    deadline = time.monotonic() + 10
+    while manager.history.turns(conversation)[-1]["status"] == "pending":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    row = manager.history.turns(conversation)[-1]
+    assert row["status"] == "cancelled"
+    assert row["answer"].startswith("The Denver Broncos") and len(row["answer"]) < 400
+
+
+def test_stop_and_idle_timeout_remove_the_socket(served, tmp_path):
+    settings, _, server = served
+    assert serve.stop(settings)
+    assert server.join() and not serve.socket_path(settings).exists()
+    assert serve.connect(settings) is None and not serve.stop(settings)
+
+    idle = Running(settings, lambda request, send: None, idle_s=0.3)
+    assert idle.join(5) and not serve.socket_path(settings).exists()
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused(served):
+    settings, _, _ = served
+    with pytest.raises(serve.ServerError, match="already running"):
+        serve.serve(settings, lambda request, send: None, idle_s=1)
+
+
+def test_a_stale_socket_file_is_not_a_server(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    serve.socket_path(settings).write_text("")
+    assert serve.connect(settings) is None
+
+
+@pytest.mark.slow
+def test_assistant_serve_answers_ask_like_the_process_itself(tmp_path, corpus_dir,
+                                                             shared_data_dir, real_generator):
+    """`assistant serve` with the embedded models; `ask` through it gives the in-process
+    answer, into the same history; `serve --stop` ends it."""
+    base = ["--data-dir", str(shared_data_dir), "--index-dir", str(tmp_path / "index")]
+    env = {**os.environ, "ASSISTANT_SERVE_IDLE_MINUTES": "0"}
+    runner = CliRunner()
+    assert runner.invoke(cli, [*base, "index", str(corpus_dir)]).exit_code == 0
+    question = ["ask", "--json", "Where was Super Bowl 50 played?"]
+    here = runner.invoke(cli, [*base, *question])
+    assert here.exit_code == 0, here.output
+    expected = json.loads(here.output[here.output.index("{"):])
+
+    server = subprocess.Popen([sys.executable, "-m", "assistant", *base, "serve",
+                               "--idle-minutes", "5"], env=env, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        settings = Settings.load(overrides={"data_dir": shared_data_dir})
+        deadline = time.monotonic() + 300
+        while serve.connect(settings) is None:
+            assert server.poll() is None, server.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        served = runner.invoke(cli, [*base, *question])
+        assert served.exit_code == 0, served.output
+        data = json.loads(served.output[served.output.index("{"):])
+        assert data["answer"] == expected["answer"] and data["cited"] == expected["cited"]
+        assert data["timings"]["load_s"] == 0  # nothing was loaded for it
+        shown = runner.invoke(cli, [*base, "history", "show", data["conversation_id"]])
+        assert "Super Bowl 50" in shown.output
+        bad = runner.invoke(cli, [*base, "ask", "--conversation", "zzzz", "x"])
+        assert bad.exit_code == 1 and bad.output.startswith("error: ")
+        stopped = runner.invoke(cli, [*base, "serve", "--stop"])
+        assert "Stopped" in stopped.output
+        assert server.wait(30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
