@@ -429,6 +429,7 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
             except serve.ServerError as exc:
                 if "other settings" not in str(exc):
                     raise UserError(str(exc)) from None
+                say("note: the running answer server has other settings; answering here.")
             except KeyboardInterrupt:
                 click.echo("\n[cancelled]", err=True)
                 return

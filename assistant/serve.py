@@ -61,20 +61,20 @@ def _send(conn: socket.socket, message: dict) -> None:
 
 
 # --- client ------------------------------------------------------------------------------
-def connect(settings, *, timeout: float = 1.0) -> socket.socket | None:
+def connect(settings) -> socket.socket | None:
     """A connection to the running server of these settings' data directory, or None when
-    none is listening (no socket file, or a stale one)."""
+    none is listening (no socket file, or a stale one). A blocking connect: on a Unix socket
+    it returns at once, refused when nothing listens (a timeout would make it non-blocking,
+    and a busy server's queue could then refuse it with EAGAIN)."""
     path = socket_path(settings)
     if not path.exists():
         return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    conn.settimeout(timeout)
     try:
         conn.connect(str(path))
     except OSError:
         conn.close()
         return None
-    conn.settimeout(None)
     return conn
 
 

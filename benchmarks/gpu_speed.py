@@ -91,6 +91,8 @@ def five_passage_ttft(model, device: str, passage_tokens: int = 200) -> float:
     question (20 tokens) over all of their caches, then one token chosen."""
     from transformers import DynamicCache
 
+    from assistant.generation import cache_argument, cache_of
+
     passages = torch.randint(10, 1000, (5, passage_tokens), device=device)
     question = torch.randint(10, 1000, (1, 20), device=device)
 
@@ -99,7 +101,7 @@ def five_passage_ttft(model, device: str, passage_tokens: int = 200) -> float:
         started = time.perf_counter()
         with torch.inference_mode():
             out = model(input_ids=passages, use_cache=True)
-            cache = out.past_key_values if "past_key_values" in out else out["cache"]
+            cache = cache_of(out)
             layers = []
             for layer in cache.layers:  # the 5 blocks side by side, as one sequence
                 k = layer.keys.transpose(0, 1).reshape(1, layer.keys.shape[1], -1,
@@ -109,8 +111,8 @@ def five_passage_ttft(model, device: str, passage_tokens: int = 200) -> float:
                 layers.append((k, v))
             fused = DynamicCache(ddp_cache_data=layers)
             positions = torch.arange(passage_tokens, passage_tokens + 20, device=device)[None]
-            logits = model(input_ids=question, position_ids=positions, past_key_values=fused,
-                           use_cache=True, logits_to_keep=1).logits
+            logits = model(input_ids=question, position_ids=positions, use_cache=True,
+                           logits_to_keep=1, **{cache_argument(model): fused}).logits
             int(logits[0, -1].argmax())
         sync(device)
         return time.perf_counter() - started

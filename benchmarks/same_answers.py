@@ -38,11 +38,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", default="passages")
     parser.add_argument("--bench", type=common.Path, default=common.BENCH)
+    parser.add_argument("--show", action="store_true", help="Print each answer that differs.")
+    parser.add_argument("--not-reported", action="store_true",
+                        help="Draw from the questions `assistant eval` does not report (seed 0 "
+                             "sample left out): for looking at differences without tuning on "
+                             "the reported ones.")
     args = parser.parse_args()
     settings = Settings.load()
     retriever = common.retriever(settings, args.bench)
     skip = set(example_questions(load_template("extractive.txt")))
     pool = [q for q in common.questions(args.bench) if q["question"] not in skip]
+    if args.not_reported:
+        reported = {q["question"] for q in sample(pool, 300, 0)}
+        pool = [q for q in pool if q["question"] not in reported]
     chosen = sample(pool, args.n, args.seed)
 
     generators: dict[str, object] = {"fp32": common.generator(settings, precision="fp32")}
@@ -66,6 +74,9 @@ def main() -> None:
             reference = span if reference is None else reference
             row = rows[name]
             row["same"] += span == reference
+            if args.show and span != reference:
+                print(f"{name}: {q['question']!r}: {reference!r} -> {span!r} "
+                      f"(gold {q['answers'][:2]})", flush=True)
             row["em"].append(exact_match(span, q["answers"]))
             row["f1"].append(token_f1(span, q["answers"]))
             row["seconds"].append(sum(v for k, v in reading.seconds.items() if k != "encode"))

@@ -161,12 +161,14 @@ def test_assistant_serve_answers_ask_like_the_process_itself(tmp_path, corpus_di
     try:
         settings = Settings.load(overrides={"data_dir": shared_data_dir})
         deadline = time.monotonic() + 300
-        while serve.connect(settings) is None:
+        while (probe := serve.connect(settings)) is None:
             assert server.poll() is None, server.stderr.read()
             assert time.monotonic() < deadline
             time.sleep(0.2)
+        probe.close()
         served = runner.invoke(cli, [*base, *question])
         assert served.exit_code == 0, served.output
+        assert "answering here" not in served.output, served.output
         data = json.loads(served.output[served.output.index("{"):])
         assert data["answer"] == expected["answer"] and data["cited"] == expected["cited"]
         assert data["timings"]["load_s"] == 0  # nothing was loaded for it

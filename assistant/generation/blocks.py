@@ -762,8 +762,10 @@ class BlockReader:
         of ``state`` (prompt lookup; the same answer in fewer passes). With ``restrict``, the
         answer can only use tokens of the prompt (its blocks' passages as encoded and with
         their words re-joined by single spaces, as an answer copies them, and the question),
-        and the output head computes only those logits (see :meth:`BlockModel.decode`).
-        Returns ``(text, Decoded)``."""
+        and the output head computes only those logits (see :meth:`BlockModel.decode`). A
+        copy (``within``) always computes only the logits of ``within``'s tokens and the end
+        tokens: it can choose no other, so its tokens and log-probability are exactly those
+        of the full head. Returns ``(text, Decoded)``."""
         passages = [i for kv in state.context[1:-1] for i in kv.ids]
         draft_from = passages if drafts else []
         from . import copy_constraint
@@ -773,7 +775,9 @@ class BlockReader:
         if within is not None:
             allowed = copy_constraint(copied, end_ids)
         vocab = None
-        if restrict:
+        if within is not None:
+            vocab = set(copied)
+        elif restrict:
             text = self.tokenizer.decode(passages, skip_special_tokens=True)
             vocab = {*passages, *state.context[-1].ids, *copied,
                      *self.tokens(" " + " ".join(text.split()))}
