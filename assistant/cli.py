@@ -416,8 +416,8 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
     say = lambda message: click.echo(message, err=True)  # noqa: E731
     conn = serve.connect(settings)
     if conn is None and settings.serve_idle_minutes > 0:
-        conn = serve.start(settings, _serve_argv(ctx, settings.serve_idle_minutes),
-                           ready=lambda: None)
+        say("Starting the answer server (it keeps the models loaded for the next questions).")
+        conn = serve.start(settings, _serve_argv(ctx, settings.serve_idle_minutes))
         if conn is None:
             say("The answer server did not start (see serve.log in the data dir); answering "
                 "here.")
@@ -579,9 +579,10 @@ def serve_command(ctx, idle_minutes, stop_it) -> None:
     manager = build_manager(settings, say=say, embedder=embedder)
     manager.warm_up()
     try:
-        serve.serve(settings, serve_handler(manager, settings), idle_s=60 * idle_minutes, on_ready=lambda path: say(
-            f"Answering on {path} (idle timeout {idle_minutes:g} min; "
-            f"`assistant serve --stop` stops it)."))
+        serve.serve(settings, serve_handler(manager, settings), idle_s=60 * idle_minutes,
+                    on_ready=lambda path: say(f"Answering on {path} (idle timeout "
+                                              f"{idle_minutes:g} min; `assistant serve --stop` "
+                                              f"stops it)."))
     except serve.ServerError as exc:
         raise UserError(str(exc)) from None
     except KeyboardInterrupt:

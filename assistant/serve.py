@@ -108,8 +108,7 @@ def stop(settings) -> bool:
     return True
 
 
-def start(settings, argv: list[str], *, wait_s: float = 300.0,
-          ready: Callable[[], None] | None = None) -> socket.socket | None:
+def start(settings, argv: list[str], *, wait_s: float = 300.0) -> socket.socket | None:
     """Start ``argv`` (an ``assistant serve`` command) detached, its output in
     ``serve.log`` in the data directory, and wait until it accepts connections; None when it
     exits or does not come up within ``wait_s`` seconds."""
@@ -124,8 +123,6 @@ def start(settings, argv: list[str], *, wait_s: float = 300.0,
     while time.monotonic() < deadline:
         conn = connect(settings)
         if conn is not None:
-            if ready:
-                ready()
             return conn
         if child.poll() is not None:
             return None

@@ -179,6 +179,13 @@ def test_assistant_serve_answers_ask_like_the_process_itself(tmp_path, corpus_di
         stopped = runner.invoke(cli, [*base, "serve", "--stop"])
         assert "Stopped" in stopped.output
         assert server.wait(30) == 0
+        # serve_idle_minutes > 0: ask starts a server itself and answers through it
+        started = runner.invoke(cli, [*base, *question], env={"ASSISTANT_SERVE_IDLE_MINUTES": "1"})
+        assert started.exit_code == 0, started.output
+        assert "Starting the answer server" in started.output
+        data = json.loads(started.output[started.output.index("{"):])
+        assert data["answer"] == expected["answer"] and data["timings"]["load_s"] == 0
+        assert serve.stop(settings)
     finally:
         if server.poll() is None:
             server.kill()
