@@ -1122,6 +1122,13 @@ def info_command(ctx) -> None:
     click.echo(f"generator model:  {show(settings.generator_model)}")
     click.echo(f"device:           {show(settings.device)}")
     click.echo(f"precision:        {show(settings.precision)}")
+    from . import serve
+
+    probe = serve.connect(settings)
+    if probe is not None:
+        probe.close()
+    click.echo("answer server:    " + (f"running ({show(serve.socket_path(settings))})"
+                                        if probe is not None else "not running"))
     if not Store.exists(settings.index_path):
         click.echo("indexed:          nothing yet (`assistant index PATH`)")
         return

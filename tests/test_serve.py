@@ -189,3 +189,13 @@ def test_assistant_serve_answers_ask_like_the_process_itself(tmp_path, corpus_di
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_info_says_whether_a_server_is_running(served):
+    settings, _, _ = served
+    args = ["--data-dir", str(settings.data_dir), "info"]
+    shown = CliRunner().invoke(cli, args)
+    assert "answer server:    running (" in shown.output and "serve.sock" in shown.output
+    assert serve.stop(settings)
+    served[2].join()
+    assert "answer server:    not running" in CliRunner().invoke(cli, args).output
