@@ -426,10 +426,10 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
             try:
                 _print_turn(serve.ask(conn, settings, request), as_json)
                 return
-            except serve.ServerError as exc:
-                if "other settings" not in str(exc):
-                    raise UserError(str(exc)) from None
+            except serve.SettingsMismatch:
                 say("note: the running answer server has other settings; answering here.")
+            except serve.ServerError as exc:
+                raise UserError(str(exc)) from None
             except KeyboardInterrupt:
                 click.echo("\n[cancelled]", err=True)
                 return
@@ -486,7 +486,6 @@ def _turn_messages(manager, settings: Settings, request: dict, *, load_s: float 
     finally:
         for attr, value in saved.items():
             setattr(manager, attr, value)
-    model = manager.generator.name if hasattr(manager.generator, "name") else ""
     device = getattr(manager.generator, "device", "")
     if request.get("json"):
         yield {"end": {"json": turn_json(turn, model=settings.generator_model, load_s=load_s,
@@ -498,7 +497,7 @@ def _turn_messages(manager, settings: Settings, request: dict, *, load_s: float 
     done = f" · answer in {t['answer_s']:.2f} s" if t.get("answer_s") is not None else ""
     yield {"end": {"sources": sources_text(turn), "status": (
         f"retrieval {t['retrieval_ms']:.0f} ms · first token {ttft} · {tps} tokens/s{done} · "
-        f"{model or settings.generator_model} on {device} · conversation "
+        f"{settings.generator_model} on {device} · conversation "
         f"{turn.conversation_id}")}}
 
 
@@ -569,7 +568,7 @@ def serve_command(ctx, idle_minutes, stop_it) -> None:
         click.echo("Stopped the answer server." if serve.stop(settings)
                    else "No answer server is running.", err=True)
         return
-    if serve.connect(settings) is not None:
+    if serve.running(settings):  # before loading the models, which takes seconds
         raise UserError(f"an answer server is already running ({serve.socket_path(settings)})")
     if idle_minutes is None:
         idle_minutes = settings.serve_idle_minutes or 10.0
@@ -1124,11 +1123,8 @@ def info_command(ctx) -> None:
     click.echo(f"precision:        {show(settings.precision)}")
     from . import serve
 
-    probe = serve.connect(settings)
-    if probe is not None:
-        probe.close()
     click.echo("answer server:    " + (f"running ({show(serve.socket_path(settings))})"
-                                        if probe is not None else "not running"))
+                                        if serve.running(settings) else "not running"))
     if not Store.exists(settings.index_path):
         click.echo("indexed:          nothing yet (`assistant index PATH`)")
         return

@@ -149,9 +149,9 @@ class ExtractiveReader:
         max_new_tokens: longest answer in tokens.
         heads: (layer, head) pairs for support weights; default :data:`HEADS` for the model
             they were chosen for, else every head.
-        restrict_head: readings compute only the logits of tokens in their prompt (see
-            :meth:`~assistant.generation.blocks.BlockReader.decode`); their log-probabilities
-            are then normalised over those tokens.
+        restrict_head: free readings compute only the logits of tokens in their prompt (see
+            :meth:`~assistant.generation.blocks.BlockReader.decode`; their log-probabilities
+            stay exact, over the whole vocabulary).
     """
 
     def __init__(self, generator, *, rerank_k: int = 5, read_k: int = 3,

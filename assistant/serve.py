@@ -35,6 +35,10 @@ class ServerError(Exception):
     """The server answered with an error, or went away mid-answer; ``str()`` is one line."""
 
 
+class SettingsMismatch(ServerError):
+    """The running server was started with other settings than the client's."""
+
+
 def socket_path(settings) -> Path:
     """Where the server of ``settings``' data directory listens."""
     return Path(settings.data_dir) / SOCKET_NAME
@@ -78,17 +82,28 @@ def connect(settings) -> socket.socket | None:
     return conn
 
 
+def running(settings) -> bool:
+    """True when a server listens on these settings' data directory."""
+    conn = connect(settings)
+    if conn is None:
+        return False
+    conn.close()
+    return True
+
+
 def ask(conn: socket.socket, settings, request: dict) -> Iterator[dict]:
     """Send ``request`` (with the settings key) and yield the server's messages: fragments,
     then the end message.
 
     Raises:
+        SettingsMismatch: the server has other settings (it answered nothing).
         ServerError: the server answered with an error or closed the connection before the end.
     """
     _send(conn, {**request, "key": settings_key(settings)})
     for message in _lines(conn):
         if "error" in message:
-            raise ServerError(message["error"])
+            raise (SettingsMismatch if message.get("mismatch") else ServerError)(
+                message["error"])
         yield message
         if "end" in message:
             return
@@ -146,7 +161,7 @@ def serve(settings, handle: Handler, *, idle_s: float,
         ServerError: another server is already listening there.
     """
     path = socket_path(settings)
-    if connect(settings) is not None:
+    if running(settings):
         raise ServerError(f"an answer server is already running ({path})")
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -97,7 +97,7 @@ def test_other_settings_are_refused(served):
     settings, _, _ = served
     other = settings.replace(top_k=7, fusion_alpha=0.9)
     with serve.connect(other) as conn:
-        with pytest.raises(serve.ServerError, match="other settings"):
+        with pytest.raises(serve.SettingsMismatch, match="other settings"):
             list(serve.ask(conn, other, {"question": "Who won?"}))
 
 

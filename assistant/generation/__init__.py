@@ -346,8 +346,7 @@ class TransformersGenerator:
                 path, dtype=dtype, local_files_only=local
             ).to(self.device)
             self.model = precisions.apply(self.model.eval(), self.precision, self.device,
-                                          head=bool(getattr(self.tokenizer, "chat_template",
-                                                            None)))
+                                          head=self.has_chat_template)
         except precisions.PrecisionError as exc:
             raise GenerationError(str(exc)) from None
         except (OSError, ValueError) as exc:

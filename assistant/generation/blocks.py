@@ -214,13 +214,18 @@ class BlockModel:
         head is 262,144 × 640 (168 M of its 268 M parameters); a reading's rows are ~1 k."""
         ids = torch.tensor(sorted(set(int(r) for r in rows)), dtype=torch.long,
                            device=self.device)
+        weight, bias = self._output_weight()
+        return Head(ids, weight.index_select(0, ids),
+                    None if bias is None else bias.index_select(0, ids), self.softcap)
+
+    def _output_weight(self):
+        """The output head's float weight ``(vocab, hidden)`` and bias (or None), found once
+        (see :func:`~assistant.generation.precision.output_weight`)."""
         if self._output is None:
             from .precision import output_weight
 
             self._output = output_weight(self.model)
-        weight, bias = self._output
-        return Head(ids, weight.index_select(0, ids),
-                    None if bias is None else bias.index_select(0, ids), self.softcap)
+        return self._output
 
     # --- positions ---------------------------------------------------------------------
     def shifted(self, block: KV, delta: int) -> KV:
@@ -506,7 +511,7 @@ class BlockModel:
             if h is None:
                 total += float(torch.log_softmax(first_logits.float(), dim=-1)[t])
         if rows:
-            weight, bias = self._output  # found by head_rows, which made the restricted head
+            weight, bias = self._output_weight()
             head = Head(torch.arange(weight.shape[0]), weight, bias, self.softcap)
             with torch.inference_mode():
                 logp = torch.log_softmax(head(torch.stack([h for h, _ in rows])), dim=-1)
