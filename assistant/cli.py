@@ -38,13 +38,16 @@ def _settings(ctx: click.Context) -> Settings:
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where index and history live.")
 @click.option("--index-dir", type=click.Path(path_type=Path), help="Index directory.")
 @click.option("--embedding-model", help="Sentence-transformers model name, path or hub id.")
-@click.option("--model", "generator_model", help="Generator: embedded name, local dir or hub id.")
+@click.option("--model", "generator_model",
+              help="Generator: embedded name, local dir, hub id, or openai:NAME on a server.")
+@click.option("--api-base", help="OpenAI-compatible server for openai:NAME models, e.g. "
+              "http://127.0.0.1:8000/v1.")
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--debug", is_flag=True, help="Show tracebacks (also: ASSISTANT_DEBUG=1).")
 @click.version_option(package_name="assistant")
 @click.pass_context
 def cli(ctx: click.Context, config_path, data_dir, index_dir, embedding_model,
-        generator_model, device, debug) -> None:
+        generator_model, api_base, device, debug) -> None:
     """A private, local assistant that answers questions about your documents, with sources.
 
     Start with `assistant index ~/Documents`, then `assistant ask "..."` or `assistant chat`.
@@ -52,7 +55,7 @@ def cli(ctx: click.Context, config_path, data_dir, index_dir, embedding_model,
     try:
         settings = Settings.load(config_path=config_path, overrides={
             "data_dir": data_dir, "index_dir": index_dir, "embedding_model": embedding_model,
-            "generator_model": generator_model, "device": device,
+            "generator_model": generator_model, "api_base": api_base, "device": device,
         })
     except ConfigError as exc:
         raise UserError(str(exc)) from None
@@ -123,11 +126,26 @@ def load_generator(settings: Settings, *, say=None):
     from .generation import GenerationError, TransformersGenerator
     from .models import ModelNotFound, generator_path
 
+    if settings.generator_model.startswith("openai:"):
+        return _remote_generator(settings)
     try:
         path = generator_path(settings.generator_model, settings.models_dir, on_convert=say)
         return TransformersGenerator(settings.generator_model, path, device=settings.device,
                                      precision=settings.precision)
     except (ModelNotFound, GenerationError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def _remote_generator(settings: Settings):
+    from .generation import GenerationError
+    from .generation.remote import RemoteGenerator, api_key
+
+    key, source = api_key(settings.api_base, settings.api_key_env)
+    try:
+        return RemoteGenerator(settings.generator_model, settings.api_base, key=key,
+                               key_source=source, key_env=settings.api_key_env,
+                               timeout=settings.api_timeout, retries=settings.api_retries)
+    except GenerationError as exc:
         raise UserError(str(exc)) from None
 
 
@@ -495,9 +513,10 @@ def _turn_messages(manager, settings: Settings, request: dict, *, load_s: float 
     ttft = f"{t['first_token_s']:.2f} s" if t["first_token_s"] is not None else "-"
     tps = f"{t['tokens_per_s']:.1f}" if t["tokens_per_s"] else "-"
     done = f" · answer in {t['answer_s']:.2f} s" if t.get("answer_s") is not None else ""
+    grounding = f"{turn.grounding} · " if turn.grounding else ""
     yield {"end": {"sources": sources_text(turn), "status": (
         f"retrieval {t['retrieval_ms']:.0f} ms · first token {ttft} · {tps} tokens/s{done} · "
-        f"{settings.generator_model} on {device} · conversation "
+        f"{settings.generator_model} on {device} · {grounding}conversation "
         f"{turn.conversation_id}")}}
 
 
@@ -1119,8 +1138,15 @@ def info_command(ctx) -> None:
     click.echo(f"history:          {show(settings.history_path)}")
     click.echo(f"embedding model:  {show(settings.embedding_model)}")
     click.echo(f"generator model:  {show(settings.generator_model)}")
-    click.echo(f"device:           {show(settings.device)}")
-    click.echo(f"precision:        {show(settings.precision)}")
+    if settings.generator_model.startswith("openai:"):
+        from .generation.remote import api_key
+
+        _, source = api_key(settings.api_base, settings.api_key_env)
+        click.echo(f"generation server: {show(settings.api_base)} (API key: {source}; "
+                   f"timeout {settings.api_timeout:g} s, {settings.api_retries} retries)")
+    else:
+        click.echo(f"device:           {show(settings.device)}")
+        click.echo(f"precision:        {show(settings.precision)}")
     from . import serve
 
     click.echo("answer server:    " + (f"running ({show(serve.socket_path(settings))})"

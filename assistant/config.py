@@ -70,7 +70,25 @@ class Settings:
 
     generator_model: str = "gemma-3-270m"
     """Decoder model: an embedded name (``gemma-3-270m``, ``SmolLM2-135M-Instruct``), a local
-    directory or a Hugging Face hub id."""
+    directory, a Hugging Face hub id, or ``openai:NAME`` for model NAME on an
+    OpenAI-compatible server at ``api_base`` (vLLM, llama.cpp's server, Ollama, TGI)."""
+
+    api_base: str = ""
+    """With ``generator_model = "openai:NAME"``: the server's API root, e.g.
+    ``http://127.0.0.1:8000/v1`` (required: the assistant never sends your documents
+    anywhere you did not name)."""
+
+    api_key_env: str = "OPENAI_API_KEY"
+    """The environment variable holding the server's API key; when it is unset the system
+    keyring is asked (``keyring set assistant API_BASE``), else no key is sent. The key is
+    never written to the config, history or logs."""
+
+    api_timeout: float = 60.0
+    """Seconds to wait for the server to connect, and for each next piece of an answer."""
+
+    api_retries: int = 2
+    """Retries of a request that could not connect or got 408, 409, 429 or 5xx, with
+    exponential backoff (0.5 s doubling, at most 8 s; the server's Retry-After honoured)."""
 
     prompt_style: str = "auto"
     """``chat`` (instruction models), ``extractive`` (base models: few-shot span answers) or
@@ -247,6 +265,14 @@ class Settings:
                               f"not {self.precision!r}")
         if not 0 <= self.serve_idle_minutes <= 7 * 24 * 60:
             raise ConfigError("serve_idle_minutes must be between 0 and 10080 (a week)")
+        if self.generator_model.startswith("openai:"):
+            if len(self.generator_model) == len("openai:"):
+                raise ConfigError("generator_model openai:NAME needs the NAME the server uses")
+            if not self.api_base:
+                raise ConfigError(f"generator_model {self.generator_model} needs api_base, "
+                                  "e.g. --api-base http://127.0.0.1:8000/v1")
+        if not 0 < self.api_timeout <= 3600 or not 0 <= self.api_retries <= 10:
+            raise ConfigError("api_timeout must be 0..3600 seconds and api_retries 0..10")
         if self.output_head not in ("passages", "full"):
             raise ConfigError(f"output_head must be passages or full, not {self.output_head!r}")
         if not 0 <= self.abstain_threshold <= 1:

@@ -105,6 +105,9 @@ class Turn:
         answer_s: seconds from the question until the answer was complete (reranking and
             every reading included).
         form: the question's form (:data:`assistant.forms.FORMS`), which shaped the answer.
+        grounding: how the sources were ordered and the citations found, in words (e.g.
+            ``retrieval order · citations by the model and word overlap``): a remote model
+            cannot rerank or show its attention, and the answer says so.
     """
 
     conversation_id: str
@@ -131,6 +134,7 @@ class Turn:
     support: list[float] = field(default_factory=list)
     answer_s: float | None = None
     form: str = "factoid"
+    grounding: str = ""
     started: float = field(default_factory=time.perf_counter, repr=False)
     _answer_stats: GenerationStats | None = field(default=None, repr=False)
     _saved_at: float = 0.0
@@ -460,9 +464,10 @@ class DialogueManager:
             self.history.finish_turn(turn_id, answer="", status="error", error=str(exc),
                                      retrieval_query=query)
             raise
+        ranking = "reranked by the generator" if self.reranks else "retrieval order"
         return Turn(conversation_id, turn_id, question, query, list(result.hits),
                     result.milliseconds, prompt, reply, self.generator.name, self.history,
-                    form=form)
+                    form=form, grounding=f"{ranking} · cited by the model and word overlap")
 
     def _form(self, question: str, earlier: Sequence[tuple[str, str]]) -> str:
         """The question's form (:func:`forms.classify`, after the previous question's for a
@@ -543,7 +548,8 @@ class DialogueManager:
 
         return Turn(conversation_id, turn_id, question, query, hits, result.milliseconds,
                     prompt, None, self.generator.name, self.history, extractive=True,
-                    job=job, form=form)
+                    job=job, form=form,
+                    grounding="reranked by the reader · cited by attention")
 
     @property
     def reranks(self) -> bool:
@@ -572,4 +578,6 @@ class DialogueManager:
                         tokens=reply.stats.prompt_tokens)
         return Turn(conversation_id, turn_id, question, query, hits, result.milliseconds,
                     prompt, reply, self.generator.name, self.history, extractive=True,
-                    read=read, read_k=min(self.read_k, self.rerank_k) if self.reranks else 1)
+                    read=read, read_k=min(self.read_k, self.rerank_k) if self.reranks else 1,
+                    grounding=("reranked by the generator" if self.reranks else "retrieval order")
+                    + " · cited: the passage read")

@@ -86,6 +86,7 @@ def turn_json(turn, *, model: str, device: str = "", load_s: float | None = None
         "retrieval_query": turn.query,
         "abstained": bool(getattr(turn, "abstained", False)),
         "form": getattr(turn, "form", ""),
+        "grounding": getattr(turn, "grounding", ""),
         "cited": turn.cited(),
         "sentences": sentence_support(turn),
         "sources": [

@@ -280,7 +280,8 @@ class ChatApp(App[None]):
         await view.finish(status, note=error, cited=turn.cited())
         view.sources = [dataclasses.asdict(s) for s in turn.sources()]
         self.query_one(SourcesPane).show(view.sources, view.query, view.text)
-        self.status.set_last(turn_figures(len(view.sources), turn.timings()))
+        self.status.set_last(turn_figures(len(view.sources), turn.timings(),
+                                          getattr(turn, "grounding", "")))
         self._refresh_sessions()
         if error:
             self.notify(error, severity="error")

@@ -335,8 +335,9 @@ class StatusLine(Static):
         self.update(Text(visible(" │ ".join(t for t in parts if t), one_line=True)))
 
 
-def turn_figures(retrieved: int, timings: dict) -> str:
-    """``5 passages · retrieval 23 ms · first token 1.90 s · 20.4 tok/s`` (tokens per second)."""
+def turn_figures(retrieved: int, timings: dict, grounding: str = "") -> str:
+    """``5 passages · retrieval 23 ms · first token 1.90 s · 20.4 tok/s`` (tokens per second),
+    then ``grounding`` (how sources were ranked and cited) when given."""
     parts = [f"{retrieved} passage{'s' if retrieved != 1 else ''}"]
     if timings.get("retrieval_ms") is not None:
         parts.append(f"retrieval {timings['retrieval_ms']:.0f} ms")
@@ -346,4 +347,6 @@ def turn_figures(retrieved: int, timings: dict) -> str:
         parts.append(f"{timings['tokens_per_s']:.1f} tok/s")
     if timings.get("answer_s") is not None:
         parts.append(f"answer in {timings['answer_s']:.2f} s")
+    if grounding:
+        parts.append(grounding)
     return " · ".join(parts)
