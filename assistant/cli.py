@@ -272,6 +272,8 @@ def _print_report(console, report) -> None:
         console.print(f"Index on disk: {report.disk_bytes / 2**20:.1f} MiB (with the earlier "
                       f"generation kept for open readers); at most "
                       f"{report.peak_disk_bytes / 2**20:.1f} MiB during the run.", markup=False)
+    for line in report.retrained:
+        console.print(f"Retrained the {line}.", markup=False)
     if report.reembedded:
         console.print("Every passage was embedded again: the index's vectors came from another "
                       "embedding runtime.", markup=False)
@@ -1170,6 +1172,7 @@ def info_command(ctx) -> None:
                        "(the others are found by BM25 only until `assistant index` finishes)")
         meta = store.meta()
         click.echo(f"embedding runtime: {show(meta.get('embedding_runtime', 'torch'))}")
+        click.echo(f"vector index:     {stats['vector_index']}")
         store.close()
     for root in roots:
         click.echo(f"  root:           {show(root)}")

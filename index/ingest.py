@@ -46,6 +46,9 @@ class IndexReport:
         reembedded: True when the index's vectors came from another embedding runtime and
             every passage was embedded again.
         checkpoints: times the run published what it had so far.
+        retrained: what happened when the vectors outgrew their FAISS index kind (one line
+            each, e.g. ``vector index: flat (exact) -> IVF512,SQ8 (nprobe 64) for 100,001
+            passages (trained in 9.1 s)``; see :mod:`index.vectors`).
         seconds: wall time of the run.
         searchable_seconds: from the start until the new text was BM25-searchable (the first
             publication), or None when nothing changed.
@@ -71,6 +74,7 @@ class IndexReport:
     embedded: int = 0
     reembedded: bool = False
     checkpoints: int = 0
+    retrained: list[str] = field(default_factory=list)
     seconds: float = 0.0
     searchable_seconds: float | None = None
     embed_seconds: float = 0.0
@@ -262,6 +266,8 @@ class Indexer:
             store = self._embed_phase(store, report, progress, started)
             if store.changed:
                 store.commit()
+                if store.retrained:
+                    report.retrained.append(store.retrained)
             else:  # nothing to publish: the live index stays as it is
                 store.abort()
         except BaseException:
@@ -276,7 +282,9 @@ class Indexer:
 
     def _publish(self, store: Store, report: IndexReport, started: float) -> Store:
         """Publish a checkpoint; returns the store to go on with."""
-        store = store.checkpoint()
+        published, store = store, store.checkpoint()
+        if published.retrained:
+            report.retrained.append(published.retrained)
         report.peak_disk_bytes = max(report.peak_disk_bytes, folder_bytes(self.index_dir))
         report.checkpoints += 1
         self._last_publish = time.perf_counter()

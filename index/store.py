@@ -6,7 +6,9 @@ Layout of an index directory::
     gen-000007/
         passages.db      SQLite: meta, roots, documents, passages, passages_fts (FTS5, BM25),
                          pending (passages stored and BM25-searchable, not embedded yet)
-        passages.faiss   FAISS IndexIDMap2(IndexFlatIP); ids are passages.id
+        passages.faiss   FAISS: IndexIDMap2(IndexFlatIP) up to 100 k passages, then an IVF
+                         index with 8-bit codes (:mod:`index.vectors` chooses; ``meta``
+                         records which, as ``vector_index``); ids are passages.id
 
 An update copies the live generation into a new one, changes the copy, writes it, and only then
 points ``CURRENT`` at it; an interrupted update leaves the old generation live and untouched.
@@ -14,11 +16,12 @@ A long update publishes checkpoints (:meth:`Store.checkpoint`): passages first, 
 BM25 at once, then their embeddings in batches. On open, the FAISS ids must be exactly the
 passages not pending, and the embedding model must match.
 
-This is the only module that imports faiss.
+FAISS itself is used through :mod:`index.vectors`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -28,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import faiss
 import numpy as np
 import sqlite_utils
 
+from . import vectors as vector_index
 from .chunking import Chunk
 
 SCHEMA_VERSION = 1
@@ -112,25 +115,25 @@ def _live_generation(index_dir: Path) -> Path:
 
 
 def _check_vectors(db: sqlite_utils.Database, vectors, count: int) -> None:
-    """Check that a FAISS index belongs to this database: an ``IndexIDMap2`` holding exactly
-    the ids of the ``count`` embedded passages (those not pending), with finite unit-length
-    vectors (checked on a sample of at most 512).
+    """Check that a FAISS index belongs to this database: an id-mapped index (flat or IVF)
+    holding exactly the ids of the ``count`` embedded passages (those not pending), with
+    finite unit-length vectors (flat: checked on a sample of at most 512).
 
     Raises:
         StoreError: the first difference found (one line).
     """
-    if not isinstance(vectors, faiss.IndexIDMap2):
+    if not vector_index.has_ids(vectors):
         raise StoreError(f"the FAISS file holds a {type(vectors).__name__}, not an id-mapped index")
     if vectors.ntotal != count:
         raise StoreError(f"{vectors.ntotal} vectors for {count} embedded passages")
-    ids = np.sort(faiss.vector_to_array(vectors.id_map))
+    ids = np.sort(vector_index.ids_of(vectors))
     stored = np.fromiter((r[0] for r in db.execute(
         "SELECT id FROM passages WHERE id NOT IN (SELECT passage_id FROM pending) ORDER BY id"
         if _has_table(db, "pending") else "SELECT id FROM passages ORDER BY id")),
         dtype=np.int64, count=count)
     if not np.array_equal(ids, stored):
         raise StoreError("the FAISS ids are not the passage ids")
-    if count:
+    if count and vector_index.is_flat(vectors):
         positions = np.unique(np.linspace(0, count - 1, num=min(count, 512)).astype(np.int64))
         sample = np.stack([vectors.index.reconstruct(int(i)) for i in positions])
         norms = np.linalg.norm(sample, axis=1)
@@ -185,7 +188,8 @@ class Store:
         self.index_dir = index_dir
         self.gen_dir = gen_dir
         self.db = db
-        self.vectors = vectors  # faiss.IndexIDMap2
+        self.vectors = vectors  # a FAISS index with passage ids (index.vectors)
+        self.retrained = ""  # set when publishing moved the vectors into another index kind
         self._writable = False
         self._lock = None
         self._origin = ""  # the generation live when the update began (kept for readers)
@@ -199,13 +203,16 @@ class Store:
         return (Path(index_dir) / _CURRENT).is_file()
 
     @classmethod
-    def open(cls, index_dir: Path, *, embedding_model: str | None = None) -> "Store":
+    def open(cls, index_dir: Path, *, embedding_model: str | None = None,
+             for_update: bool = False) -> "Store":
         """Open the live generation of ``index_dir`` and check it.
 
         Args:
             index_dir: the index directory.
             embedding_model: if given, the model the caller will embed queries with; it must be
                 the one the index was built with.
+            for_update: read the vectors whole, to change them (an on-disk IVF index is
+                otherwise memory-mapped read-only, see :func:`index.vectors.read`).
 
         Raises:
             StoreError: no index, corrupt files, FAISS size != passage count, or another
@@ -221,8 +228,8 @@ class Store:
             raise StoreError(f"index database {gen_dir / _DB} is corrupt or unreadable ({exc}); "
                              "rebuild it with `assistant index --rebuild`") from exc
         try:
-            vectors = faiss.read_index(str(gen_dir / _FAISS))
-        except RuntimeError as exc:
+            vectors = vector_index.read(gen_dir / _FAISS, _spec(meta), for_update=for_update)
+        except (RuntimeError, ValueError) as exc:
             db.conn.close()
             raise StoreError(f"FAISS index {gen_dir / _FAISS} is missing or corrupt; "
                              "rebuild it with `assistant index --rebuild`") from exc
@@ -278,7 +285,7 @@ class Store:
             _make_generation(gen_dir)
             params = {k: str(v) for k, v in (params or {}).items()}
             if cls.exists(index_dir) and not rebuild:
-                old = cls.open(index_dir)
+                old = cls.open(index_dir, for_update=True)
                 meta = old.meta()
                 if meta.get("embedding_model") != embedding_model:
                     raise StoreError(
@@ -298,7 +305,7 @@ class Store:
             else:
                 db = _connect(gen_dir / _DB)
                 _create_schema(db)
-                vectors = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+                vectors = vector_index.empty(dim)
                 db["meta"].insert_all(
                     [{"key": k, "value": str(v)} for k, v in {
                         "schema_version": SCHEMA_VERSION, "embedding_model": embedding_model,
@@ -323,9 +330,10 @@ class Store:
         store.reembedding = store.meta().get("embedding_runtime", "torch") != runtime
         if store.reembedding:
             store.db.execute("INSERT OR IGNORE INTO pending SELECT id FROM passages")
-            store.vectors = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+            store.vectors = vector_index.empty(dim)
             store.db["meta"].insert({"key": "embedding_runtime", "value": runtime},
                                     replace=True)
+            store.db["meta"].delete_where("key = ?", ["vector_index"])
         store._baseline = store.db.conn.total_changes
         return store
 
@@ -402,6 +410,7 @@ class Store:
         try:
             self.db["meta"].insert({"key": "updated_at", "value": str(time.time())},
                                    replace=True)
+            self._fit_index()
             self.db.conn.commit()
             count = _embedded_count(self.db)
             if count != self.vectors.ntotal:  # a bug, never a user error: refuse to publish
@@ -410,7 +419,7 @@ class Store:
             self.db.conn.close()
             _fsync_file(self.gen_dir / _DB)
             tmp = self.gen_dir / (_FAISS + ".tmp")
-            faiss.write_index(self.vectors, str(tmp))
+            vector_index.write(self.vectors, tmp)
             _fsync_file(tmp)
             os.replace(tmp, self.gen_dir / _FAISS)
             _fsync_dir(self.gen_dir)
@@ -422,6 +431,23 @@ class Store:
         except BaseException:
             self.abort()
             raise
+
+    def _fit_index(self) -> None:
+        """Move the vectors into the index kind their count calls for, when it changed enough
+        (:func:`index.vectors.needs_retraining`: flat past 100 k passages, an IVF index whose
+        corpus grew or shrank 4x since its cells were trained); records the choice in
+        ``meta`` and says what was done in ``retrained``."""
+        spec = _spec(self.meta())
+        n = int(self.vectors.ntotal)
+        if not vector_index.needs_retraining(spec, n):
+            return
+        new = {**vector_index.choose(n), "trained_on": n}
+        started = time.perf_counter()
+        self.vectors = vector_index.convert(self.vectors, new)
+        self.db["meta"].insert({"key": "vector_index", "value": json.dumps(new)}, replace=True)
+        self.retrained = (f"vector index: {vector_index.describe(spec)} -> "
+                          f"{vector_index.describe(new)} for {n:,} passages "
+                          f"(trained in {time.perf_counter() - started:.1f} s)")
 
     def abort(self) -> None:
         """Discard this unpublished generation; the live index stays as it was."""
@@ -468,9 +494,11 @@ class Store:
 
     def stats(self) -> dict:
         """Counts: ``{"documents": n, "passages": n, "embedded": n, "roots": [...],
-        "embedding_model": s}`` (``embedded``: passages with a vector; the others are
-        searchable by BM25 only until an `index` run embeds them)."""
+        "embedding_model": s, "vector_index": s}`` (``embedded``: passages with a vector; the
+        others are searchable by BM25 only until an `index` run embeds them;
+        ``vector_index``: the FAISS index kind, e.g. ``flat (exact)``)."""
         return {
+            "vector_index": vector_index.describe(_spec(self.meta())),
             "documents": self.db.execute("SELECT count(*) FROM documents").fetchone()[0],
             "passages": self.db.execute("SELECT count(*) FROM passages").fetchone()[0],
             "embedded": int(self.vectors.ntotal),
@@ -676,6 +704,11 @@ class Store:
     def _check_writable(self) -> None:
         if not self._writable:
             raise StoreError("this index is open read-only; use Store.update() to change it")
+
+def _spec(meta: dict[str, str]) -> dict:
+    """The vector index recorded in ``meta`` (flat when none is: indexes made before)."""
+    return json.loads(meta.get("vector_index") or '{"kind": "flat"}')
+
 
 def _make_generation(gen_dir: Path) -> None:
     """Create a new generation folder, owner-only."""
