@@ -1037,7 +1037,8 @@ def eval_command(ctx, beir_dir, split, squad_dir, questions_name, questions_file
                     **summary, "examples": [r.__dict__ for r in results[name][:20]]})
             if not as_json:
                 reranked = (f"generator reranks top {settings.rerank_k}"
-                            if settings.rerank_k > 1 else "no reranking")
+                            if first.reranks else
+                            "retrieval order, no reranking")
                 if first.prompt_style == "extractive" and settings.rerank_k > 1 and settings.read_k > 1:
                     reranked += f", reads up to {min(settings.read_k, settings.rerank_k)}"
                 if left_out:

@@ -117,9 +117,11 @@ def build(folder: Path, n: int, config: str) -> dict:
             "train_s": round(trained_s, 1), "disk_bytes": disk, "build_peak_rss": _rss()["VmHWM"]}
 
 
-def search(folder: Path, n: int, config: str, sweep: list[int]) -> list[dict]:
+def search(folder: Path, n: int, config: str, sweep: list[int], rerank: int = 0) -> list[dict]:
     """Search the built index with the real queries, one at a time; one result per search
-    setting (nprobe or efSearch) in ``sweep`` (empty: the spec's own)."""
+    setting (nprobe or efSearch) in ``sweep`` (empty: the spec's own). With ``rerank``, each
+    search takes that many candidates and re-scores them exactly with their float32 vectors
+    read from ``vectors-n.f32`` on disk (memory-mapped; row = id)."""
     import faiss
 
     from index import vectors
@@ -130,6 +132,16 @@ def search(folder: Path, n: int, config: str, sweep: list[int]) -> list[dict]:
     spec = _spec(config, n)
     index = faiss.read_index(str(folder / f"{n}-{config}" / "index.faiss"))
     vectors.tune(index, spec)
+    exact = scale_data.vectors(folder, n) if rerank else None
+
+    def ask(q):
+        if not rerank:
+            return index.search(q[None], 10)[1][0]
+        ids = index.search(q[None], rerank)[1][0]
+        ids = np.sort(ids[ids >= 0])
+        scores = np.asarray(exact[ids]) @ q
+        return ids[np.argsort(-scores)[:10]]
+
     results = []
     for setting in sweep or [None]:
         if setting is not None:
@@ -138,17 +150,16 @@ def search(folder: Path, n: int, config: str, sweep: list[int]) -> list[dict]:
             else:
                 faiss.extract_index_ivf(index).nprobe = setting
         for q in queries[:50]:  # warm-up: caches, lists mapped in
-            index.search(q[None], 10)
+            ask(q)
         times, found = [], []
         for q in queries:
             t = time.perf_counter()
-            _, ids = index.search(q[None], 10)
+            found.append(ask(q))
             times.append(time.perf_counter() - t)
-            found.append(ids[0])
         recall = float(np.mean([len(set(f) & set(t[:10])) / 10 for f, t in zip(found, truth)]))
         rss = _rss()
         results.append({
-            "setting": setting if setting is not None else spec.get("nprobe"),
+            "setting": setting if setting is not None else spec.get("nprobe"), "rerank": rerank,
             "p50_ms": round(1000 * float(np.percentile(times, 50)), 3),
             "p95_ms": round(1000 * float(np.percentile(times, 95)), 3),
             "recall@10": round(recall, 4),
@@ -219,14 +230,20 @@ def _worker(args) -> None:
         print(json.dumps(build(folder, n, config)))
     else:
         sweep = [int(s) for s in args.sweep.split(",") if s]
-        print(json.dumps(search(folder, n, config, sweep)))
+        print(json.dumps(search(folder, n, config, sweep, args.rerank)))
 
 
-def _run(folder: Path, step: str, n: int, config: str, sweep: str = "") -> object:
+def _run(folder: Path, step: str, n: int, config: str, sweep: str = "",
+         rerank: int = 0) -> object:
+    if step == "build" and (folder / f"{n}-{config}" / "build.json").exists():
+        return json.loads((folder / f"{n}-{config}" / "build.json").read_text())
     cmd = [sys.executable, __file__, "--dir", str(folder), "--step", step, "--n", str(n),
-           "--config", config, "--sweep", sweep]
+           "--config", config, "--sweep", sweep, "--rerank", str(rerank)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if step == "build":
+        (folder / f"{n}-{config}" / "build.json").write_text(json.dumps(result))
+    return result
 
 
 def main() -> None:
@@ -241,6 +258,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--config", default="", help=argparse.SUPPRESS)
     parser.add_argument("--sweep", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--rerank", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.dir is None:
         from assistant.config import Settings
@@ -278,8 +296,11 @@ def main() -> None:
                 str(p) for p in sorted({spec["nprobe"] // 4, spec["nprobe"] // 2,
                                         spec["nprobe"], spec["nprobe"] * 2}))
                      if spec["kind"] == "ivf" else "")
-            for found in _run(folder, "search", n, config, sweep):
-                row = {**built, **found}
+            found = _run(folder, "search", n, config, sweep)
+            if spec.get("on_disk"):  # the same index, top 50 re-scored with exact vectors
+                found += _run(folder, "search", n, config, str(spec["nprobe"]), rerank=50)
+            for result in found:
+                row = {**built, **result}
                 rows.append(row)
                 log.write(json.dumps(row) + "\n")
                 log.flush()
@@ -297,6 +318,8 @@ def _print_row(r: dict) -> None:
     name = {"hnsw": f"HNSW{spec.get('M')} (efSearch {r['setting']})"}.get(
         spec["kind"], describe({**spec, "nprobe": r["setting"]}) if spec["kind"] == "ivf"
         else "flat (exact)")
+    if r.get("rerank"):
+        name += f" + exact top {r['rerank']}"
     print(f"{r['n']:>10,} {r['config']:<8} {name:<40} build {r['build_s']:>7.1f} s  "
           f"p50 {r['p50_ms']:>7.2f} ms  p95 {r['p95_ms']:>7.2f} ms  recall@10 "
           f"{r['recall@10']:.3f}  RAM {r['ram_anon_bytes'] / 1e9:.2f} GB "

@@ -37,10 +37,11 @@ TRAIN_PER_CELL = 39
 """Training vectors per IVF cell (FAISS warns below 39 per centroid)."""
 TRAIN_MAX = 256 * 1024
 """At most this many training vectors (k-means time grows with it; 2-core CPU)."""
-PROBE_SHARE = 64
-"""``nprobe = max(MIN_PROBES, nlist / PROBE_SHARE)`` (64 of 4,096 cells: recall@10 0.976 at
-1 M; 64 of 2,048: 0.970 at 200 k; measured)."""
-MIN_PROBES = 64
+NPROBE = 64
+"""Cells searched (measured, BENCHMARKS.md "Indexes at scale": 64 of 2,048 cells gives
+recall@10 0.970 at 200 k, 64 of 4,096 0.977 at 1 M in 1.5 ms; at 10 M, 64 of 16,384 gives
+0.916 in 5.8 ms and more cells raise it by 0.002 at 3x the time: the 8-bit codes, not the
+cells searched, limit it there)."""
 
 
 def choose(n: int) -> dict:
@@ -49,7 +50,7 @@ def choose(n: int) -> dict:
     if n <= FLAT_MAX:
         return {"kind": "flat"}
     nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
-    return {"kind": "ivf", "nlist": nlist, "nprobe": max(MIN_PROBES, nlist // PROBE_SHARE),
+    return {"kind": "ivf", "nlist": nlist, "nprobe": min(NPROBE, nlist),
             "code": "SQ8", "on_disk": n >= ON_DISK_FROM}
 
 
@@ -87,10 +88,22 @@ def trained(spec: dict, sample: np.ndarray) -> faiss.Index:
     return index
 
 
+QUANTIZER_EF = 128
+"""``efSearch`` of an HNSW coarse quantizer, when adding and when searching: FAISS's default
+(16) put vectors in cells other than their nearest one, and those were never found again
+(measured at 10 M: recall@10 stuck at 0.92 whatever nprobe, and 0.93 even with the top 50
+re-scored exactly)."""
+
+
 def tune(index: faiss.Index, spec: dict) -> None:
-    """Set search parameters from ``spec`` (``nprobe`` for ``ivf``; nothing for flat)."""
+    """Set search parameters from ``spec`` (``nprobe`` for ``ivf``, and the HNSW quantizer's
+    :data:`QUANTIZER_EF`; nothing for flat)."""
     if spec.get("kind") == "ivf":
-        faiss.extract_index_ivf(index).nprobe = int(spec["nprobe"])
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = int(spec["nprobe"])
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        if isinstance(quantizer, faiss.IndexHNSW):
+            quantizer.hnsw.efSearch = QUANTIZER_EF
 
 
 def needs_retraining(spec: dict, n: int) -> bool:
@@ -199,6 +212,7 @@ def build_on_disk(spec: dict, sample: np.ndarray, batches: Iterable[tuple[np.nda
     shards = []
     for number, (ids, vecs) in enumerate(batches):
         shard = faiss.read_index(str(folder / "trained.faiss"))
+        tune(shard, spec)
         shard.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), ids.astype(np.int64))
         shards.append(str(folder / f"shard-{number:04d}.faiss"))
         faiss.write_index(shard, shards[-1])

@@ -28,8 +28,7 @@ def add(store, path, vecs):
 @pytest.fixture
 def small_thresholds(monkeypatch):
     monkeypatch.setattr(vectors, "FLAT_MAX", 200)
-    monkeypatch.setattr(vectors, "MIN_PROBES", 8)
-    monkeypatch.setattr(vectors, "PROBE_SHARE", 4)
+    monkeypatch.setattr(vectors, "NPROBE", 8)
 
 
 def test_choice_by_size_follows_the_measured_thresholds():
