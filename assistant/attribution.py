@@ -12,16 +12,12 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+from index.words import STOPWORDS
+
 _WORD = re.compile(r"[a-z0-9]+")
 _SENTENCE_END = re.compile(r"[.!?](?=\s)|\n\n")
 CITATION = re.compile(r"\[(\d+(?:\s*[,;-]\s*\d+)*)\]")
 """A citation marker: ``[n]``, ``[n, m]`` or ``[n-m]`` (group 1: the numbers)."""
-STOPWORDS = frozenset(
-    "a an the and or but if of to in on at by for with from as is are was were be been being "
-    "it its this that these those there here which who whom what when where why how not no "
-    "can could may might will would shall should do does did has have had into than then so "
-    "such also only any all each other more most some very just about over under".split()
-)
 
 
 def content_words(text: str) -> set[str]:

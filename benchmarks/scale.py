@@ -52,7 +52,7 @@ def _rss() -> dict:
     fields = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("RssAnon", "RssFile", "VmHWM"):
+        if key in ("RssAnon", "RssFile"):
             fields[key] = int(value.split()[0]) * 1024
     return fields
 
@@ -114,7 +114,7 @@ def build(folder: Path, n: int, config: str) -> dict:
     seconds = time.perf_counter() - started
     disk = sum(p.stat().st_size for p in out.iterdir())
     return {"n": n, "config": config, "spec": spec, "build_s": round(seconds, 1),
-            "train_s": round(trained_s, 1), "disk_bytes": disk, "build_peak_rss": _rss()["VmHWM"]}
+            "train_s": round(trained_s, 1), "disk_bytes": disk}
 
 
 def search(folder: Path, n: int, config: str, sweep: list[int], rerank: int = 0) -> list[dict]:

@@ -7,7 +7,7 @@ scale"; MiniLM-distributed vectors, 384 dimensions, this 2-core CPU):
   about 10 ms per question at 100 k and 100 ms at 1 M.
 - ``ivf``: an inverted file of ``nlist`` k-means cells (4 √n, a power of two) with 8-bit
   scalar-quantised codes (384 bytes a vector, a quarter of float32), ``nprobe`` cells searched
-  (:func:`choose`). At 1 M: 1.7 ms p50 and recall@10 0.976 against exact search, 0.4 GB.
+  (:func:`choose`). At 1 M: 1.5 ms p50 and recall@10 0.977 against exact search, 0.4 GB.
   Passages are added and removed by id without retraining; :func:`needs_retraining` says when
   the corpus has grown or shrunk too far from what the cells were trained on.
 - ``ivf`` with ``on_disk``: from :data:`ON_DISK_FROM` passages a search process maps the
@@ -38,10 +38,9 @@ TRAIN_PER_CELL = 39
 TRAIN_MAX = 256 * 1024
 """At most this many training vectors (k-means time grows with it; 2-core CPU)."""
 NPROBE = 64
-"""Cells searched (measured, BENCHMARKS.md "Indexes at scale": 64 of 2,048 cells gives
-recall@10 0.970 at 200 k, 64 of 4,096 0.977 at 1 M in 1.5 ms; at 10 M, 64 of 16,384 gives
-0.916 in 5.8 ms and more cells raise it by 0.002 at 3x the time: the 8-bit codes, not the
-cells searched, limit it there)."""
+"""Cells searched (measured, BENCHMARKS.md "Indexes at scale"): 64 of 2,048 cells gives
+recall@10 0.970 at 200 k, 64 of 4,096 0.977 at 1 M in 1.5 ms p50, 64 of 16,384 0.975 at 10 M
+in 6.9 ms (128 cells: 0.977 in 9.9 ms)."""
 
 
 def choose(n: int) -> dict:
@@ -92,7 +91,7 @@ QUANTIZER_EF = 128
 """``efSearch`` of an HNSW coarse quantizer, when adding and when searching: FAISS's default
 (16) put vectors in cells other than their nearest one, and those were never found again
 (measured at 10 M: recall@10 stuck at 0.92 whatever nprobe, and 0.93 even with the top 50
-re-scored exactly)."""
+re-scored exactly; with 128: 0.975)."""
 
 
 def tune(index: faiss.Index, spec: dict) -> None:
