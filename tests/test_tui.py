@@ -385,7 +385,7 @@ async def test_the_sources_pane_marks_what_the_answer_quoted(tmp_path):
     app = make_app(tmp_path, FakeGenerator([quote]))
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.manager is not None)
-        await ask(pilot, "What was Super Bowl 50?")
+        await ask(pilot, "Which game determined the NFL champion for the 2015 season?")
         await wait_for(pilot, lambda: answers(app) and answers(app)[0].status == "complete")
         pane = app.query_one(SourcesPane)
         assert pane.answer == answers(app)[0].text
