@@ -17,7 +17,7 @@ scale"; MiniLM-distributed vectors, 384 dimensions, this 2-core CPU):
   ``OnDiskInvertedLists``, as the FAISS wiki's "Indexes that do not fit in RAM" describes); the
   scale benchmark builds its 10 M index that way.
 
-This module and :mod:`index.store` are the only ones that import faiss.
+This is the only module of the app that imports faiss (:mod:`index.store` calls it).
 """
 
 from __future__ import annotations
