@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from .config import ConfigError, Settings, make_private
+from .config import ConfigError, Settings, is_remote, make_private
 from .output import visible
 
 DEFAULT_QUESTION = "How does the with statement work?"
@@ -126,7 +126,7 @@ def load_generator(settings: Settings, *, say=None):
     from .generation import GenerationError, TransformersGenerator
     from .models import ModelNotFound, generator_path
 
-    if settings.generator_model.startswith("openai:"):
+    if is_remote(settings.generator_model):
         return _remote_generator(settings)
     try:
         path = generator_path(settings.generator_model, settings.models_dir, on_convert=say)
@@ -1141,7 +1141,7 @@ def info_command(ctx) -> None:
     click.echo(f"history:          {show(settings.history_path)}")
     click.echo(f"embedding model:  {show(settings.embedding_model)}")
     click.echo(f"generator model:  {show(settings.generator_model)}")
-    if settings.generator_model.startswith("openai:"):
+    if is_remote(settings.generator_model):
         from .generation.remote import api_key
 
         _, source = api_key(settings.api_base, settings.api_key_env)

@@ -29,6 +29,16 @@ MAX_TOP_K = 100
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,2})?")
 
 
+REMOTE_PREFIX = "openai:"
+"""A ``generator_model`` with this prefix is served remotely (``openai:NAME``: NAME as the
+OpenAI-compatible server at ``api_base`` calls it; :mod:`assistant.generation.remote`)."""
+
+
+def is_remote(model: str) -> bool:
+    """True when ``model`` names a model on an OpenAI-compatible server (``openai:NAME``)."""
+    return model.startswith(REMOTE_PREFIX)
+
+
 class ConfigError(Exception):
     """A setting has a bad value or the config file cannot be read; ``str()`` is one line."""
 
@@ -265,8 +275,8 @@ class Settings:
                               f"not {self.precision!r}")
         if not 0 <= self.serve_idle_minutes <= 7 * 24 * 60:
             raise ConfigError("serve_idle_minutes must be between 0 and 10080 (a week)")
-        if self.generator_model.startswith("openai:"):
-            if len(self.generator_model) == len("openai:"):
+        if is_remote(self.generator_model):
+            if self.generator_model == REMOTE_PREFIX:
                 raise ConfigError("generator_model openai:NAME needs the NAME the server uses")
             if not self.api_base:
                 raise ConfigError(f"generator_model {self.generator_model} needs api_base, "

@@ -106,7 +106,7 @@ class Turn:
             every reading included).
         form: the question's form (:data:`assistant.forms.FORMS`), which shaped the answer.
         grounding: how the sources were ordered and the citations found, in words (e.g.
-            ``retrieval order · citations by the model and word overlap``): a remote model
+            ``retrieval order · cited by the model and word overlap``): a remote model
             cannot rerank or show its attention, and the answer says so.
     """
 
@@ -464,10 +464,10 @@ class DialogueManager:
             self.history.finish_turn(turn_id, answer="", status="error", error=str(exc),
                                      retrieval_query=query)
             raise
-        ranking = "reranked by the generator" if self.reranks else "retrieval order"
         return Turn(conversation_id, turn_id, question, query, list(result.hits),
                     result.milliseconds, prompt, reply, self.generator.name, self.history,
-                    form=form, grounding=f"{ranking} · cited by the model and word overlap")
+                    form=form,
+                    grounding=f"{self._ranking} · cited by the model and word overlap")
 
     def _form(self, question: str, earlier: Sequence[tuple[str, str]]) -> str:
         """The question's form (:func:`forms.classify`, after the previous question's for a
@@ -548,13 +548,17 @@ class DialogueManager:
 
         return Turn(conversation_id, turn_id, question, query, hits, result.milliseconds,
                     prompt, None, self.generator.name, self.history, extractive=True,
-                    job=job, form=form,
-                    grounding="reranked by the reader · cited by attention")
+                    job=job, form=form, grounding=f"{self._ranking} · cited by attention")
 
     @property
     def reranks(self) -> bool:
         """True when the generator re-orders the top ``rerank_k`` passages."""
         return self.rerank_k > 1 and hasattr(self.generator, "score")
+
+    @property
+    def _ranking(self) -> str:
+        """How a turn's sources are ordered, in words (the first half of ``grounding``)."""
+        return "reranked by the generator" if self.reranks else "retrieval order"
 
     def _ask_extractive(self, conversation_id: str, turn_id: int, question: str, query: str,
                         result) -> Turn:
@@ -579,5 +583,4 @@ class DialogueManager:
         return Turn(conversation_id, turn_id, question, query, hits, result.milliseconds,
                     prompt, reply, self.generator.name, self.history, extractive=True,
                     read=read, read_k=min(self.read_k, self.rerank_k) if self.reranks else 1,
-                    grounding=("reranked by the generator" if self.reranks else "retrieval order")
-                    + " · cited: the passage read")
+                    grounding=f"{self._ranking} · cited: the passage read")

@@ -502,13 +502,14 @@ class Store:
         "embedding_model": s, "vector_index": s}`` (``embedded``: passages with a vector; the
         others are searchable by BM25 only until an `index` run embeds them;
         ``vector_index``: the FAISS index kind, e.g. ``flat (exact)``)."""
+        meta = self.meta()
         return {
-            "vector_index": vector_index.describe(_spec(self.meta())),
+            "vector_index": vector_index.describe(_spec(meta)),
             "documents": self.db.execute("SELECT count(*) FROM documents").fetchone()[0],
             "passages": self.db.execute("SELECT count(*) FROM passages").fetchone()[0],
             "embedded": int(self.vectors.ntotal),
             "roots": [r[0] for r in self.db.execute("SELECT path FROM roots ORDER BY path")],
-            "embedding_model": self.meta().get("embedding_model"),
+            "embedding_model": meta.get("embedding_model"),
         }
 
     def documents(self) -> dict[str, dict]:

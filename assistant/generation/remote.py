@@ -19,11 +19,8 @@ import time
 from typing import Iterator, Sequence
 from urllib.parse import urlsplit
 
+from ..config import REMOTE_PREFIX, is_remote
 from . import GenerationError, GenerationStats, Message, Reply
-
-PREFIX = "openai:"
-"""A model name with this prefix is served remotely (``openai:NAME``: NAME as the server
-calls it)."""
 
 KEYRING_SERVICE = "assistant"
 """The system keyring's service name for API keys (the user name is the API base URL):
@@ -33,11 +30,6 @@ CHARS_PER_TOKEN = 3.0
 """Characters per token assumed when counting without the server's tokenizer: English
 averages about 4 characters per token with BPE vocabularies of 32k-150k entries (OpenAI's
 tokenizer guide); 3 errs towards shorter prompts, so they fit the model's window."""
-
-
-def is_remote(model: str) -> bool:
-    """True when ``model`` names a model on an OpenAI-compatible server (``openai:NAME``)."""
-    return model.startswith(PREFIX)
 
 
 def api_key(api_base: str, env_name: str, env=None) -> tuple[str, str]:
@@ -71,7 +63,8 @@ class RemoteGenerator:
     """Streams chat completions from an OpenAI-compatible server.
 
     Args:
-        name: ``openai:NAME`` (:data:`PREFIX`); NAME is sent as the request's ``model``.
+        name: ``openai:NAME`` (:data:`~assistant.config.REMOTE_PREFIX`); NAME is sent as
+            the request's ``model``.
         api_base: the server's API root, e.g. ``http://127.0.0.1:8000/v1``.
         key: the API key (see :func:`api_key`); sent as a bearer token, nowhere else.
         key_source: where the key came from (``$NAME``, ``keyring`` or ``none``), and
@@ -97,7 +90,7 @@ class RemoteGenerator:
             raise GenerationError(f"api_base must be an http(s) URL such as "
                                   f"http://127.0.0.1:8000/v1, not {api_base!r}")
         self.name = name
-        self.model = name[len(PREFIX):] if is_remote(name) else name
+        self.model = name[len(REMOTE_PREFIX):] if is_remote(name) else name
         self.api_base = api_base.rstrip("/")
         self.device = self.api_base
         self.context_window = context_window
