@@ -332,7 +332,7 @@ class TransformersGenerator:
             self.precision = precisions.resolve(precision, self.device)
         except precisions.PrecisionError as exc:
             raise GenerationError(str(exc)) from None
-        dtype = precisions.load_dtype(self.precision)
+        dtype = precisions.load_dtype(self.precision, self.device)
         try:
             try:
                 self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

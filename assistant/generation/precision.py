@@ -1,4 +1,4 @@
-"""Numeric precision of the generator's weights: float32, bfloat16, or weight-only int8/int4.
+"""Numeric precision of the generator's weights: float32, float16, bfloat16, or int8/int4.
 
 Decoding one token reads every weight once, so on a CPU its time is about the bytes of the
 weights over the memory bandwidth (Gemma 3 270M in float32: 1.07 GB per token). int8 weights
@@ -14,6 +14,14 @@ answer as float32 for 32 % of 50 SQuAD dev questions, token F1 25.3 against 48.1
 has no bfloat16 arithmetic (no AVX512-BF16/AMX), nor a fast weight-only int8 kernel
 (``torch._weight_int8pack_mm`` and torchao's weight-only int8 ran 10–15× slower than float32).
 
+float16 on a CPU keeps the arithmetic in float32 and only stores the Linear layers' weights
+(the output head included) in float16: fbgemm's packed half-precision GEMM (``quantize_dynamic``
+with ``dtype=torch.float16``) converts them to float32 in registers (F16C, AVX2), so decoding
+reads half the bytes with no activation quantized. Measured here (2 threads): a Gemma-3-270M-
+shaped stack of 126 Linear layers 42.4 → 22.2 ms per token, its 262,144-row head 54.0 → 15.2 ms,
+and a 800-token prefill of one layer 15.8 → 13.4 ms. On CUDA ``fp16`` loads the whole model in
+float16.
+
 This module imports torch; only :mod:`assistant.generation` imports it.
 """
 
@@ -21,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "int8", "int4")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8", "int4")
 
 
 class PrecisionError(ValueError):
@@ -41,8 +49,10 @@ def resolve(precision: str, device: str) -> str:
     return "bf16" if device.startswith("cuda") else "fp32"
 
 
-def load_dtype(precision: str) -> "torch.dtype":
+def load_dtype(precision: str, device: str = "cpu") -> "torch.dtype":
     """The dtype to load the weights in before :func:`apply`."""
+    if precision == "fp16" and device.startswith("cuda"):
+        return torch.float16
     return torch.bfloat16 if precision == "bf16" or precision == "int4" else torch.float32
 
 
@@ -58,23 +68,23 @@ def apply(model, precision: str, device: str, *, head: bool = True):
     Raises:
         PrecisionError: int4 on a CPU; int4, or int8 on a GPU, without torchao.
     """
-    if precision in ("fp32", "bf16"):
-        return model
     on_cpu = device == "cpu"
+    if precision in ("fp32", "bf16") or (precision == "fp16" and not on_cpu):
+        return model
     if precision == "int4" and on_cpu:
         raise PrecisionError("precision 'int4' runs on CUDA only (torchao has no fast CPU int4 "
                              "kernel); on a CPU use int8 (or auto)")
-    if precision == "int8" and on_cpu:
+    if precision in ("int8", "fp16") and on_cpu:
         import warnings
 
         from torch.ao.quantization import quantize_dynamic
 
+        dtype = torch.qint8 if precision == "int8" else torch.float16
         with warnings.catch_warnings():  # PyTorch's notices that this API moves to torchao
             warnings.simplefilter("ignore")
-            quantize_dynamic(model.get_decoder(), {torch.nn.Linear}, dtype=torch.qint8,
-                             inplace=True)
-            if head:  # what is left as nn.Linear: the head
-                quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+            quantize_dynamic(model.get_decoder(), {torch.nn.Linear}, dtype=dtype, inplace=True)
+            if head or precision == "fp16":  # what is left as nn.Linear: the head
+                quantize_dynamic(model, {torch.nn.Linear}, dtype=dtype, inplace=True)
             return model
     try:
         from torchao.quantization import (Int4WeightOnlyConfig, Int8WeightOnlyConfig,
