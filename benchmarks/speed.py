@@ -14,7 +14,7 @@ extra (``pip install -e .[bench]``: it compiles llama.cpp once); without it its 
 skipped.
 
     .venv/bin/python benchmarks/speed.py [--models gemma-3-270m,SmolLM2-135M-Instruct]
-        [--precisions fp32,int8] [--threads 2] [--new-tokens 64]
+        [--precisions fp32,fp16,int8] [--threads 2] [--new-tokens 64]
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def child(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="gemma-3-270m,SmolLM2-135M-Instruct")
-    parser.add_argument("--precisions", default="fp32,int8")
+    parser.add_argument("--precisions", default="fp32,fp16,int8")
     parser.add_argument("--heads", default="full,prompt")
     parser.add_argument("--lengths", default="50,1000")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)

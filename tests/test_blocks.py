@@ -65,7 +65,7 @@ def test_one_block_then_the_question_equals_the_concatenated_prompt(kind, tiny_t
         assert torch.allclose(fused.first_logits, logits[-1], atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["gemma3", "llama"])
+@pytest.mark.parametrize("kind", ["gemma3", "llama", "qwen2"])
 def test_greedy_decoding_over_a_block_matches_generate(kind, tiny_tokenizer):
     model, reader, state = first_passage_prompt(kind, tiny_tokenizer)
     text, done = reader.decode(state, max_new_tokens=6, end_ids=[])
@@ -75,6 +75,54 @@ def test_greedy_decoding_over_a_block_matches_generate(kind, tiny_tokenizer):
     assert done.ids == expected and len(done.ids) == 6
     assert text == tiny_tokenizer.decode(expected)
     assert done.logprob < 0
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "llama", "qwen2"])
+def test_the_direct_decoder_computes_what_the_model_computes(kind, tiny_tokenizer):
+    """Decoding passes of 1 and 3 tokens after a context longer than Gemma's 4-token sliding
+    window: the direct decoder's hidden states equal transformers' decoder's, and both leave
+    the same keys and values in the cache."""
+    from assistant.generation.blocks import DirectDecoder, growing_cache
+
+    model, reader, state = first_passage_prompt(kind, tiny_tokenizer)
+    engine = reader.engine
+    assert isinstance(engine._direct, DirectDecoder)
+    context = state.context
+    keys = [torch.cat([s.keys[i] for s in context], dim=1)[None] for i in range(engine.layers)]
+    values = [torch.cat([s.values[i] for s in context], dim=1)[None]
+              for i in range(engine.layers)]
+    key_pos = torch.cat([s.positions for s in context])
+    start = int(key_pos.max()) + 1
+    caches = {way: growing_cache(keys, values, 2) for way in ("direct", "model")}
+    for run in ([5], [7, 8, 9]):
+        positions = torch.arange(start, start + len(run))
+        key_pos = torch.cat([key_pos, positions])
+        ok = torch.ones(1, key_pos.shape[0], dtype=torch.bool)
+        masks = engine._masks(key_pos[None], ok, positions[None],
+                              key_pos.shape[0] - len(run) + torch.arange(len(run)))
+        ids = torch.tensor([run])
+        direct = engine._direct(ids, positions[None], masks, caches["direct"])
+        with torch.inference_mode():
+            plain = model.get_decoder()(input_ids=ids, position_ids=positions[None],
+                                        attention_mask=masks, use_cache=True,
+                                        **{engine._decoder_cache_arg: caches["model"]})
+        assert torch.allclose(direct, plain.last_hidden_state, atol=1e-5)
+        start += len(run)
+    for a, b in zip(caches["direct"].layers, caches["model"].layers):
+        assert a.filled == b.filled == key_pos.shape[0]
+        assert torch.allclose(a.keys, b.keys, atol=1e-5)
+        assert torch.allclose(a.values, b.values, atol=1e-5)
+
+
+def test_other_architectures_decode_through_transformers(tiny_tokenizer):
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from assistant.generation.blocks import DirectDecoder
+
+    config = Gemma2Config(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                          head_dim=16)
+    assert DirectDecoder.of(Gemma2ForCausalLM(config), ["full_attention"] * 2) is None
 
 
 def test_blocks_in_any_order_or_batch_are_the_same(tiny_tokenizer):
