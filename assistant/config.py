@@ -113,10 +113,11 @@ class Settings:
     this many minutes. 0: ``ask`` uses a server only when one was started by hand."""
 
     precision: str = "auto"
-    """The generator's weights: ``auto`` (bfloat16 on CUDA, float32 on a CPU: what measured
-    fastest with the same answers), ``fp32``, ``bf16``, ``int8`` (on a CPU: faster, but its
-    quantized activations change a base model's answers, see BENCHMARKS.md) or ``int4``
-    (CUDA with torchao; int8 on a GPU needs torchao too)."""
+    """The generator's weights: ``auto`` (what measured fastest with the same answers:
+    float16 weights on an x86 CPU, bfloat16 on CUDA, float32 elsewhere), ``fp32``, ``fp16``
+    (on a CPU: float16 weights, float32 arithmetic; on CUDA: float16), ``bf16``, ``int8`` (on
+    a CPU: faster, but its quantized activations change a base model's answers, see
+    BENCHMARKS.md) or ``int4`` (CUDA with torchao; int8 on a GPU needs torchao too)."""
 
     top_k: int = 5
     """Passages retrieved per question and shown as numbered sources."""
@@ -270,8 +271,8 @@ class Settings:
             raise ConfigError(f"reader must be blocks or text, not {self.reader!r}")
         if self.read_mode not in ("each", "fused"):
             raise ConfigError(f"read_mode must be each or fused, not {self.read_mode!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "int8", "int4"):
-            raise ConfigError(f"precision must be auto, fp32, bf16, int8 or int4, "
+        if self.precision not in ("auto", "fp32", "fp16", "bf16", "int8", "int4"):
+            raise ConfigError(f"precision must be auto, fp32, fp16, bf16, int8 or int4, "
                               f"not {self.precision!r}")
         if not 0 <= self.serve_idle_minutes <= 7 * 24 * 60:
             raise ConfigError("serve_idle_minutes must be between 0 and 10080 (a week)")

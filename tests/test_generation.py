@@ -161,9 +161,10 @@ def test_an_unknown_or_unavailable_precision_is_a_one_line_error(tiny_gemma_dir)
         TransformersGenerator("tiny-gemma", tiny_gemma_dir, device="cpu", precision="int4")
 
 
-def test_auto_precision_is_fp32_on_a_cpu_and_bf16_on_cuda():
-    from assistant.generation.precision import resolve
+def test_auto_precision_is_fp16_weights_on_an_x86_cpu_and_bf16_on_cuda():
+    from assistant.generation.precision import packed_fp16, resolve
 
-    assert resolve("auto", "cpu") == "fp32"
+    assert resolve("auto", "cpu") == ("fp16" if packed_fp16() else "fp32")
+    assert resolve("auto", "mps") == "fp32"
     assert resolve("auto", "cuda:0") == "bf16"
     assert resolve("fp32", "cpu") == "fp32"

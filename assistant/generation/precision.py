@@ -7,7 +7,8 @@ activations quantized per batch; fbgemm/oneDNN kernels, AVX2 and up): measured h
 at decoding than torchao 0.18's int8 weight-only config, which has no fast CPU kernel without
 ``torch.compile`` (BENCHMARKS.md). On CUDA, int8 and int4 use torchao's weight-only configs
 when torchao is installed (not measured here: no GPU was lent). ``auto`` picks what measured fastest
-with the same answers (BENCHMARKS.md, "Generation speed"): bfloat16 on CUDA, float32 on a CPU.
+with the same answers (BENCHMARKS.md, "Generation speed"): bfloat16 on CUDA, float16 weights
+(below) on an x86 CPU, float32 elsewhere.
 On this project's 2-core AVX2 machine int8 decoded 1.6× faster and prefilled 1.5–2× faster,
 but quantizing the activations (what makes it fast) changed Gemma 3 270M's answers: the same
 answer as float32 for 32 % of 50 SQuAD dev questions, token F1 25.3 against 48.1; and this CPU
@@ -19,8 +20,9 @@ float16 on a CPU keeps the arithmetic in float32 and only stores the Linear laye
 with ``dtype=torch.float16``) converts them to float32 in registers (F16C, AVX2), so decoding
 reads half the bytes with no activation quantized. Measured here (2 threads): a Gemma-3-270M-
 shaped stack of 126 Linear layers 42.4 → 22.2 ms per token, its 262,144-row head 54.0 → 15.2 ms,
-and a 800-token prefill of one layer 15.8 → 13.4 ms. On CUDA ``fp16`` loads the whole model in
-float16.
+and a 800-token prefill of one layer 15.8 → 13.4 ms; the answers of 300 SQuAD dev questions
+were all the float32 ones. Packing the weights costs about 5 s per load (Gemma 3 270M; fbgemm
+packs on one thread). On CUDA ``fp16`` loads the whole model in float16.
 
 This module imports torch; only :mod:`assistant.generation` imports it.
 """
@@ -44,9 +46,21 @@ def resolve(precision: str, device: str) -> str:
     """
     if precision not in PRECISIONS:
         raise PrecisionError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device == "cpu" and not packed_fp16():
+        raise PrecisionError("precision 'fp16' on this CPU needs PyTorch's fbgemm kernels "
+                             "(x86 builds); use fp32 (or auto)")
     if precision != "auto":
         return precision
-    return "bf16" if device.startswith("cuda") else "fp32"
+    if device.startswith("cuda"):
+        return "bf16"
+    return "fp16" if device == "cpu" and packed_fp16() else "fp32"
+
+
+def packed_fp16() -> bool:
+    """Whether this PyTorch build has fbgemm's float16-weight GEMM (x86 builds; ARM builds
+    have only qnnpack, which lacks it)."""
+    engines = torch.backends.quantized.supported_engines
+    return "fbgemm" in engines or "x86" in engines
 
 
 def load_dtype(precision: str, device: str = "cpu") -> "torch.dtype":
