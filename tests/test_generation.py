@@ -133,9 +133,13 @@ def test_int8_and_fp16_weights_give_the_float32_greedy_answer(tiny_gemma, tiny_g
 
     int8 = TransformersGenerator("tiny-gemma", tiny_gemma_dir, device="cpu", precision=precision)
     assert int8.precision == precision
-    assert any("quantized" in type(m).__module__ for m in int8.model.modules())
-    if precision == "fp16":  # int8 keeps a base model's head in float32 (see precision.apply)
-        assert "quantized" in type(int8.model.get_output_embeddings()).__module__
+    if precision == "fp16":  # every Linear, the output head included, packed in pieces
+        from assistant.generation.precision import Fp16Linear
+
+        assert not any(type(m) is torch.nn.Linear for m in int8.model.modules())
+        assert isinstance(int8.model.get_output_embeddings(), Fp16Linear)
+    else:  # int8 keeps a base model's head in float32 (see precision.apply)
+        assert any("quantized" in type(m).__module__ for m in int8.model.modules())
 
     def answer(generator, restrict):
         blocks = generator.blocks
@@ -150,6 +154,27 @@ def test_int8_and_fp16_weights_give_the_float32_greedy_answer(tiny_gemma, tiny_g
     assert ids == ref_ids
     assert torch.allclose(logits, ref_logits, atol=tolerance * float(ref_logits.abs().max()))
     assert answer(int8, True)[1] == answer(tiny_gemma, True)[1]
+
+
+def test_a_linear_packed_in_fp16_pieces_computes_the_float16_rounded_product(monkeypatch):
+    """A layer bigger than one piece is packed in pieces whose outputs are concatenated: the
+    product equals float32 arithmetic over the float16-rounded weight, bias included, and
+    ``weight()`` gives that weight back."""
+    import torch
+
+    from assistant.generation import precision
+
+    monkeypatch.setattr(precision, "PACK_ROWS", 16)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.Linear(40, 8, bias=False))
+    x = torch.randn(3, 5, 24)
+    rounded = [layer.weight.detach().half().float() for layer in model]
+    expected = torch.nn.functional.linear(
+        torch.nn.functional.linear(x, rounded[0], model[0].bias.detach()), rounded[1])
+    precision.pack_fp16(model, threads=2)
+    assert [len(layer.pieces) for layer in model] == [3, 1]
+    assert torch.allclose(model(x), expected, atol=1e-5)
+    assert torch.equal(model[0].weight(), rounded[0])
 
 
 def test_an_unknown_or_unavailable_precision_is_a_one_line_error(tiny_gemma_dir):
