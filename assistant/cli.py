@@ -6,6 +6,8 @@ commands, so ``assistant --help`` starts at once.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import subprocess
@@ -121,57 +123,71 @@ def load_embedder(settings: Settings, *, for_index: bool = False):
                         f"({runtime}): {str(exc).splitlines()[0]}") from None
 
 
-def load_generator(settings: Settings, *, say=None):
-    """The generator named in settings; converts an embedded GGUF on first use."""
+def load_generator(settings: Settings, *, say=None, model_lock=None):
+    """The generator named in settings; converts an embedded GGUF on first use.
+
+    ``model_lock``: held while a model is built (the one-time conversion, the weights); see
+    :func:`start_generator`."""
     from .generation import GenerationError, TransformersGenerator
     from .models import ModelNotFound, generator_path
 
     if is_remote(settings.generator_model):
         return _remote_generator(settings)
+    lock = model_lock or contextlib.nullcontext()
     try:
-        path = generator_path(settings.generator_model, settings.models_dir, on_convert=say)
+        with lock:
+            path = generator_path(settings.generator_model, settings.models_dir, on_convert=say)
         return TransformersGenerator(settings.generator_model, path, device=settings.device,
-                                     precision=settings.precision)
+                                     precision=settings.precision, model_lock=model_lock)
     except (ModelNotFound, GenerationError) as exc:
         raise UserError(str(exc)) from None
 
 
-def start_generator(settings: Settings, *, say=None):
-    """Start loading the generator on a thread, so that it loads while the embedder loads and
-    the index opens (the two take about 4 and 6–8 s on a 2-core CPU, each mostly on one
-    core). Returns a function that waits for the generator and returns it, or raises what
-    :func:`load_generator` raised.
+class GeneratorLoad:
+    """The generator loading on a thread (see :func:`start_generator`).
+
+    Attributes:
+        models: a lock to hold while building any other transformers model (the embedder):
+            transformers builds models under process-wide patches, so two must not be built
+            at once.
+    """
+
+    def __init__(self, settings: Settings, say=None):
+        import threading
+
+        self.models = threading.Lock()
+        self._box: dict = {}
+        self._thread = threading.Thread(target=self._run, args=(settings, say),
+                                        name="load-generator", daemon=True)
+        self._thread.start()
+
+    def _run(self, settings: Settings, say) -> None:
+        try:
+            self._box["generator"] = load_generator(settings, say=say, model_lock=self.models)
+        except BaseException as exc:  # re-raised on the calling thread by result()
+            self._box["error"] = exc
+
+    def result(self):
+        """Wait for the generator and return it; raises what :func:`load_generator` raised."""
+        self._thread.join()
+        if "error" in self._box:
+            raise self._box["error"]
+        return self._box["generator"]
+
+
+def start_generator(settings: Settings, *, say=None) -> GeneratorLoad:
+    """Start loading the generator on a thread, so that its tokenizer (about 4 s for Gemma 3's
+    262,144 entries) loads while the embedder loads, each mostly on one core. Build the
+    embedder while holding the returned load's ``models`` lock; then call ``result()``.
 
     torch and transformers are imported here first, on the calling thread, so that the two
     loads never import the same modules at once."""
-    import threading
+    if not is_remote(settings.generator_model):
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
 
-    if is_remote(settings.generator_model):  # nothing to load
-        generator = load_generator(settings, say=say)
-        return lambda: generator
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
-
-    from . import generation  # noqa: F401
-
-    box: dict = {}
-
-    def run():
-        try:
-            box["generator"] = load_generator(settings, say=say)
-        except BaseException as exc:  # re-raised on the calling thread by wait()
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name="load-generator", daemon=True)
-    thread.start()
-
-    def wait():
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["generator"]
-
-    return wait
+        from . import generation  # noqa: F401
+    return GeneratorLoad(settings, say)
 
 
 def _remote_generator(settings: Settings):
@@ -496,10 +512,11 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
 
     # From here to the answer, background embedding (any `index` run of ours) waits for us.
     ctx.with_resource(answering())
-    generator = start_generator(settings, say=say)
-    embedder = load_embedder(settings)
+    loading = start_generator(settings, say=say)
+    with loading.models:
+        embedder = load_embedder(settings)
     ensure_demo_index(settings, embedder)
-    manager = build_manager(settings, say=say, embedder=embedder, generator=generator())
+    manager = build_manager(settings, say=say, embedder=embedder, generator=loading.result())
     messages = _turn_messages(manager, settings, request,
                               load_s=time.perf_counter() - started)
     _print_turn(messages, as_json)
@@ -633,10 +650,11 @@ def serve_command(ctx, idle_minutes, stop_it) -> None:
     if idle_minutes is None:
         idle_minutes = settings.serve_idle_minutes or 10.0
     say = lambda message: click.echo(message, err=True)  # noqa: E731
-    generator = start_generator(settings, say=say)
-    embedder = load_embedder(settings)
+    loading = start_generator(settings, say=say)
+    with loading.models:
+        embedder = load_embedder(settings)
     ensure_demo_index(settings, embedder, say=say)
-    manager = build_manager(settings, say=say, embedder=embedder, generator=generator())
+    manager = build_manager(settings, say=say, embedder=embedder, generator=loading.result())
     manager.warm_up()
     try:
         serve.serve(settings, serve_handler(manager, settings), idle_s=60 * idle_minutes,
@@ -691,12 +709,13 @@ def chat_command(ctx, resume_last, session_id, paths) -> None:
                 say("indexing your documents: waiting for the first passages…")
                 time.sleep(0.5)
         say("loading the models…")
-        generator = start_generator(settings, say=say)
-        embedder = load_embedder(settings)
+        loading = start_generator(settings, say=say)
+        with loading.models:
+            embedder = load_embedder(settings)
         if indexer is None:
             ensure_demo_index(settings, embedder, say=say)
-        return build_manager(settings, say=say, embedder=embedder, generator=generator(),
-                             history=history)
+        return build_manager(settings, say=say, embedder=embedder,
+                             generator=loading.result(), history=history)
 
     try:
         ChatApp(history=history, load=load, model_name=settings.generator_model, keymap=keymap,

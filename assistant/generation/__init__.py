@@ -311,15 +311,21 @@ class TransformersGenerator:
         path: local directory or hub id to load from (a hub id is looked up in the local cache
             first; the network is used only when it is not cached).
         device: ``auto``, ``cpu``, ``cuda``, ... (see :func:`pick_device`).
-        precision: ``auto``, ``fp32``, ``bf16``, ``int8`` or ``int4`` weights (see
-            :mod:`assistant.generation.precision`; ``auto``: bfloat16 on CUDA, float32 on a CPU).
+        precision: ``auto``, ``fp32``, ``fp16``, ``bf16``, ``int8`` or ``int4`` weights (see
+            :mod:`assistant.generation.precision`; ``auto``: bfloat16 on CUDA, float16
+            weights on an x86 CPU).
+        model_lock: held while the model's weights are instantiated: transformers builds
+            models under process-wide patches (weights first made on the ``meta`` device), so
+            two models must not be built at once on two threads; the tokenizer loads outside
+            it.
 
     Raises:
         GenerationError: the model cannot be found or loaded, or the precision cannot run
             here.
     """
 
-    def __init__(self, name: str, path: str, *, device: str = "auto", precision: str = "fp32"):
+    def __init__(self, name: str, path: str, *, device: str = "auto", precision: str = "fp32",
+                 model_lock=None):
         quiet_hub()
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -342,9 +348,10 @@ class TransformersGenerator:
                     raise
                 self.tokenizer = AutoTokenizer.from_pretrained(path)
                 local = False
-            self.model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=dtype, local_files_only=local
-            ).to(self.device)
+            with model_lock or contextlib.nullcontext():
+                self.model = AutoModelForCausalLM.from_pretrained(
+                    path, dtype=dtype, local_files_only=local
+                ).to(self.device)
             self.model = precisions.apply(self.model.eval(), self.precision, self.device,
                                           head=self.has_chat_template)
         except precisions.PrecisionError as exc:
