@@ -138,7 +138,8 @@ def load_generator(settings: Settings, *, say=None, model_lock=None):
         with lock:
             path = generator_path(settings.generator_model, settings.models_dir, on_convert=say)
         return TransformersGenerator(settings.generator_model, path, device=settings.device,
-                                     precision=settings.precision, model_lock=model_lock)
+                                     precision=settings.precision, model_lock=model_lock,
+                                     cache_dir=Path(settings.models_dir) / "prefix-cache")
     except (ModelNotFound, GenerationError) as exc:
         raise UserError(str(exc)) from None
 

@@ -125,6 +125,40 @@ def test_other_architectures_decode_through_transformers(tiny_tokenizer):
     assert DirectDecoder.of(Gemma2ForCausalLM(config), ["full_attention"] * 2) is None
 
 
+def test_a_stored_prefix_is_read_back_instead_of_run_again(tiny_tokenizer, tmp_path):
+    """The worked examples' cache written by one process is read by the next without a
+    forward pass, identical; a damaged file is computed again and replaced; another model
+    key or other text never reads it."""
+    from assistant.generation.blocks import PrefixStore
+
+    model = tiny_model("gemma3", len(tiny_tokenizer))
+    store = PrefixStore(tmp_path / "prefixes", "tiny-gemma fp32 cpu")
+
+    def reader(runs: list):
+        made = BlockReader(model, tiny_tokenizer, "cpu", name="tiny", max_bytes=10**9,
+                           lock=threading.Lock(), prefixes=store)
+        run = made.engine.run
+        made.engine.run = lambda *a, **k: runs.append(1) or run(*a, **k)
+        return made
+
+    runs: list = []
+    first = reader(runs).prefix(PREFIX)
+    assert runs == [1] and len(list(store.folder.iterdir())) == 1
+    runs.clear()
+    again = reader(runs).prefix(PREFIX)
+    assert runs == []
+    assert all(torch.equal(a, b) for a, b in zip(first.keys + first.values,
+                                                  again.keys + again.values))
+    assert torch.equal(first.positions, again.positions) and again.ids == first.ids
+    path = store.path(first.ids)
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    third = reader(runs).prefix(PREFIX)
+    assert runs == [1] and torch.equal(third.keys[0], first.keys[0])
+    assert reader(runs).prefix(PREFIX) is not None and runs == [1]  # rewritten whole
+    assert PrefixStore(store.folder, "another model").path(first.ids) != path
+    assert store.path(first.ids[:-1]) != path
+
+
 def test_blocks_in_any_order_or_batch_are_the_same(tiny_tokenizer):
     model = tiny_model("gemma3", len(tiny_tokenizer))
     one = reader_for(model, tiny_tokenizer)

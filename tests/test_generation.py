@@ -177,6 +177,19 @@ def test_a_linear_packed_in_fp16_pieces_computes_the_float16_rounded_product(mon
     assert torch.equal(model[0].weight(), rounded[0])
 
 
+def test_the_prefix_cache_on_disk_is_keyed_by_the_model_files_and_precision(tiny_gemma_dir,
+                                                                           tmp_path):
+    from assistant.generation import TransformersGenerator, model_files_key
+
+    stores = [TransformersGenerator("tiny-gemma", tiny_gemma_dir, device="cpu", precision=p,
+                                    cache_dir=tmp_path).blocks.prefixes for p in ("fp32", "fp16")]
+    assert all(store is not None and store.folder == tmp_path for store in stores)
+    assert stores[0].path([1, 2, 3]) != stores[1].path([1, 2, 3])
+    assert model_files_key("google/gemma-3-270m", "fp32", "cpu") is None  # a hub id
+    plain = TransformersGenerator("tiny-gemma", tiny_gemma_dir, device="cpu")
+    assert plain.blocks.prefixes is None
+
+
 def test_an_unknown_or_unavailable_precision_is_a_one_line_error(tiny_gemma_dir):
     from assistant.generation import GenerationError, TransformersGenerator
 

@@ -303,6 +303,22 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tmp.rename(out_dir)
 
 
+def model_files_key(path: str, precision: str, device: str) -> str | None:
+    """What a cache computed by the model in local directory ``path`` depends on: its
+    config, the names, sizes and modification times of its files, the precision, device and
+    library versions. None for a model that is not a local directory (a hub id)."""
+    import torch
+    import transformers
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in folder.iterdir() if f.is_file())
+    return repr((str(folder.resolve()), files, precision, device, torch.__version__,
+                 transformers.__version__))
+
+
 class TransformersGenerator:
     """A :class:`Generator` on a Hugging Face causal LM.
 
@@ -318,6 +334,9 @@ class TransformersGenerator:
             models under process-wide patches (weights first made on the ``meta`` device), so
             two models must not be built at once on two threads; the tokenizer loads outside
             it.
+        cache_dir: where to keep the worked examples' key/value cache between processes
+            (see :class:`~assistant.generation.blocks.PrefixStore`); only for a model loaded
+            from a local directory. None: computed in every process.
 
     Raises:
         GenerationError: the model cannot be found or loaded, or the precision cannot run
@@ -325,7 +344,7 @@ class TransformersGenerator:
     """
 
     def __init__(self, name: str, path: str, *, device: str = "auto", precision: str = "fp32",
-                 model_lock=None):
+                 model_lock=None, cache_dir: str | Path | None = None):
         quiet_hub()
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -369,6 +388,9 @@ class TransformersGenerator:
         )
         self._lock = threading.Lock()  # one generation at a time per model
         self._blocks = None
+        self._prefix_key = (model_files_key(path, self.precision, self.device)
+                            if cache_dir is not None else None)
+        self._cache_dir = cache_dir
 
     has_blocks = True
 
@@ -381,10 +403,13 @@ class TransformersGenerator:
         """The :class:`~assistant.generation.blocks.BlockReader` of this model: passages as
         key/value blocks (made on first use)."""
         if self._blocks is None:
-            from .blocks import BlockReader
+            from .blocks import BlockReader, PrefixStore
 
+            prefixes = (PrefixStore(self._cache_dir, self._prefix_key)
+                        if self._prefix_key else None)
             self._blocks = BlockReader(self.model, self.tokenizer, self.device, name=self.name,
-                                       max_bytes=self.block_cache_bytes, lock=self._lock)
+                                       max_bytes=self.block_cache_bytes, lock=self._lock,
+                                       prefixes=prefixes)
         return self._blocks
 
     @property

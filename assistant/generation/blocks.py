@@ -799,6 +799,69 @@ class Scored:
     states: list[State]
 
 
+class PrefixStore:
+    """Prefix caches (the worked examples' key/value cache) kept on disk, so that a new
+    process reads the cache instead of running the prefix again: Gemma 3 270M's 659-token
+    extractive prefix takes 1.3–3.5 s to run on this 2-core CPU and about 24 MB to store
+    (float32).
+
+    A file is named by the SHA-256 of ``model_key`` (which names the model files, precision,
+    device and library versions) and the prefix's token ids, and written atomically; an
+    unreadable or mismatched file is ignored and replaced.
+
+    Args:
+        folder: where the files go (created on first save).
+        model_key: identifies everything the cache depends on besides the token ids.
+    """
+
+    def __init__(self, folder, model_key: str):
+        from pathlib import Path
+
+        self.folder = Path(folder)
+        self.model_key = model_key
+
+    def path(self, ids: Sequence[int]):
+        digest = hashlib.sha256(f"{self.model_key}\n{list(ids)}".encode()).hexdigest()
+        return self.folder / f"prefix-{digest[:32]}.safetensors"
+
+    def load(self, ids: Sequence[int], layers: int) -> KV | None:
+        """The stored cache of ``ids``, or None (not stored, unreadable, or not matching)."""
+        import json
+
+        from safetensors import safe_open
+
+        path = self.path(ids)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if json.loads(f.metadata().get("ids", "null")) != list(ids):
+                    return None
+                kv = KV([f.get_tensor(f"k{i}") for i in range(layers)],
+                        [f.get_tensor(f"v{i}") for i in range(layers)],
+                        f.get_tensor("positions"), list(ids))
+        except Exception:  # missing, truncated or foreign: compute it again
+            return None
+        return kv if all(k.shape[1] == len(ids) for k in kv.keys) else None
+
+    def save(self, kv: KV) -> None:
+        """Store ``kv`` (best effort: a full or read-only disk leaves nothing behind)."""
+        import json
+        import os
+
+        from safetensors.torch import save_file
+
+        path = self.path(kv.ids)
+        tensors = {f"k{i}": k.contiguous() for i, k in enumerate(kv.keys)}
+        tensors.update({f"v{i}": v.contiguous() for i, v in enumerate(kv.values)})
+        tensors["positions"] = kv.positions.contiguous()
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(temporary), metadata={"ids": json.dumps(list(kv.ids))})
+            os.replace(temporary, path)
+        except OSError:
+            temporary.unlink(missing_ok=True)
+
+
 class BlockReader:
     """Passage blocks for one model: a prefix cache, an LRU of blocks, question scoring,
     readings and attention support, all over the same key/value blocks.
@@ -809,11 +872,13 @@ class BlockReader:
         name: the model's name (part of every block key).
         max_bytes: the block LRU's bound in bytes.
         lock: held around every forward pass (one model, one pass at a time).
+        prefixes: where prefix caches are kept on disk (None: computed in each process).
     """
 
     def __init__(self, model, tokenizer, device: str, *, name: str, max_bytes: int,
-                 lock: threading.Lock):
+                 lock: threading.Lock, prefixes: PrefixStore | None = None):
         self.engine = BlockModel(model, device)
+        self.prefixes = prefixes
         self.tokenizer = tokenizer
         self.name = name
         self.cache = BlockCache(max_bytes)
@@ -827,12 +892,18 @@ class BlockReader:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def prefix(self, text: str) -> KV:
-        """The key/value cache of ``text`` at positions 0.. (kept for the latest text)."""
+        """The key/value cache of ``text`` at positions 0.. (kept for the latest text; read
+        from and written to :attr:`prefixes` when there is one)."""
         if self._prefix is None or self._prefix[0] != text:
             ids = self.tokens(text)
-            with self.lock:
-                _, new, _ = self.engine.run([Row([], ids, list(range(len(ids))))])
-            self._prefix = (text, new[0])
+            kv = self.prefixes.load(ids, self.engine.layers) if self.prefixes else None
+            if kv is None:
+                with self.lock:
+                    _, new, _ = self.engine.run([Row([], ids, list(range(len(ids))))])
+                kv = new[0]
+                if self.prefixes:
+                    self.prefixes.save(kv)
+            self._prefix = (text, kv)
         return self._prefix[1]
 
     def blocks(self, prefix: KV, items: Sequence[tuple[object, str]], *,
