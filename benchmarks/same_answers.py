@@ -14,7 +14,7 @@ builds the benchmark index).
 
 Variants: ``passages`` (readings compute only their prompt's tokens' logits, the default
 ``output_head``), ``full`` (the reference), and ``<precision>`` or ``<precision>+passages``
-for the generator loaded with ``precision`` (``bf16``, ``int8``, ``int4``).
+for the generator loaded with ``precision`` (``fp16``, ``bf16``, ``int8``, ``int4``).
 """
 
 from __future__ import annotations
