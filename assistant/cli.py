@@ -7,7 +7,6 @@ commands, so ``assistant --help`` starts at once.
 from __future__ import annotations
 
 import contextlib
-
 import json
 import os
 import subprocess

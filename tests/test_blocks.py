@@ -88,12 +88,9 @@ def test_the_direct_decoder_computes_what_the_model_computes(kind, tiny_tokenize
     engine = reader.engine
     assert isinstance(engine._direct, DirectDecoder)
     context = state.context
-    keys = [torch.cat([s.keys[i] for s in context], dim=1)[None] for i in range(engine.layers)]
-    values = [torch.cat([s.values[i] for s in context], dim=1)[None]
-              for i in range(engine.layers)]
     key_pos = torch.cat([s.positions for s in context])
     start = int(key_pos.max()) + 1
-    caches = {way: growing_cache(keys, values, 2) for way in ("direct", "model")}
+    caches = {way: growing_cache(context, 2) for way in ("direct", "model")}
     for run in ([5], [7, 8, 9]):
         positions = torch.arange(start, start + len(run))
         key_pos = torch.cat([key_pos, positions])

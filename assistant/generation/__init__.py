@@ -388,9 +388,10 @@ class TransformersGenerator:
         )
         self._lock = threading.Lock()  # one generation at a time per model
         self._blocks = None
-        self._prefix_key = (model_files_key(path, self.precision, self.device)
-                            if cache_dir is not None else None)
-        self._cache_dir = cache_dir
+        from .blocks import PrefixStore
+
+        key = model_files_key(path, self.precision, self.device) if cache_dir else None
+        self._prefixes = PrefixStore(cache_dir, key) if key else None
 
     has_blocks = True
 
@@ -403,13 +404,11 @@ class TransformersGenerator:
         """The :class:`~assistant.generation.blocks.BlockReader` of this model: passages as
         key/value blocks (made on first use)."""
         if self._blocks is None:
-            from .blocks import BlockReader, PrefixStore
+            from .blocks import BlockReader
 
-            prefixes = (PrefixStore(self._cache_dir, self._prefix_key)
-                        if self._prefix_key else None)
             self._blocks = BlockReader(self.model, self.tokenizer, self.device, name=self.name,
                                        max_bytes=self.block_cache_bytes, lock=self._lock,
-                                       prefixes=prefixes)
+                                       prefixes=self._prefixes)
         return self._blocks
 
     @property
