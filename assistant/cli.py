@@ -181,12 +181,14 @@ def start_generator(settings: Settings, *, say=None) -> GeneratorLoad:
     embedder while holding the returned load's ``models`` lock; then call ``result()``.
 
     torch and transformers are imported here first, on the calling thread, so that the two
-    loads never import the same modules at once."""
+    loads never import the same modules at once, and their progress bars are silenced."""
     if not is_remote(settings.generator_model):
         import torch  # noqa: F401
         import transformers  # noqa: F401
 
-        from . import generation  # noqa: F401
+        from . import generation
+
+        generation.quiet_hub()  # before the embedder loads: no weight-loading bar of theirs
     return GeneratorLoad(settings, say)
 
 

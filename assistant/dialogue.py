@@ -19,14 +19,14 @@ from index.turns import answering
 
 from .attribution import CITATION, CitationShaper
 from .composer import Composer
-from .forms import classify, conversation_request, recap
+from .forms import classify, conversation_request, misspelt, names, recap
 from .generation import GenerationError, GenerationStats, Generator, Reply
 from .history import History, SourceRecord
 from .extractive import (ExtractiveAnswer, example_questions, extractive_prefix,
                          extractive_prompt, finish)
 from .prompts import Prompt, build_prompt
 from .question import check_question
-from .reader import ExtractiveReader, Reading, question_text
+from .reader import NOT_FOUND, ExtractiveReader, Reading, question_text
 from .rerank import answer_value, rerank
 
 _FOLLOW_UP = re.compile(
@@ -335,7 +335,9 @@ class DialogueManager:
             with ``has_blocks``.
         read_mode: with ``blocks``: ``each`` or ``fused`` (see :mod:`assistant.reader`).
         abstain_threshold: with ``blocks``: say the documents do not hold the answer when the
-            reader's estimate that they do is below this (0 never abstains).
+            reader's estimate that they do is below this (0 never abstains). With any reader
+            or model, unless 0: a question naming something the documents never mention
+            (:meth:`_not_mentioned`) is answered so without reading.
         answer_forms: with ``blocks``: shape the answer for the question's form
             (:mod:`assistant.forms`, :mod:`assistant.composer`); False answers every question
             with a span.
@@ -443,6 +445,10 @@ class DialogueManager:
             raise RuntimeError(message)
         try:
             result = self.retriever.search(query, k=self.top_k, mode=self.mode)
+            unknown = self._unknown_names(question, result.hits)
+            if unknown:
+                return self._not_mentioned(conversation_id, turn_id, question, query, result,
+                                           unknown)
             if self.reads_blocks:
                 return self._ask_blocks(conversation_id, turn_id, question, query, result,
                                         earlier)
@@ -489,6 +495,38 @@ class DialogueManager:
         shaped = Composer(self.retriever.embedder.embed).compose(form, question, empty,
                                                                  query=query)
         return form, list(shaped.sentences)
+
+    def _unknown_names(self, question: str, hits: Sequence[Hit]) -> list[str]:
+        """The names in ``question`` (:func:`forms.names`: "UDP", "PostgreSQL", "Pride") that
+        no indexed passage holds, leaving out what looks like a misspelling of a word in the
+        retrieved passages (:func:`forms.misspelt`); [] when abstention is off."""
+        store = getattr(self.retriever, "store", None)
+        if not self.abstain_threshold or store is None:
+            return []
+        absent = store.absent_words(names(question))
+        texts = [h.passage.text for h in hits]
+        return [n for n in absent if misspelt(n, texts) is None]
+
+    def _not_mentioned(self, conversation_id: str, turn_id: int, question: str, query: str,
+                       result: SearchResult, unknown: Sequence[str]) -> Turn:
+        """A turn that says the documents do not hold the answer because they never mention
+        ``unknown`` (words of the question), with the closest passages still listed; nothing
+        is read or generated. On the question set's tune split this caught 3 of the 5
+        unanswerable questions ("Is PostgreSQL faster than MySQL?") and no answerable one; on
+        SQuAD dev, 7 of 2,921 answerable questions (abbreviations the articles spell out:
+        "NYC", "RB") are caught wrongly."""
+        quoted = ", ".join(f"“{n}”" for n in unknown)
+        text = f"{NOT_FOUND} They never mention {quoted}."
+        reading = Reading(list(result.hits), ExtractiveAnswer("", None, text), abstained=True,
+                          features={"absent": list(unknown)})
+        shown = Prompt([{"role": "user", "content": question}], passages_used=len(result.hits),
+                       tokens=0)  # the closest passages are still listed
+        return Turn(conversation_id, turn_id, question, query, list(result.hits),
+                    result.milliseconds, shown, None, self.generator.name, self.history,
+                    extractive=True, job=lambda cancelled: reading,
+                    form=self._form(question, []),
+                    grounding="retrieval order · not read: the documents never mention "
+                              + quoted)
 
     def _recap(self, conversation_id: str, turn_id: int, question: str,
                request: tuple[str, str]) -> Turn:

@@ -552,6 +552,22 @@ class Store:
         ).fetchall()
         return [(int(r[0]), float(r[1])) for r in rows]
 
+    def absent_words(self, words: Sequence[str]) -> list[str]:
+        """The ``words`` that neither occur in any passage's text, heading or title nor begin
+        a word there (FTS5 prefix queries with the same Porter stemming as
+        :meth:`bm25_search`: "tuples" finds "tuple", "Lev" finds "Levi's"); one indexed lookup
+        per word. A word with no letters or digits is never reported."""
+        absent = []
+        for word in words:
+            term = " ".join(re.findall(r"\w+", word))
+            if not term.strip("_ "):
+                continue
+            row = self.db.execute("SELECT 1 FROM passages_fts WHERE passages_fts MATCH ? LIMIT 1",
+                                  ['"' + term.replace('"', "") + '"*']).fetchone()
+            if row is None:
+                absent.append(word)
+        return absent
+
     # ---- writing -----------------------------------------------------------------------
     def add_roots(self, roots: Iterable[str]) -> None:
         """Remember folders/files given to `index`, so a bare `assistant index` re-scans them."""

@@ -87,6 +87,28 @@ def test_question_survives_a_crash_mid_answer(tmp_path, retriever):
     gate.set()
 
 
+def test_a_question_naming_what_the_documents_never_mention_is_not_read(tmp_path, retriever):
+    gen = FakeGenerator(["Never said."])
+    m = manager(tmp_path, retriever, gen)
+    turn = m.ask("Did the Broncos play at the Hogwarts stadium?")
+    answer = "".join(turn)
+    assert turn.abstained and answer == turn.answer
+    assert answer.startswith("I could not find this in your documents.") and "“Hogwarts”" in answer
+    assert gen.calls == [] and turn.reading.features == {"absent": ["Hogwarts"]}
+    assert turn.sources_shown == 3 and turn.cited() == []  # the closest are still listed
+    row = m.history.turns(turn.conversation_id)[0]
+    assert row["status"] == "complete" and row["abstained"] == 1 and len(row["sources"]) == 3
+    # a name the passages hold, or a misspelling of one of theirs, is read as usual
+    for question in ("Which NFL team won Super Bowl 50?", "Which team did the Bronccos beat?"):
+        assert not m.ask(question).abstained
+    assert len(gen.calls) == 2
+    # with abstention off, even an unknown name is read
+    off = DialogueManager(retriever=retriever, generator=gen, history=m.history, top_k=3,
+                          abstain_threshold=0)
+    assert not off.ask("Did the Broncos play at the Hogwarts stadium?").abstained
+    assert len(gen.calls) == 3
+
+
 def test_base_model_answers_with_an_aligned_span(tmp_path, retriever):
     gen = FakeGenerator([" the Denver", " Broncos.", "\n"], chat=False)
     m = manager(tmp_path, retriever, gen)

@@ -37,6 +37,32 @@ def test_classify_names_the_form(question, form):
     assert forms.classify(question) == form
 
 
+@pytest.mark.parametrize("question, named", [
+    ("What is the difference between TCP and UDP?", ["TCP", "UDP"]),
+    ("Is PostgreSQL faster than MySQL?", ["PostgreSQL", "MySQL"]),
+    ("Summarize the plot of Pride and Prejudice.", ["Pride", "Prejudice"]),
+    ("What is the difference between __str__ and __repr__?", ["__str__", "__repr__"]),
+    ("What is Cachegrind's output?", ["Cachegrind"]),
+    ("and what is DRD?", ["DRD"]),
+    ("Does the iPhone app sync?", ["iPhone"]),
+    ("Summarize what Valgrind is.", ["Valgrind"]),  # the first word's capital alone is not one
+    ("Should I use -O2 when compiling for Memcheck?", ["Memcheck"]),  # digits: no
+    ("HOW DOES THE WITH STATEMENT WORK?", []),  # shouted: capitals mean nothing
+    ("How Does The With Statement Work For UDP", ["UDP"]),  # Title Case: acronyms only
+    ("how do lists work?", []),
+])
+def test_names_are_the_words_that_name_something(question, named):
+    assert forms.names(question) == named
+
+
+def test_a_misspelt_name_is_matched_to_the_word_it_resembles():
+    texts = ["ABC bought land in Hollywood.", "Gandhi's work was called satyagraha."]
+    assert forms.misspelt("Hollwood", texts) == "hollywood"
+    assert forms.misspelt("Ghandi", texts) == "gandhi"
+    assert forms.misspelt("PostgreSQL", texts) is None
+    assert forms.misspelt("UDP", ["UDF is a format."]) is None  # under 4 letters: exact only
+
+
 def test_a_follow_up_keeps_the_previous_form_or_takes_its_own():
     assert forms.classify("and tuples?", "comparison") == "comparison"
     assert forms.classify("what about DRD?", "definition") == "definition"

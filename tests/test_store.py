@@ -31,6 +31,17 @@ def test_faiss_ids_are_passage_ids_and_both_searches_work(tmp_path, fake_embedde
     assert "Levi's Stadium" in store.passages([bm25[0][0]])[0].text
 
 
+def test_absent_words_are_those_no_passage_holds(tmp_path, fake_embedder):
+    texts = ["Tuples are immutable sequences.", "Levi's Stadium is in Santa Clara.",
+             "The __repr__ method returns the official string."]
+    with Store.update(tmp_path, embedding_model="fake-bow", dim=256) as store:
+        add(store, fake_embedder, "/r/a.txt", texts)
+    store = Store.open(tmp_path, embedding_model="fake-bow")
+    # stemmed ("tuple"), a word's beginning ("Lev"), any case, an identifier's word part
+    assert store.absent_words(["tuple", "Lev", "SANTA", "__repr__", "stadiums"]) == []
+    assert store.absent_words(["PostgreSQL", "Clara", "UDP", '"', "__"]) == ["PostgreSQL", "UDP"]
+
+
 def test_remove_document_removes_vectors_and_fts(tmp_path, fake_embedder, squad_passages):
     with Store.update(tmp_path, embedding_model="fake-bow", dim=256) as store:
         doc = add(store, fake_embedder, "/r/a.txt", [squad_passages[0]["text"]])
