@@ -19,7 +19,8 @@ from index.turns import answering
 
 from .attribution import CITATION, CitationShaper
 from .composer import Composer
-from .forms import classify, conversation_request, misspelt, names, recap
+from .forms import (classify, conversation_request, misspelt, names, recap,
+                    spelled_out)
 from .generation import GenerationError, GenerationStats, Generator, Reply
 from .history import History, SourceRecord
 from .extractive import (ExtractiveAnswer, example_questions, extractive_prefix,
@@ -499,13 +500,15 @@ class DialogueManager:
     def _unknown_names(self, question: str, hits: Sequence[Hit]) -> list[str]:
         """The names in ``question`` (:func:`forms.names`: "UDP", "PostgreSQL", "Pride") that
         no indexed passage holds, leaving out what looks like a misspelling of a word in the
-        retrieved passages (:func:`forms.misspelt`); [] when abstention is off."""
+        retrieved passages (:func:`forms.misspelt`) and acronyms they spell out
+        (:func:`forms.spelled_out`); [] when abstention is off."""
         store = getattr(self.retriever, "store", None)
         if not self.abstain_threshold or store is None:
             return []
         absent = store.absent_words(names(question))
         texts = [h.passage.text for h in hits]
-        return [n for n in absent if misspelt(n, texts) is None]
+        return [n for n in absent
+                if misspelt(n, texts) is None and spelled_out(n, texts) is None]
 
     def _not_mentioned(self, conversation_id: str, turn_id: int, question: str, query: str,
                        result: SearchResult, unknown: Sequence[str]) -> Turn:
@@ -513,8 +516,8 @@ class DialogueManager:
         ``unknown`` (words of the question), with the closest passages still listed; nothing
         is read or generated. On the question set's tune split this caught 3 of the 5
         unanswerable questions ("Is PostgreSQL faster than MySQL?") and no answerable one; on
-        SQuAD dev, 7 of 2,921 answerable questions (abbreviations the articles spell out:
-        "NYC", "RB") are caught wrongly."""
+        SQuAD dev, 2 of 2,921 answerable questions ("Superbowl" for "Super Bowl", the misspelt
+        "Geegen") are caught wrongly."""
         quoted = ", ".join(f"“{n}”" for n in unknown)
         text = f"{NOT_FOUND} They never mention {quoted}."
         reading = Reading(list(result.hits), ExtractiveAnswer("", None, text), abstained=True,

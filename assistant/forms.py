@@ -101,6 +101,23 @@ def misspelt(name: str, texts: Sequence[str]) -> str | None:
     return None
 
 
+def spelled_out(acronym: str, texts: Sequence[str]) -> str | None:
+    """Consecutive words of ``texts`` whose initials spell ``acronym`` (2–6 capitals; an
+    ending "s" is a plural: "NYC" → "New York City", "RBs" → "running backs"), the way
+    Schwartz & Hearst (2003) match an abbreviation to its long form; else None."""
+    letters = acronym[:-1] if acronym.endswith("s") and acronym[:-1].isupper() else acronym
+    if not (2 <= len(letters) <= 6 and letters.isupper() and letters.isalpha()):
+        return None
+    size = len(letters)
+    for text in texts:
+        words = re.findall(r"[A-Za-z][\w'’-]*", text)
+        initials = "".join(w[0].upper() for w in words)
+        at = initials.find(letters)
+        if at >= 0:
+            return " ".join(words[at:at + size])
+    return None
+
+
 def classify(question: str, previous: str | None = None) -> str:
     """The form of ``question``: one of :data:`FORMS`.
 

@@ -63,6 +63,14 @@ def test_a_misspelt_name_is_matched_to_the_word_it_resembles():
     assert forms.misspelt("UDP", ["UDF is a format."]) is None  # under 4 letters: exact only
 
 
+def test_an_acronym_is_found_spelled_out():
+    texts = ["ABC owns a studio in New York City.", "He was a running back for years."]
+    assert forms.spelled_out("NYC", texts) == "New York City"
+    assert forms.spelled_out("RBs", texts) == "running back"
+    assert forms.spelled_out("UDP", texts) is None
+    assert forms.spelled_out("Python", texts) is None  # not an acronym
+
+
 def test_a_follow_up_keeps_the_previous_form_or_takes_its_own():
     assert forms.classify("and tuples?", "comparison") == "comparison"
     assert forms.classify("what about DRD?", "definition") == "definition"
