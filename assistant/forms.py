@@ -201,6 +201,10 @@ _SPLIT = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9\"*])")
 _JUNK = re.compile(r"^[*=~^#\-_]{3,}$|::=|^\s*>>>|^\s*\.\.\.\s|\+-{3,}|\|.*\|")
 _ABBREVIATION = re.compile(r"\b(?:e\.g|eg|i\.e|ie|cf|etc|vs|viz|approx|no|fig|sec)\. ", re.I)
 _BULLET = re.compile(r"^(?:[*\-•]|\d+\.|\(\w\))\s+")
+_POINTER = re.compile(
+    r"^(?:for (?:more|further|additional|full) (?:information|details|discussion)\b"
+    r"|see (?:also\b|the (?:section|chapter|documentation)\b|section\b|chapter\b)"
+    r"|refer to\b|more (?:information|details) (?:on|about|can be found)\b)", re.I)
 
 
 def sentences(hit: int, text: str) -> list[Sentence]:
@@ -209,7 +213,8 @@ def sentences(hit: int, text: str) -> list[Sentence]:
     (``::=``), tables, code prompts, questions (an FAQ's own question restates the user's,
     it does not answer it), title-case lines (headings, tables of contents), fragments with
     no closing punctuation that are not list items (text cut by code or by the passage's
-    end) and pieces under four words."""
+    end), pointers elsewhere ("For more information on context managers, see Context
+    Manager Types.") and pieces under four words."""
     out: list[Sentence] = []
     blocks = re.split(r"\n\s*\n|\n(?=\s*(?:[*\-•]|\d+\.)\s)", text)
     for block in blocks:
@@ -226,6 +231,7 @@ def sentences(hit: int, text: str) -> list[Sentence]:
             piece = _BULLET.sub("", piece.strip()).replace("\x00", " ")
             closed = bool(re.search(r"[.!:;][\"')\]]*$", piece))
             if (len(re.findall(r"[A-Za-z]{2,}", piece)) < 4 or _JUNK.search(piece)
+                    or _POINTER.match(piece)
                     or piece.endswith("?") or _title_case(piece)
                     or not (closed or (item and n == len(pieces) - 1))):
                 continue

@@ -119,6 +119,15 @@ def test_sentences_skip_headings_grammar_and_split_lists():
     assert {s.hit for s in forms.sentences(3, RST)} == {3}
 
 
+def test_pointers_elsewhere_are_not_sentences_to_quote():
+    text = ("A context manager defines __enter__() and __exit__(). For more information on "
+            "context managers, see Context Manager Types.\n\nSee also: PEP 343, the with "
+            "statement. See section 3.3.9 for how methods are looked up. Refer to the library "
+            "reference for details.")
+    assert [s.text for s in forms.sentences(0, text)] == [
+        "A context manager defines __enter__() and __exit__()."]
+
+
 def _sentences(*texts):
     return [forms.Sentence(hit, index, text) for hit, index, text in texts]
 
