@@ -209,7 +209,8 @@ _POINTER = re.compile(
 
 def sentences(hit: int, text: str) -> list[Sentence]:
     """The sentences of one passage, in order: split at sentence ends and at blank lines or
-    list bullets (bullet marks dropped). Left out: headings' underlines, grammar rules
+    list bullets (bullet marks dropped). Left out: headings' underlines, indented blocks
+    other than prose (code; see :func:`_prose`), grammar rules
     (``::=``), tables, code prompts, questions (an FAQ's own question restates the user's,
     it does not answer it), title-case lines (headings, tables of contents), fragments with
     no closing punctuation that are not list items (text cut by code or by the passage's
@@ -221,7 +222,7 @@ def sentences(hit: int, text: str) -> list[Sentence]:
         lines = [line for line in block.splitlines() if line.strip()]
         if not lines or any(_JUNK.search(line.strip()) for line in lines[:1]):
             continue
-        if len(lines) > 1 and all(line.startswith("   ") for line in lines):
+        if len(lines) > 1 and all(line.startswith("   ") for line in lines) and not _prose(lines):
             continue  # an indented code or grammar block
         flat = _ABBREVIATION.sub(lambda m: m.group(0).replace(". ", ".\x00"),
                                  " ".join(" ".join(lines).split()))
@@ -237,6 +238,16 @@ def sentences(hit: int, text: str) -> list[Sentence]:
                 continue
             out.append(Sentence(hit, len(out), piece))
     return out
+
+
+def _prose(lines: Sequence[str]) -> bool:
+    """True when an indented block is prose (a method's description under its signature, as
+    Sphinx's text output indents it) rather than code: it ends a sentence, and at least 80 %
+    of its 8 or more words are plain words."""
+    words = " ".join(lines).split()
+    plain = [w for w in words if re.fullmatch(r"[(\"“'‘]*[A-Za-z][a-z’'-]*[)\"”'’.,;:!?]*", w)]
+    return (len(words) >= 8 and len(plain) >= 0.8 * len(words)
+            and bool(re.search(r"[.!?:][\"')\]”’]*$", lines[-1].strip())))
 
 
 def _title_case(text: str) -> bool:

@@ -128,6 +128,16 @@ def test_pointers_elsewhere_are_not_sentences_to_quote():
         "A context manager defines __enter__() and __exit__()."]
 
 
+def test_an_indented_description_is_prose_and_indented_code_is_not():
+    text = ('object.__repr__(self)\n\n   Called by the "repr()" built-in function to compute '
+            'the “official”\n   string representation of an object. The return\n   value must '
+            'be a string object.\n\n   def f(arg): pass    # a function that does nothing\n'
+            '   class C: pass       # a class with no methods (yet)\n')
+    assert [s.text for s in forms.sentences(0, text)] == [
+        'Called by the "repr()" built-in function to compute the “official” string '
+        'representation of an object.', "The return value must be a string object."]
+
+
 def _sentences(*texts):
     return [forms.Sentence(hit, index, text) for hit, index, text in texts]
 
