@@ -111,20 +111,22 @@ class Composer:
 
     def _missing_side(self, question: str, things: Sequence[str],
                       candidates: Sequence[forms.Sentence], hits: Sequence[Hit]) -> Hit | None:
-        """A passage naming the compared thing (of ``things``, :func:`forms.compared`) no
-        candidate sentence names, found by one more search ("<thing> <question's other
-        words>"), or None."""
+        """A passage with a sentence naming the compared thing (of ``things``,
+        :func:`forms.compared`) no candidate sentence names, found among the top 10 of one
+        more search ("<thing> <question's other words>"), or None."""
         if not things:
             return None
         seen = {h.passage.id for h in hits}
         for thing in things:
             key = forms.thing_key(thing)
-            if any(key in c.text.lower() for c in candidates):
+            if any(forms.names_thing(c.text, key) for c in candidates):
                 continue
             rest = " ".join(w for w in forms.content_words(question)
                             if w not in forms.content_words(" ".join(things)))
-            for hit in self.search(f"{thing} {rest}".strip(), 3):
-                if hit.passage.id not in seen and key in hit.passage.text.lower():
+            for hit in self.search(f"{thing} {rest}".strip(), 10):
+                if hit.passage.id not in seen and any(
+                        forms.names_thing(c.text, key)
+                        for c in forms.sentences(0, hit.passage.text)):
                     return hit
         return None
 

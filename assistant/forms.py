@@ -389,7 +389,7 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
                 return (ranked[i] + scores[i]) / 2 + (0.2 if defines else 0.1 if
                                                       text.startswith(key) else 0.0)
 
-            named = [i for i in range(len(candidates)) if key and key in candidates[i].text.lower()
+            named = [i for i in range(len(candidates)) if names_thing(candidates[i].text, key)
                      and candidates[i] not in picked and not candidates[i].intro]
             if named:
                 picked.append(candidates[max(named, key=value)])
@@ -424,6 +424,20 @@ def defines(sentence: str, term: str) -> bool:
     key = re.escape(thing_key(term))
     return bool(re.match(r"^(?:the |an? )?\W?" + key + r"\w*\W?(?: \w+)?\s+(?:is|are)\b|^\W?"
                          + key + r"\w*\W?:", sentence.strip(), re.I))
+
+
+def names_thing(text: str, key: str) -> bool:
+    """True when ``text`` names the compared thing whose :func:`thing_key` is ``key``: as a
+    substring ("tuple" in "Tuples are ..."), except for a function word or a symbol ("is",
+    "and", "=="), which every sentence holds as a word or a part of one: those must stand
+    quoted or alone between spaces (the docs write operators as ``"is"``, ``x == y``)."""
+    text = text.lower()
+    if key and key.isalnum() and key not in _STOP:
+        return key in text
+    quoted = re.escape(key)
+    return bool(key) and bool(re.search(
+        rf"[\"“'‘`]{quoted}[\"”'’`]" + ("" if key.isalnum() else rf"|(?<!\S){quoted}(?!\S)"),
+        text))
 
 
 def thing_key(thing: str) -> str:

@@ -138,6 +138,14 @@ def test_an_indented_description_is_prose_and_indented_code_is_not():
         'representation of an object.', "The return value must be a string object."]
 
 
+def test_a_compared_function_word_or_symbol_must_stand_quoted_or_alone():
+    assert forms.names_thing("Tuples are immutable sequences.", "tuple")
+    assert not forms.names_thing("This is a list of operators.", "is")  # a word of every sentence
+    assert forms.names_thing('The operators "is" and "is not" test identity.', "is")
+    assert forms.names_thing("x == y is true when the values are equal.", "==")
+    assert not forms.names_thing("Use !== in JavaScript.", "==")
+
+
 def _sentences(*texts):
     return [forms.Sentence(hit, index, text) for hit, index, text in texts]
 
