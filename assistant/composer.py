@@ -70,7 +70,7 @@ class Composer:
         if not candidates:
             return reading
         asks = [query or question] + [f"What is {t}?" for t in things]
-        vectors = self.embed(asks + [c.text for c in candidates])  # (asks + n, dim)
+        vectors = self.embed(asks + [c.full for c in candidates])  # (asks + n, dim)
         similarity = vectors[len(asks):] @ vectors[:len(asks)].T  # (n, asks) cosine
         scores = forms.score_sentences(query or question, candidates,
                                        similarity[:, 0].tolist())
@@ -119,13 +119,13 @@ class Composer:
         seen = {h.passage.id for h in hits}
         for thing in things:
             key = forms.thing_key(thing)
-            if any(forms.names_thing(c.text, key) for c in candidates):
+            if any(forms.names_thing(c.full, key) for c in candidates):
                 continue
             rest = " ".join(w for w in forms.content_words(question)
                             if w not in forms.content_words(" ".join(things)))
             for hit in self.search(f"{thing} {rest}".strip(), 10):
                 if hit.passage.id not in seen and any(
-                        forms.names_thing(c.text, key)
+                        forms.names_thing(c.full, key)
                         for c in forms.sentences(0, hit.passage.text)):
                     return hit
         return None

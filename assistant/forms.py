@@ -185,11 +185,19 @@ def _thing(text: str) -> str:
 @dataclass(frozen=True)
 class Sentence:
     """A sentence of a retrieved passage: ``hit`` (0-based), ``index`` (order in the
-    passage) and ``text`` (whitespace collapsed, list bullet removed)."""
+    passage), ``text`` (whitespace collapsed, list bullet removed) and ``label``."""
 
     hit: int
     index: int
     text: str
+    label: str = ""
+    """The signature a description stands under (``object.__enter__(self)``), for its first
+    sentence; quoted before it, since the description alone does not name what it describes."""
+
+    @property
+    def full(self) -> str:
+        """The text with its label, as it is scored and shown."""
+        return f"{self.label}: {self.text}" if self.label else self.text
 
     @property
     def intro(self) -> bool:
@@ -201,6 +209,7 @@ _SPLIT = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9\"*])")
 _JUNK = re.compile(r"^[*=~^#\-_]{3,}$|::=|^\s*>>>|^\s*\.\.\.\s|\+-{3,}|\|.*\|")
 _ABBREVIATION = re.compile(r"\b(?:e\.g|eg|i\.e|ie|cf|etc|vs|viz|approx|no|fig|sec)\. ", re.I)
 _BULLET = re.compile(r"^(?:[*\-•]|\d+\.|\(\w\))\s+")
+_SIGNATURE = re.compile(r"^(?:class |async def |def )?[A-Za-z_][\w.]*\(.{0,80}\)(?: -> \S.*)?$")
 _POINTER = re.compile(
     r"^(?:for (?:more|further|additional|full) (?:information|details|discussion)\b"
     r"|see (?:also\b|the (?:section|chapter|documentation)\b|section\b|chapter\b)"
@@ -218,11 +227,17 @@ def sentences(hit: int, text: str) -> list[Sentence]:
     Manager Types.") and pieces under four words."""
     out: list[Sentence] = []
     blocks = re.split(r"\n\s*\n|\n(?=\s*(?:[*\-•]|\d+\.)\s)", text)
+    signature = ""
     for block in blocks:
         lines = [line for line in block.splitlines() if line.strip()]
+        label, signature = signature, ""
         if not lines or any(_JUNK.search(line.strip()) for line in lines[:1]):
             continue
-        if len(lines) > 1 and all(line.startswith("   ") for line in lines) and not _prose(lines):
+        if len(lines) == 1 and _SIGNATURE.match(lines[0].strip()):
+            signature = lines[0].strip()  # the next block, indented, describes it
+            continue
+        indented = all(line.startswith("   ") for line in lines)
+        if indented and len(lines) > 1 and not _prose(lines):
             continue  # an indented code or grammar block
         flat = _ABBREVIATION.sub(lambda m: m.group(0).replace(". ", ".\x00"),
                                  " ".join(" ".join(lines).split()))
@@ -236,7 +251,8 @@ def sentences(hit: int, text: str) -> list[Sentence]:
                     or piece.endswith("?") or _title_case(piece)
                     or not (closed or (item and n == len(pieces) - 1))):
                 continue
-            out.append(Sentence(hit, len(out), piece))
+            out.append(Sentence(hit, len(out), piece, label if indented else ""))
+            label = ""
     return out
 
 
@@ -298,7 +314,7 @@ def score_sentences(question: str, candidates: Sequence[Sentence], similarity: S
     words = content_words(question)
     out = []
     for sentence, sim in zip(candidates, similarity):
-        overlap = len(words & content_words(sentence.text)) / len(words) if words else 0.0
+        overlap = len(words & content_words(sentence.full)) / len(words) if words else 0.0
         out.append(sim + overlap_weight * overlap - rank_weight * sentence.hit)
     return out
 
@@ -389,7 +405,7 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
                 return (ranked[i] + scores[i]) / 2 + (0.2 if defines else 0.1 if
                                                       text.startswith(key) else 0.0)
 
-            named = [i for i in range(len(candidates)) if names_thing(candidates[i].text, key)
+            named = [i for i in range(len(candidates)) if names_thing(candidates[i].full, key)
                      and candidates[i] not in picked and not candidates[i].intro]
             if named:
                 picked.append(candidates[max(named, key=value)])
@@ -453,7 +469,8 @@ def render(picked: Sequence[Sentence], number: Callable[[int], int], *, form: st
     """The answer in Markdown: the sentences with their source numbers (``number(hit)``),
     as one paragraph, or as bullets for a ``list`` of three or more; a yes/no ``verdict``
     ("Yes"/"No") first in bold."""
-    parts = [f"{escape(s.text)} [{number(s.hit)}]" for s in picked]
+    parts = [(f"`{s.label}`: " if s.label else "") + f"{escape(s.text)} [{number(s.hit)}]"
+             for s in picked]
     if form == "list" and len(parts) >= 3:
         body = "\n".join(f"- {p}" for p in parts)
     else:

@@ -146,6 +146,19 @@ def test_a_compared_function_word_or_symbol_must_stand_quoted_or_alone():
     assert not forms.names_thing("Use !== in JavaScript.", "==")
 
 
+def test_a_description_is_labelled_with_the_signature_it_stands_under():
+    text = ("A context manager defines the runtime context.\n\nobject.__enter__(self)\n\n"
+            "   Enter the runtime context related to this object. The \"with\"\n   statement "
+            "binds this method’s return value to the target.\n")
+    got = forms.sentences(0, text)
+    assert [(s.label, s.text[:30]) for s in got] == [
+        ("", "A context manager defines the "), ("object.__enter__(self)", "Enter the runtime context rela"),
+        ("", 'The "with" statement binds thi')]
+    assert got[1].full.startswith("object.__enter__(self): Enter")
+    assert forms.render(got[1:2], lambda h: h + 1, form="definition") == (
+        "`object.__enter__(self)`: Enter the runtime context related to this object. [1]")
+
+
 def _sentences(*texts):
     return [forms.Sentence(hit, index, text) for hit, index, text in texts]
 
