@@ -77,7 +77,7 @@ def turn_json(turn, *, model: str, device: str = "", load_s: float | None = None
     return {
         "question": turn.question,
         "answer": turn.answer,
-        "short_answer": getattr(turn, "short_answer", ""),
+        "short_answer": short_answer(turn),
         "status": turn.status,
         "conversation_id": turn.conversation_id,
         "turn_id": turn.turn_id,
@@ -100,16 +100,31 @@ def turn_json(turn, *, model: str, device: str = "", load_s: float | None = None
     }
 
 
+def short_answer(turn) -> str:
+    """The reader's answer span when the answer shows it (a factoid's bold span, a yes/no's
+    evidence), else ''. A sentence-form answer (how, why, a comparison, a list) is read for a
+    span too, but that span is not the answer and is not shown, so scripts do not get it."""
+    span = getattr(turn, "short_answer", "") or ""
+    plain = turn.answer.replace("\\", "")
+    return span if span and span.replace("\\", "") in plain else ""
+
+
+# A sentence ends at . ! ? or a citation's ], before white space that does not start a
+# citation: "It is. [1] Then" splits after "[1]", so the citation stays with its sentence.
+_SENTENCE_END = re.compile(r"(?<=[.!?\]])\s+(?=[^\s\[]|\[(?!\d))|\n\n+")
+
+
 def sentence_support(turn) -> list[dict]:
     """Per answer sentence: its text, the sources it cites and their support weights
-    (``{"text", "cites", "support"}``); a sentence citing nothing is ``unsupported``."""
+    (``{"text", "cites", "support"}``); a sentence citing nothing is ``unsupported``. A
+    citation right after a sentence's full stop (``It is. [1]``) belongs to that sentence."""
     from .attribution import CITATION
     from .dialogue import cited_numbers
 
     weights = {s.number: s.support for s in turn.sources()}
     out = []
-    for part in re.split(r"(?<=[.!?\]])\s+|\n\n+", turn.answer.strip()):
-        text = CITATION.sub("", part).strip().lstrip("> ").strip()
+    for part in _SENTENCE_END.split(turn.answer.strip()):
+        text = re.sub(r"\s+([.,;:!?])", r"\1", CITATION.sub("", part)).strip().lstrip("> ").strip()
         if not text:
             continue
         cites = [n for n in cited_numbers(part) if n in weights]

@@ -4,6 +4,7 @@ import pytest
 
 from assistant.dialogue import DialogueManager
 from assistant.history import History
+from assistant.output import turn_json
 from index.ingest import Indexer
 from index.retrieval import Retriever
 from index.store import Store
@@ -274,6 +275,11 @@ def test_a_how_question_gets_cited_sentences_streamed_one_by_one(tmp_path, retri
         assert piece.strip().endswith(f"[{number}]")  # each sentence streams with its source
         assert " ".join(sentence.split()[:3]) in turn.hits[number - 1].passage.text
     assert turn.short_answer == turn.reading.raw_span  # the span stays the short answer
+    # --json: each sentence with the citation that follows its full stop
+    data = turn_json(turn, model="tiny")
+    assert [s["cites"] for s in data["sentences"]] == [[n] for n, _ in turn.reading.sentences]
+    assert not any(s["unsupported"] for s in data["sentences"])
+    assert data["short_answer"] in turn.answer  # '' unless the answer shows the span
     assert history.turns(turn.conversation_id)[0]["answer"] == turn.answer
     # a follow-up with no verb of its own keeps the form; spans when forms are off
     follow = m.ask("and the Panthers?", conversation_id=turn.conversation_id)

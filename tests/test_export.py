@@ -81,3 +81,24 @@ def test_chat_needs_a_terminal(tmp_path):
     assert result.exit_code == 1
     assert result.output.strip() == ("error: chat needs a terminal; use `assistant ask QUESTION` "
                                      "in scripts")
+
+
+def test_json_sentences_keep_their_citations_and_hide_an_unshown_span():
+    from types import SimpleNamespace
+
+    from assistant.output import sentence_support, short_answer
+
+    sources = [SimpleNamespace(number=1, support=0.7), SimpleNamespace(number=2, support=0.2)]
+    turn = SimpleNamespace(
+        answer="Lists are mutable. [1] Tuples are not.  [2] Both hold items [1, 2].\n\n"
+               "A claim with no source.",
+        short_answer="mutable sequences", sources=lambda: sources)
+    got = sentence_support(turn)
+    assert [s["text"] for s in got] == ["Lists are mutable.", "Tuples are not.",
+                                        "Both hold items.", "A claim with no source."]
+    assert [s["cites"] for s in got] == [[1], [2], [1, 2], []]
+    assert got[1]["support"] == {"2": 0.2} and [s["unsupported"] for s in got] == [
+        False, False, False, True]
+    assert short_answer(turn) == ""  # read, but not what the answer shows
+    turn.answer, turn.short_answer = "**with\\_item** [1]", "with_item"
+    assert short_answer(turn) == "with_item"
