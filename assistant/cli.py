@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from .config import ConfigError, Settings, is_remote, make_private
-from .output import visible
+from .output import plain, visible
 
 DEFAULT_QUESTION = "How does the with statement work?"
 
@@ -585,7 +585,7 @@ def _print_turn(messages, as_json: bool) -> None:
     try:
         for message in messages:
             if "fragment" in message and not as_json:
-                click.echo(visible(message["fragment"]), nl=False)
+                click.echo(visible(plain(message["fragment"])), nl=False)
             end = message.get("end")
             if end is None:
                 continue

@@ -26,6 +26,14 @@ def visible(text: str, *, one_line: bool = False) -> str:
     return (_CONTROL_LINE if one_line else _CONTROL).sub(_shown, text)
 
 
+def plain(text: str) -> str:
+    """An answer's Markdown as `ask` prints it for reading: the backslashes that keep a
+    passage's own ``*``, ``_``, backticks or brackets literal (see
+    :func:`assistant.extractive.markdown_escape`) are dropped, so ``\\_\\_enter\\_\\_()``
+    reads ``__enter__()``; bold and citations stay as written."""
+    return re.sub(r"\\([\\`*_\[\]<>#|])", r"\1", text)
+
+
 def location(source: Any) -> str:
     """``path:start-end``, ``path, p. N`` or ``path`` for a passage, a source record, or a
     stored source row (a dict with the same keys); the path made :func:`visible`."""

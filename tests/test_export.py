@@ -102,3 +102,12 @@ def test_json_sentences_keep_their_citations_and_hide_an_unshown_span():
     assert short_answer(turn) == ""  # read, but not what the answer shows
     turn.answer, turn.short_answer = "**with\\_item** [1]", "with_item"
     assert short_answer(turn) == "with_item"
+
+
+def test_ask_prints_a_passage_own_markup_without_escapes():
+    from assistant.extractive import markdown_escape
+    from assistant.output import plain
+
+    said = 'The context manager\u2019s "__enter__()" is *loaded* [see 3] `x`, a\\b.'
+    shown = f"**{markdown_escape('a_b')}** [1] {markdown_escape(said)} [2]"
+    assert plain(shown) == f"**a_b** [1] {said} [2]"
