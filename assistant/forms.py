@@ -408,7 +408,15 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
             named = [i for i in range(len(candidates)) if names_thing(candidates[i].full, key)
                      and candidates[i] not in picked and not candidates[i].intro]
             if named:
-                picked.append(candidates[max(named, key=value)])
+                # a sentence that says of this side what another sentence says of another
+                # side ("continue may only occur in a loop" beside "break may only occur in
+                # a loop") shows no difference: the side's best other sentence is taken
+                others = picked + [c for c in candidates if c not in picked and any(
+                    names_thing(c.full, thing_key(t)) for t in things if t != thing)]
+                apart = [i for i in named if not any(
+                    c is not candidates[i] and parallel(candidates[i].text, c.text, things)
+                    for c in others)]
+                picked.append(candidates[max(apart or named, key=value)])
         for i in order:
             if len(picked) >= 2:
                 break
@@ -454,6 +462,20 @@ def names_thing(text: str, key: str) -> bool:
     return bool(key) and bool(re.search(
         rf"[\"“'‘`]{quoted}[\"”'’`]" + ("" if key.isalnum() else rf"|(?<!\S){quoted}(?!\S)"),
         text))
+
+
+def parallel(a: str, b: str, things: Sequence[str], *, least: float = 0.7) -> bool:
+    """True when sentences ``a`` and ``b`` say the same words once the compared ``things``
+    are left out: the Jaccard overlap of their content words (:func:`content_words`, minus
+    the things' words) is at least ``least``. "break may only occur syntactically nested in
+    a for or while loop" and the same of "continue" are parallel; two sentences with fewer
+    than three such words each are never (too short to tell)."""
+    drop = {w for t in things for w in content_words(t)}
+    drop |= {thing_key(w) for w in drop}
+    wa, wb = content_words(a) - drop, content_words(b) - drop
+    if len(wa) < 3 or len(wb) < 3:
+        return False
+    return len(wa & wb) / len(wa | wb) >= least
 
 
 def thing_key(thing: str) -> str:

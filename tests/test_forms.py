@@ -184,6 +184,21 @@ def test_choose_gives_each_form_its_shape():
     assert forms.choose("factoid", "Who?", c, scores) == []
 
 
+def test_a_comparison_skips_what_both_sides_share():
+    same = "may only hold references to objects stored elsewhere in memory."
+    c = _sentences((0, 0, f"Lists {same}"), (0, 1, "Lists are mutable: items can be replaced."),
+                   (1, 0, f"Tuples {same}"), (1, 1, "Tuples are immutable once created."))
+    q = "What is the difference between a list and a tuple?"
+    assert forms.parallel(c[0].text, c[2].text, ["list", "tuple"])
+    assert not forms.parallel(c[1].text, c[3].text, ["list", "tuple"])
+    assert not forms.parallel("Lists grow.", "Tuples grow.", ["list", "tuple"])  # too short
+    picked = forms.choose("comparison", q, c, [0.9, 0.5, 0.9, 0.5])
+    assert [s.text for s in picked] == [c[1].text, c[3].text]
+    # with nothing else to say about a side, its shared sentence is still quoted
+    picked = forms.choose("comparison", q, c[:3], [0.9, 0.5, 0.9])
+    assert [s.text for s in picked] == [c[1].text, c[2].text]
+
+
 def test_render_cites_every_sentence_and_puts_the_verdict_first():
     c = _sentences((0, 0, "A is x."), (2, 0, "B is y."), (2, 1, "C is z."))
     assert forms.render(c[:2], lambda h: h + 1, form="comparison") == "A is x. [1] B is y. [3]"
