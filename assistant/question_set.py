@@ -11,7 +11,8 @@ A question file (JSON) names its corpora and lists questions (see
                     "history": []}, ...]}
 
 ``facts`` are groups of alternatives: a group counts when any of its strings occurs in the
-answer (case-insensitive, markup removed). ``sources`` are the files whose passages hold the
+answer as whole words, its last word maybe in the plural ("list" finds "lists", "tuple"
+"tuples"; case-insensitive, markup removed). ``sources`` are the files whose passages hold the
 facts (``has``: the passage must also contain that text). ``"answerable": false`` marks a
 question the corpora cannot answer (the right reply is an abstention). ``history``: questions
 asked first in the same conversation (follow-ups).
@@ -99,11 +100,13 @@ def plain(answer: str) -> str:
 
 
 def facts_found(answer: str, facts: Sequence[Sequence[str]]) -> int:
-    """How many fact groups have an alternative occurring in ``answer`` as whole words
-    (case-insensitive: "no" does not match "not")."""
+    """How many fact groups have an alternative occurring in ``answer`` as whole words, the
+    last one maybe with a plural ending -s or -es ("list" finds "lists"; case-insensitive:
+    "no" does not match "not")."""
     text = plain(answer)
     return sum(1 for group in facts if any(
-        re.search(r"(?<!\w)" + re.escape(" ".join(a.split()).lower()) + r"(?!\w)", text)
+        re.search(r"(?<!\w)" + re.escape(" ".join(a.split()).lower()) + r"(?:e?s)?(?!\w)",
+                  text)
         for a in group))
 
 

@@ -261,6 +261,10 @@ def test_facts_match_whole_words_without_markup():
                                     [["no"], ["hashable"], ["mutable"]]) == 2
     assert question_set.facts_found("nothing at all", [["no"]]) == 0
     assert question_set.facts_found("use --leak-check=yes", [["--leak-check"]]) == 1
+    # the last word may be plural: "lists, tuples, and range objects" names all three
+    assert question_set.facts_found("There are three: lists, tuples, and range objects.",
+                                    [["list"], ["tuple"], ["range"], ["set"]]) == 3
+    assert question_set.facts_found("class C: pass", [["class"], ["classes"], ["c"]]) == 2
 
 
 def test_score_and_summary(tmp_path):
