@@ -352,6 +352,11 @@ def make_private(settings: "Settings") -> list[Path]:
     return changed
 
 
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+"""How a switch may be written in the environment (``ASSISTANT_ANSWER_FORMS=false``)."""
+
+
 def _coerce(cls: type, name: str, value: Any) -> Any:
     kind = {f.name: f for f in fields(cls)}[name].type
     try:
@@ -363,6 +368,13 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
             if not isinstance(value, Mapping):
                 raise TypeError("keys must be a table of action = key")
             return {str(k): str(v) for k, v in value.items()}
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            word = str(value).strip().lower() if isinstance(value, (str, int)) else None
+            if word in _TRUE or word in _FALSE:
+                return word in _TRUE
+            raise TypeError(f"expected true or false, got {value!r}")
         if kind == "int":
             if isinstance(value, (float, bool)) or not isinstance(value, (int, str)):
                 raise TypeError(f"expected an integer, got {value!r}")

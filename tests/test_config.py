@@ -25,6 +25,7 @@ def test_precedence_defaults_file_env_flags(tmp_path):
     ("colour = 'red'", "unknown setting"),
     ("retrieval_mode = 'magic'", "retrieval_mode"),
     ("top_k = [", "cannot read config"),
+    ("answer_forms = 'maybe'", "answer_forms"),
 ])
 def test_bad_config_is_a_one_line_error(tmp_path, text, message):
     config = tmp_path / "c.toml"
@@ -37,3 +38,13 @@ def test_bad_config_is_a_one_line_error(tmp_path, text, message):
 def test_missing_named_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         Settings.load(config_path=Path(tmp_path / "nope.toml"), env={})
+
+
+def test_a_switch_is_off_when_written_false(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("answer_forms = false\n")
+    assert Settings.load(config_path=config, env={}).answer_forms is False
+    none = {"ASSISTANT_CONFIG": str(tmp_path / "none.toml")}
+    for word, on in (("false", False), ("0", False), ("Off", False), ("yes", True), ("true", True)):
+        assert Settings.load(env={**none, "ASSISTANT_ANSWER_FORMS": word}).answer_forms is on
+    assert Settings.load(env=none).answer_forms is True
