@@ -13,6 +13,7 @@ No torch here: the embedder and the retriever do the tensor work.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Callable, Sequence
 
 import numpy as np
@@ -58,12 +59,12 @@ class Composer:
         candidates = [s for i, h in enumerate(used) for s in
                       forms.heading_sentences(i, h.passage.heading, term)
                       + forms.sentences(i, h.passage.text)]
-        extra = None
+        extras: list[Hit] = []
         if form == "comparison" and self.search is not None:
-            extra = self._missing_side(question, things, candidates, hits)
+            extras = self._missing_sides(question, things, candidates, hits)
         elif form == "definition" and self.search is not None:
-            extra = self._definition(term, candidates, hits)
-        if extra is not None:
+            extras = [h for h in [self._definition(term, candidates, hits)] if h is not None]
+        for extra in extras:
             hits.append(extra)
             candidates += (forms.heading_sentences(len(hits) - 1, extra.passage.heading, term)
                            + forms.sentences(len(hits) - 1, extra.passage.text))
@@ -109,26 +110,40 @@ class Composer:
                 return hit
         return None
 
-    def _missing_side(self, question: str, things: Sequence[str],
-                      candidates: Sequence[forms.Sentence], hits: Sequence[Hit]) -> Hit | None:
-        """A passage with a sentence naming the compared thing (of ``things``,
-        :func:`forms.compared`) no candidate sentence names, found among the top 10 of one
-        more search ("<thing> <question's other words>"), or None."""
-        if not things:
-            return None
+    def _missing_sides(self, question: str, things: Sequence[str],
+                       candidates: Sequence[forms.Sentence], hits: Sequence[Hit]) -> list[Hit]:
+        """For each compared thing (of ``things``, :func:`forms.compared`) no candidate
+        sentence names, a passage with a sentence naming it, found among the top 10 of one
+        more search ("<thing> <question's other words>"; a function word or symbol quoted in
+        the question without the other things); [] when every side is named."""
+        found: list[Hit] = []
         seen = {h.passage.id for h in hits}
         for thing in things:
             key = forms.thing_key(thing)
-            if any(forms.names_thing(c.full, key) for c in candidates):
+            if any(forms.names_thing(c.full, key) for c in candidates) or any(
+                    forms.names_thing(c.full, key)
+                    for h in found for c in forms.sentences(0, h.passage.text)):
                 continue
             rest = " ".join(w for w in forms.content_words(question)
                             if w not in forms.content_words(" ".join(things)))
-            for hit in self.search(f"{thing} {rest}".strip(), 10):
+            query = f"{thing} {rest}".strip()
+            if forms.function_thing(key):
+                # 'How do the "is" operator and the operator differ?': the question around
+                # it says what it is ("operator"), the quotes keep "is" in the search
+                query = question
+                for other in things:
+                    if other != thing:
+                        query = re.sub(rf"(?<!\w){re.escape(other)}(?!\w)", "", query, count=1)
+                query = " ".join(re.sub(rf"(?<![\w\"]){re.escape(thing)}(?![\w\"])",
+                                        f'"{thing}"', query, count=1).split())
+            for hit in self.search(query, 10):
                 if hit.passage.id not in seen and any(
                         forms.names_thing(c.full, key)
                         for c in forms.sentences(0, hit.passage.text)):
-                    return hit
-        return None
+                    found.append(hit)
+                    seen.add(hit.passage.id)
+                    break
+        return found
 
 
 def _anchor(reading: Reading, candidates: Sequence[forms.Sentence]) -> int | None:

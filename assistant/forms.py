@@ -456,12 +456,19 @@ def names_thing(text: str, key: str) -> bool:
     "and", "=="), which every sentence holds as a word or a part of one: those must stand
     quoted or alone between spaces (the docs write operators as ``"is"``, ``x == y``)."""
     text = text.lower()
-    if key and key.isalnum() and key not in _STOP:
+    if key and not function_thing(key):
         return key in text
     quoted = re.escape(key)
     return bool(key) and bool(re.search(
         rf"[\"“'‘`]{quoted}[\"”'’`]" + ("" if key.isalnum() else rf"|(?<!\S){quoted}(?!\S)"),
         text))
+
+
+def function_thing(key: str) -> bool:
+    """True when a compared thing's :func:`thing_key` is a function word or a symbol ("is",
+    "and", "=="): named only quoted or standing alone (:func:`names_thing`), searched for
+    quoted (a search leaves unquoted function words out, and finds no symbol)."""
+    return not (key.isalnum() and key not in _STOP)
 
 
 def parallel(a: str, b: str, things: Sequence[str], *, least: float = 0.7) -> bool:

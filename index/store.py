@@ -77,13 +77,18 @@ class Passage:
     text: str
 
 
+_QUOTED = re.compile(r"[\"'`\u201c\u2018](\w+)[\"'`\u201d\u2019]")
+
+
 def _fts_query(text: str) -> str:
     """A safe FTS5 query: the words of ``text`` quoted, joined with OR (BM25 ranks them),
-    without :data:`~index.words.STOPWORDS` unless it has nothing else. Their idf is near zero,
+    without :data:`~index.words.STOPWORDS` unless it has nothing else or quotes them (``the
+    "is" operator`` searches for "is"). Their idf is near zero,
     so they barely move the ranking, but each matches most passages: at 1 M passages they made
     a query 7.7x slower (BENCHMARKS.md, "Indexes at scale"), and recall@5 on SQuAD dev stayed."""
     words = dict.fromkeys(w.lower() for w in re.findall(r"\w+", text))
-    kept = [w for w in words if w not in STOPWORDS] or list(words)
+    named = {w.lower() for w in _QUOTED.findall(text)}  # '"is"': the word named, not used
+    kept = [w for w in words if w not in STOPWORDS or w in named] or list(words)
     return " OR ".join(f'"{w}"' for w in kept)
 
 

@@ -245,6 +245,30 @@ def test_a_comparison_cites_both_sides_and_finds_a_missing_one(real_embedder):
     assert len(out.hits) == 3 and "[3]" in out.answer.text and "immutable" in out.answer.text
 
 
+IS = 'The operators "is" and "is not" test for an object\u2019s identity.'
+EQUALS = 'The operators "<", ">" and "==" compare the values of two objects.'
+MINUS = 'The "-" operator yields the difference of its arguments.'
+
+
+@pytest.mark.slow
+def test_each_missing_side_is_searched_for_quoted(real_embedder):
+    q = "How do the is operator and the == operator differ?"
+    searched = []
+
+    def search(query, k):
+        searched.append(query)
+        return [_hit(1, MINUS), _hit(5, IS, "comparisons.rst"),
+                _hit(6, EQUALS, "comparisons.rst")]
+
+    out = Composer(real_embedder.embed, search).compose(
+        "comparison", q, _reading([_hit(0, MINUS)], span="difference"))
+    # a function word or a symbol is searched quoted, in the question without the other side
+    assert searched == ['How do the "is" operator and the operator differ?',
+                        'How do the operator and the "==" operator differ?']
+    assert len(out.hits) == 3 and "identity" in out.answer.text and "values" in out.answer.text
+    assert "[2]" in out.answer.text and "[3]" in out.answer.text
+
+
 @pytest.mark.slow
 def test_factoids_and_abstentions_pass_through(real_embedder):
     hits = [_hit(0, LISTS)]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from index.chunking import Chunk
-from index.store import Store, StoreError
+from index.store import Store, StoreError, _fts_query
 
 
 def chunk(text):
@@ -40,6 +40,25 @@ def test_absent_words_are_those_no_passage_holds(tmp_path, fake_embedder):
     # stemmed ("tuple"), a word's beginning ("Lev"), any case, an identifier's word part
     assert store.absent_words(["tuple", "Lev", "SANTA", "__repr__", "stadiums"]) == []
     assert store.absent_words(["PostgreSQL", "Clara", "UDP", '"', "__"]) == ["PostgreSQL", "UDP"]
+
+
+def test_bm25_leaves_out_function_words_unless_quoted(tmp_path, fake_embedder):
+    texts = ['The operators "is" and "is not" test identity; x is y is true.',
+             "An operator is a symbol."]
+    with Store.update(tmp_path, embedding_model="fake-bow", dim=256) as store:
+        add(store, fake_embedder, "/r/a.txt", texts)
+    store = Store.open(tmp_path, embedding_model="fake-bow")
+    assert store.bm25_search("is", 5)  # nothing else to search for: kept
+    plain = store.bm25_search("what is an operator", 5)
+    quoted = store.bm25_search('what is the "is" operator', 5)
+    ids = [i for i, _ in store.bm25_search("symbol", 1)] + [i for i, _ in store.bm25_search(
+        "identity", 1)]
+    symbol, identity = ids
+    assert _fts_query('what is the "is" operator') == '"is" OR "operator"'
+    assert _fts_query("what is the is operator") == '"operator"'
+    # "is" counts only when quoted: it lifts the passage that says "is" five times
+    assert dict(quoted)[identity] - dict(quoted)[symbol] > dict(plain)[identity] - dict(
+        plain)[symbol]
 
 
 def test_remove_document_removes_vectors_and_fts(tmp_path, fake_embedder, squad_passages):
