@@ -163,7 +163,10 @@ def test_index_killed_in_either_phase_resumes_without_embedding_twice(tmp_path, 
     rng = random.Random(5)
     folder = tmp_path / "docs"
     corpus(folder, rng, files=240)
-    env = {**environment(tmp_path), "ASSISTANT_CHECKPOINT_SECONDS": "0.3"}
+    # reading 240 small files takes about 0.3 s on a fast machine: publish often enough to
+    # be caught in the middle of it
+    checkpoint = "0.05" if phase == "reading" else "0.3"
+    env = {**environment(tmp_path), "ASSISTANT_CHECKPOINT_SECONDS": checkpoint}
     reference = check_live_index_after(tmp_path / "reference", folder, env)
     data = tmp_path / "data"
     index = data / "index"
@@ -182,7 +185,8 @@ def test_index_killed_in_either_phase_resumes_without_embedding_twice(tmp_path, 
             seen = counts
             break
         time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert seen is not None, f"the run never showed a {phase} checkpoint"
     killed = check_live_index(index)  # what the kill left live is whole

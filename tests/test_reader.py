@@ -82,8 +82,11 @@ def test_the_real_model_cites_the_passage_that_holds_the_answer(real_manager):
 
 @pytest.mark.slow
 def test_the_real_model_says_when_the_documents_do_not_hold_the_answer(real_manager):
-    turn = real_manager.ask("Who won the 2018 FIFA World Cup in Russia?")
+    # lower case: no name the documents lack ("FIFA" would stop it before the model reads),
+    # so this is the reader's own calibrated decision
+    turn = real_manager.ask("who won the football world cup in 2018?")
     list(turn)
+    assert turn.reading.features.get("absent") is None  # read, not stopped by a name
     assert turn.abstained and turn.answer == NOT_FOUND and turn.cited() == []
     assert len(turn.sources()) == 5  # the closest sources are still listed
     row = real_manager.history.turns(turn.conversation_id)[-1]
