@@ -3,8 +3,8 @@
 The reader (:mod:`assistant.reader`) gives a span and the reranked passages; for a factoid that
 is the answer. For the other forms (:mod:`assistant.forms`) the composer quotes the sentences of
 the top passages that best answer the question: scored by the embedder's cosine similarity to
-the question plus word overlap, chosen per form, each cited. A comparison whose second side is
-in none of the passages gets one more search for that side. The reader's span is kept as the
+the question plus word overlap, chosen per form, each cited. Each side of a comparison that
+none of the passages names gets one more search. The reader's span is kept as the
 short answer (what SQuAD-style scoring reads); abstentions pass through unchanged.
 
 No torch here: the embedder and the retriever do the tensor work.
