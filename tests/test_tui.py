@@ -395,3 +395,21 @@ async def test_the_sources_pane_marks_what_the_answer_quoted(tmp_path):
         shown = app.query_one("#passage", Static).render()
         marked = [shown.plain[s.start:s.end] for s in shown.spans if "underline" in str(s.style)]
         assert [" ".join(m.split()) for m in marked] == [quote]
+
+
+async def test_a_burst_of_keys_ending_in_enter_sends_the_whole_question(tmp_path):
+    """Keys that arrive together (a fast typist, a paste without bracketed paste, tmux
+    send-keys) reach the app in one read: Enter must send all the text typed before it."""
+    from textual import events
+
+    app = make_app(tmp_path, FakeGenerator(["Denver Broncos."]))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.manager is not None)
+        question = "Which NFL team won Super Bowl 50?"
+        for ch in question:  # queued at once, as the driver does for one read
+            app.post_message(events.Key(ch, ch))
+        app.post_message(events.Key("enter", "\r"))
+        await wait_for(pilot, lambda: list(app.query(UserMessage)))
+        assert [str(m.render()) for m in app.query(UserMessage)] == [question]
+        await wait_for(pilot, lambda: answers(app) and answers(app)[0].status == "complete")
+        assert app.query_one(PromptArea).text == ""

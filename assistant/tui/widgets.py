@@ -40,6 +40,12 @@ class PromptArea(TextArea):
             self.text = text
 
     def action_send(self) -> None:
+        # Enter is a priority binding: the app runs it as the key arrives, before the keys
+        # typed just before it (one read from the terminal: a fast typist, a paste, tmux
+        # send-keys) have reached this box; read the text once they have
+        self.call_later(self._send)
+
+    def _send(self) -> None:
         text = self.text.strip()
         if text:
             self.post_message(self.Submitted(text))
