@@ -118,14 +118,13 @@ class Composer:
         the question without the other things); [] when every side is named."""
         found: list[Hit] = []
         seen = {h.passage.id for h in hits}
+        named = list(candidates)  # and the sentences of each passage found
+        rest = " ".join(w for w in forms.content_words(question)
+                        if w not in forms.content_words(" ".join(things)))
         for thing in things:
             key = forms.thing_key(thing)
-            if any(forms.names_thing(c.full, key) for c in candidates) or any(
-                    forms.names_thing(c.full, key)
-                    for h in found for c in forms.sentences(0, h.passage.text)):
+            if any(forms.names_thing(c.full, key) for c in named):
                 continue
-            rest = " ".join(w for w in forms.content_words(question)
-                            if w not in forms.content_words(" ".join(things)))
             query = f"{thing} {rest}".strip()
             if forms.function_thing(key):
                 # 'How do the "is" operator and the operator differ?': the question around
@@ -137,11 +136,12 @@ class Composer:
                 query = " ".join(re.sub(rf"(?<![\w\"]){re.escape(thing)}(?![\w\"])",
                                         f'"{thing}"', query, count=1).split())
             for hit in self.search(query, 10):
-                if hit.passage.id not in seen and any(
-                        forms.names_thing(c.full, key)
-                        for c in forms.sentences(0, hit.passage.text)):
+                if hit.passage.id in seen:
+                    continue
+                said = forms.sentences(0, hit.passage.text)
+                if any(forms.names_thing(c.full, key) for c in said):
                     found.append(hit)
-                    seen.add(hit.passage.id)
+                    named += said  # a later side it names needs no search of its own
                     break
         return found
 

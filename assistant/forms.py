@@ -55,9 +55,9 @@ def names(question: str) -> list[str]:
     """The words of ``question`` that name something: acronyms and words with a capital
     ("UDP", "PostgreSQL", "Pride", "Memcheck") other than the first word's capital alone, and
     identifiers with an underscore (``__repr__``); unique, in order. Single letters, words
-    with digits ("O2", "103.5FM") and the question's own function words are left out. A question written in capitals or Title Case
-    (over half of its other words capitalised) keeps only acronyms and mixed-case words,
-    whose capitals mean something there.
+    with digits ("O2", "103.5FM") and the question's own function words are left out. A
+    question written in capitals or Title Case (over half of its other words capitalised)
+    keeps only acronyms and mixed-case words, whose capitals mean something there.
 
     A name that occurs nowhere in the documents is one they cannot say anything about
     (see :func:`misspelt` and ``DialogueManager._not_mentioned``)."""

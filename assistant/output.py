@@ -113,8 +113,7 @@ def short_answer(turn) -> str:
     evidence), else ''. A sentence-form answer (how, why, a comparison, a list) is read for a
     span too, but that span is not the answer and is not shown, so scripts do not get it."""
     span = getattr(turn, "short_answer", "") or ""
-    plain = turn.answer.replace("\\", "")
-    return span if span and span.replace("\\", "") in plain else ""
+    return span if span and span in plain(turn.answer) else ""
 
 
 # A sentence ends at . ! ? or a citation's ], before white space that does not start a
