@@ -128,7 +128,7 @@ def load_generator(settings: Settings, *, say=None, model_lock=None):
     ``model_lock``: held while a model is built (the one-time conversion, the weights); see
     :func:`start_generator`."""
     from .generation import GenerationError, TransformersGenerator
-    from .models import ModelNotFound, generator_path
+    from .models import ModelNotFound, generator_path, is_embedded
 
     if is_remote(settings.generator_model):
         return _remote_generator(settings)
@@ -138,7 +138,8 @@ def load_generator(settings: Settings, *, say=None, model_lock=None):
             path = generator_path(settings.generator_model, settings.models_dir, on_convert=say)
         return TransformersGenerator(settings.generator_model, path, device=settings.device,
                                      precision=settings.precision, model_lock=model_lock,
-                                     cache_dir=Path(settings.models_dir) / "prefix-cache")
+                                     cache_dir=Path(settings.models_dir) / "prefix-cache",
+                                     plain_tokenizer=is_embedded(settings.generator_model))
     except (ModelNotFound, GenerationError) as exc:
         raise UserError(str(exc)) from None
 

@@ -42,6 +42,11 @@ def find_package_file(package: str, filename: str) -> Path | None:
     return None
 
 
+def is_embedded(name: str) -> bool:
+    """Whether ``name`` is an embedded generator (see :data:`EMBEDDED_GENERATORS`)."""
+    return name in EMBEDDED_GENERATORS
+
+
 def generator_path(name: str, models_dir: Path, *, on_convert=None) -> str:
     """Where to load generator ``name`` from, converting an embedded GGUF on first use.
 

@@ -27,11 +27,12 @@ def generator(settings: Settings, model: str | None = None, device: str = "cpu",
     """The generator ``model`` (default: the configured one) on ``device`` in ``precision``
     (default: the configured one), converted from its embedded GGUF on first use."""
     from assistant.generation import TransformersGenerator
-    from assistant.models import generator_path
+    from assistant.models import generator_path, is_embedded
 
     model = model or settings.generator_model
     return TransformersGenerator(model, generator_path(model, Path(settings.data_dir) / "models"),
-                                 device=device, precision=precision or settings.precision)
+                                 device=device, precision=precision or settings.precision,
+                                 plain_tokenizer=is_embedded(model))
 
 
 def retriever(settings: Settings, bench: Path):

@@ -75,7 +75,8 @@ def run_project(name: str, precision: str, head: str, prompt: str, new_tokens: i
     settings = Settings.load()
     path = generator_path(name, settings.models_dir)
     started = time.perf_counter()
-    generator = TransformersGenerator(name, path, device="cpu", precision=precision)
+    generator = TransformersGenerator(name, path, device="cpu", precision=precision,
+                                      plain_tokenizer=True)
     engine = generator.blocks.engine
     load_s = time.perf_counter() - started
     ids = generator.tokenizer(prompt)["input_ids"]

@@ -192,7 +192,7 @@ def real_generator(shared_data_dir):
     from assistant.models import generator_path
 
     path = generator_path("gemma-3-270m", shared_data_dir / "models")
-    return TransformersGenerator("gemma-3-270m", path, device="cpu")
+    return TransformersGenerator("gemma-3-270m", path, device="cpu", plain_tokenizer=True)
 
 
 @pytest.fixture

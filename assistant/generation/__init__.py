@@ -47,6 +47,59 @@ def quiet_hub() -> None:
     hf_logging.disable_progress_bar()
 
 
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token", "mask_token",
+                  "sep_token", "cls_token")
+
+
+def load_tokenizer(path: str | Path, *, plain: bool = False):
+    """The tokenizer of the model at ``path`` (a local directory or a hub id).
+
+    ``plain``: for the embedded models' converted directories (``tokenizer.json`` written by
+    transformers), build a ``PreTrainedTokenizerFast`` straight from ``tokenizer.json`` and
+    the special tokens and chat template of ``tokenizer_config.json`` instead of the
+    directory's tokenizer class: transformers 5's ``GemmaTokenizer`` rebuilds Gemma 3's
+    262,144-entry vocabulary in Python and its ``from_pretrained`` parses the 33 MB file again
+    in Python (2.4–3.6 s here, against about 1 s; BENCHMARKS.md, "Loading"). The two give the
+    same ids, special tokens, decoding and chat template for the embedded models
+    (``tests/test_real_models.py``); any other model loads through ``AutoTokenizer``.
+
+    Raises:
+        OSError: no tokenizer at ``path`` (a hub id is looked up in the local cache only
+            first, then on the hub).
+        ValueError: a tokenizer file transformers cannot read.
+    """
+    import json
+
+    from transformers import AutoTokenizer
+
+    folder = Path(path)
+    if plain and (folder / "tokenizer.json").is_file():
+        import transformers
+
+        config_file = folder / "tokenizer_config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        kwargs = {k: config[k] for k in SPECIAL_TOKENS if isinstance(config.get(k), str)}
+        template = folder / "chat_template.jinja"
+        if template.is_file():
+            kwargs["chat_template"] = template.read_text()
+        elif config.get("chat_template"):
+            kwargs["chat_template"] = config["chat_template"]
+        # the class's own defaults (GemmaTokenizer pads on the left)
+        kind = getattr(transformers, str(config.get("tokenizer_class")), None)
+        kwargs["padding_side"] = getattr(kind, "padding_side", "right")
+        if "model_max_length" in config:
+            kwargs["model_max_length"] = config["model_max_length"]
+        # tokenizer_file, not tokenizer_object: an object is deep-copied (1.2 s more here)
+        return transformers.PreTrainedTokenizerFast(
+            tokenizer_file=str(folder / "tokenizer.json"), **kwargs)
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except OSError:
+        if folder.exists():
+            raise
+        return AutoTokenizer.from_pretrained(path)
+
+
 class GenerationError(Exception):
     """The model cannot be loaded or run; ``str()`` is a one-line explanation."""
 
@@ -337,6 +390,8 @@ class TransformersGenerator:
         cache_dir: where to keep the worked examples' key/value cache between processes
             (see :class:`~assistant.generation.blocks.PrefixStore`); only for a model loaded
             from a local directory. None: computed in every process.
+        plain_tokenizer: load the tokenizer from ``tokenizer.json`` alone (see
+            :func:`load_tokenizer`); for the embedded models' converted directories.
 
     Raises:
         GenerationError: the model cannot be found or loaded, or the precision cannot run
@@ -344,10 +399,12 @@ class TransformersGenerator:
     """
 
     def __init__(self, name: str, path: str, *, device: str = "auto", precision: str = "fp32",
-                 model_lock=None, cache_dir: str | Path | None = None):
+                 model_lock=None, cache_dir: str | Path | None = None,
+                 plain_tokenizer: bool = False):
         quiet_hub()
+        from concurrent.futures import ThreadPoolExecutor
+
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from . import precision as precisions
 
@@ -359,18 +416,20 @@ class TransformersGenerator:
             raise GenerationError(str(exc)) from None
         dtype = precisions.load_dtype(self.precision, self.device)
         try:
-            try:
-                self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-                local = True
-            except OSError:
-                if Path(path).exists():
-                    raise
-                self.tokenizer = AutoTokenizer.from_pretrained(path)
-                local = False
-            with model_lock or contextlib.nullcontext():
-                self.model = AutoModelForCausalLM.from_pretrained(
-                    path, dtype=dtype, local_files_only=local
-                ).to(self.device)
+            if plain_tokenizer:
+                # loaded beside the model: tokenizers parses tokenizer.json without the GIL
+                # while the model's modules are imported (its own modules imported here
+                # first, so the two threads never import the same module)
+                import transformers.tokenization_utils_tokenizers  # noqa: F401
+
+                with ThreadPoolExecutor(1, thread_name_prefix="tokenizer") as pool:
+                    tokenizer = pool.submit(load_tokenizer, path, plain=True)
+                    model = self._build(path, dtype, model_lock)
+                    self.tokenizer = tokenizer.result()
+            else:
+                self.tokenizer = load_tokenizer(path)
+                model = self._build(path, dtype, model_lock)
+            self.model = model.to(self.device)
             self.model = precisions.apply(self.model.eval(), self.precision, self.device,
                                           head=self.has_chat_template)
         except precisions.PrecisionError as exc:
@@ -392,6 +451,21 @@ class TransformersGenerator:
 
         key = model_files_key(path, self.precision, self.device) if cache_dir else None
         self._prefixes = PrefixStore(cache_dir, key) if key else None
+
+    @staticmethod
+    def _build(path, dtype, model_lock):
+        """The model at ``path`` with ``dtype`` weights, built under ``model_lock``; from the
+        local files first, a hub id from the hub when they are not there."""
+        from transformers import AutoModelForCausalLM
+
+        with model_lock or contextlib.nullcontext():
+            try:
+                return AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
+                                                            local_files_only=True)
+            except OSError:
+                if Path(path).exists():
+                    raise
+                return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
 
     has_blocks = True
 
