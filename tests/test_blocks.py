@@ -82,7 +82,7 @@ def test_the_direct_decoder_computes_what_the_model_computes(kind, tiny_tokenize
     """Decoding passes of 1 and 3 tokens after a context longer than Gemma's 4-token sliding
     window: the direct decoder's hidden states equal transformers' decoder's, and both leave
     the same keys and values in the cache."""
-    from assistant.generation.blocks import DirectDecoder, growing_cache
+    from assistant.generation.blocks import DirectDecoder, _rms_weight, growing_cache
 
     model, reader, state = first_passage_prompt(kind, tiny_tokenizer)
     engine = reader.engine
@@ -109,6 +109,15 @@ def test_the_direct_decoder_computes_what_the_model_computes(kind, tiny_tokenize
         assert a.filled == b.filled == key_pos.shape[0]
         assert torch.allclose(a.keys, b.keys, atol=1e-5)
         assert torch.allclose(a.values, b.values, atol=1e-5)
+    # its fused norms give the modules' own bits (random weights: Gemma's 1 + w included)
+    norms = [m for m in model.modules() if id(m) in engine._direct.norms]
+    assert len(norms) >= 2 * model.config.num_hidden_layers
+    for module in norms:
+        with torch.no_grad():
+            module.weight.normal_()
+        engine._direct.norms[id(module)] = _rms_weight(module)
+        x = torch.randn(2, 3, module.weight.shape[0]) * 3
+        assert torch.equal(engine._direct._norm(module, x), module(x))
 
 
 def test_other_architectures_decode_through_transformers(tiny_tokenizer):

@@ -642,6 +642,7 @@ class DirectDecoder:
         attention = decoder.layers[0].self_attn
         self.rope = importlib.import_module(type(attention).__module__).apply_rotary_pos_emb
         self.by_type = "layer_type" in inspect.signature(decoder.rotary_emb.forward).parameters
+        self.norms = {id(m): w for m in decoder.modules() if (w := _rms_weight(m)) is not None}
 
     @classmethod
     def of(cls, model, layer_types: list[str]) -> "DirectDecoder | None":
@@ -665,6 +666,7 @@ class DirectDecoder:
 
     def __call__(self, ids, positions, masks, cache) -> "torch.Tensor":
         d = self.decoder
+        norm = self._norm
         with torch.inference_mode():
             h = d.embed_tokens(ids)
             rope: dict[str, tuple] = {}
@@ -674,16 +676,24 @@ class DirectDecoder:
             for i, layer in enumerate(d.layers):
                 kind = self.layer_types[i]
                 mask = masks[kind] if isinstance(masks, dict) else masks
-                attention = self._attention(layer.self_attn, layer.input_layernorm(h),
+                attention = self._attention(layer.self_attn, norm(layer.input_layernorm, h),
                                             rope[kind], mask, cache.layers[i])
                 if self.sandwich:
-                    h = h + layer.post_attention_layernorm(attention)
-                    h = h + layer.post_feedforward_layernorm(
-                        layer.mlp(layer.pre_feedforward_layernorm(h)))
+                    h = h + norm(layer.post_attention_layernorm, attention)
+                    h = h + norm(layer.post_feedforward_layernorm,
+                                 layer.mlp(norm(layer.pre_feedforward_layernorm, h)))
                 else:
                     h = h + attention
-                    h = h + layer.mlp(layer.post_attention_layernorm(h))
-            return d.norm(h)
+                    h = h + layer.mlp(norm(layer.post_attention_layernorm, h))
+            return norm(d.norm, h)
+
+    def _norm(self, module, x) -> "torch.Tensor":
+        """``module(x)`` for an RMS norm: one fused ``rms_norm`` for float32 input (the same
+        bits as the module's own pow/mean/rsqrt/multiply, tested), else the module."""
+        weight = self.norms.get(id(module))
+        if weight is None or x.dtype != torch.float32:
+            return module(x)
+        return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight[0], weight[1])
 
     def _attention(self, a, x, cos_sin, mask, cache_layer) -> "torch.Tensor":
         b, n = x.shape[:2]
@@ -691,11 +701,25 @@ class DirectDecoder:
         k = a.k_proj(x).view(b, n, -1, a.head_dim).transpose(1, 2)
         v = a.v_proj(x).view(b, n, -1, a.head_dim).transpose(1, 2)
         if hasattr(a, "q_norm"):  # Gemma 3, Qwen3: per-head norms over head_dim
-            q, k = a.q_norm(q), a.k_norm(k)
+            q, k = self._norm(a.q_norm, q), self._norm(a.k_norm, k)
         q, k = self.rope(q, k, *cos_sin)
         k, v = cache_layer.update(k, v)
         out = _small_attention(q, k, v, mask, a.scaling)  # (b, n, heads, head_dim)
         return a.o_proj(out.reshape(b, n, -1))
+
+
+def _rms_weight(module) -> "tuple[torch.Tensor, float] | None":
+    """``(weight, eps)`` that ``torch.nn.functional.rms_norm`` computes ``module`` with, for
+    the RMS norms of :data:`DirectDecoder.TYPES` (Gemma 3 scales by ``1 + weight``, computed in
+    float32; the others by ``weight``); None for any other module."""
+    kind = type(module).__name__
+    if kind == "Gemma3RMSNorm":
+        return (1.0 + module.weight.detach().float()).contiguous(), module.eps
+    if kind in ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"):
+        if module.weight.dtype != torch.float32:
+            return None
+        return module.weight.detach(), module.variance_epsilon
+    return None
 
 
 @dataclass
