@@ -138,6 +138,7 @@ def test_int8_and_fp16_weights_give_the_float32_greedy_answer(tiny_gemma, tiny_g
 
         assert not any(type(m) is torch.nn.Linear for m in int8.model.modules())
         assert isinstance(int8.model.get_output_embeddings(), Fp16Linear)
+        assert int8.model.get_input_embeddings().weight.dtype == torch.float16
     else:  # int8 keeps a base model's head in float32 (see precision.apply)
         assert any("quantized" in type(m).__module__ for m in int8.model.modules())
 
@@ -154,6 +155,27 @@ def test_int8_and_fp16_weights_give_the_float32_greedy_answer(tiny_gemma, tiny_g
     assert ids == ref_ids
     assert torch.allclose(logits, ref_logits, atol=tolerance * float(ref_logits.abs().max()))
     assert answer(int8, True)[1] == answer(tiny_gemma, True)[1]
+
+
+def test_a_float16_embedding_gives_the_float32_rows_of_float16_weights():
+    """Gemma 3's scaled embedding (rows times sqrt(hidden) in float32) and a plain one: kept
+    in float16, the same float32 output when the weights are float16 numbers (as the
+    embedded models' are)."""
+    import torch
+    from torch.nn import Embedding
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3TextScaledWordEmbedding
+
+    from assistant.generation.precision import Fp16Embedding
+
+    ids = torch.tensor([[0, 5, 99, 5]])
+    for module in (Gemma3TextScaledWordEmbedding(100, 64, 0, embed_scale=64 ** 0.5),
+                   Embedding(100, 64)):
+        with torch.no_grad():
+            module.weight.copy_(torch.randn(100, 64).half().float())
+        small = Fp16Embedding(module)
+        assert small.weight.dtype == torch.float16
+        out = small(ids)
+        assert out.dtype == torch.float32 and torch.equal(out, module(ids))
 
 
 def test_a_linear_packed_in_fp16_pieces_computes_the_float16_rounded_product(monkeypatch):

@@ -305,8 +305,10 @@ class BlockModel:
         ids = torch.tensor(sorted(set(int(r) for r in rows)), dtype=torch.long,
                            device=self.device)
         weight, bias = self._output_weight()
-        return Head(ids, weight.index_select(0, ids),
-                    None if bias is None else bias.index_select(0, ids), self.softcap)
+        rows = weight.index_select(0, ids)
+        if rows.dtype == torch.float16 and self.device == "cpu":  # float16-stored embedding
+            rows = rows.float()
+        return Head(ids, rows, None if bias is None else bias.index_select(0, ids), self.softcap)
 
     def _output_weight(self):
         """The output head's float weight ``(vocab, hidden)`` and bias (or None), found once

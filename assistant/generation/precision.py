@@ -118,8 +118,9 @@ def apply(model, precision: str, device: str, *, head: bool = True):
 def output_weight(model) -> "tuple[torch.Tensor, torch.Tensor | None]":
     """The output head's weight ``(vocab, hidden)`` and bias ``(vocab,)`` or None as float
     tensors: the input embedding's weight when the two are tied (Gemma 3, SmolLM2: no bias; a
-    quantized head keeps the float copy there), else the head's own, de-quantized if it is
-    quantized (once: a second of work for a large vocabulary)."""
+    quantized head keeps the float copy there; float16 under ``fp16`` on a CPU, see
+    :class:`Fp16Embedding`), else the head's own, de-quantized if it is quantized (once: a
+    second of work for a large vocabulary)."""
     if getattr(model.config.get_text_config(decoder=True), "tie_word_embeddings", False):
         return model.get_input_embeddings().weight, None
     head = model.get_output_embeddings()
@@ -166,11 +167,36 @@ class Fp16Linear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, fp16"
 
 
+class Fp16Embedding(torch.nn.Module):
+    """An input embedding whose weight ``(vocab, hidden)`` is kept in float16 and whose rows
+    come out in float32, times the model's embedding scale in float32 (Gemma's
+    ``sqrt(hidden)``) as the float32 module computes it: the same values whenever the weights
+    are float16 numbers (the embedded models' are: converted to float16 from their GGUF), in
+    half the memory (Gemma 3 270M: 320 MiB instead of 640).
+
+    Input ids ``(...)``; output ``(..., hidden)`` float32.
+    """
+
+    def __init__(self, embedding):
+        super().__init__()
+        # a buffer, not a parameter: transformers takes a model's dtype from its first
+        # parameter (the masks it builds would be float16)
+        self.register_buffer("weight", embedding.weight.detach().half(), persistent=False)
+        self.padding_idx = embedding.padding_idx
+        scale = getattr(embedding, "embed_scale", None)
+        self.scale = None if scale is None else scale.detach().float()
+
+    def forward(self, ids: "torch.Tensor") -> "torch.Tensor":
+        rows = torch.nn.functional.embedding(ids, self.weight, self.padding_idx).float()
+        return rows if self.scale is None else rows * self.scale
+
+
 def pack_fp16(model, threads: int | None = None):
     """Replace every ``nn.Linear`` of ``model`` (the output head included, tied or not) with
-    an :class:`Fp16Linear`; the input embedding stays as loaded. The pieces pack on
-    ``threads`` threads (default: torch's intra-op thread count): Gemma 3 270M packs in about
-    half the time of one thread. Returns the model."""
+    an :class:`Fp16Linear`, and a plain or scaled input embedding with an
+    :class:`Fp16Embedding`. The pieces pack on ``threads`` threads (default: torch's
+    intra-op thread count): Gemma 3 270M packs in about half the time of one thread. Returns
+    the model."""
     from concurrent.futures import ThreadPoolExecutor
 
     linears = [(name, module) for name, module in model.named_modules()
@@ -192,4 +218,8 @@ def pack_fp16(model, threads: int | None = None):
         bias = None if module.bias is None else module.bias.detach().float()
         setattr(parent, child, Fp16Linear(pieces[i], bias, module.in_features,
                                           module.out_features))
+    embedding = getattr(model, "get_input_embeddings", lambda: None)()
+    if isinstance(embedding, torch.nn.Embedding) and embedding.weight.dtype == torch.float32 \
+            and not embedding.max_norm:
+        model.set_input_embeddings(Fp16Embedding(embedding))
     return model
