@@ -14,6 +14,8 @@ but quantizing the activations (what makes it fast) changed Gemma 3 270M's answe
 answer as float32 for 32 % of 50 SQuAD dev questions, token F1 25.3 against 48.1; and this CPU
 has no bfloat16 arithmetic (no AVX512-BF16/AMX), nor a fast weight-only int8 kernel
 (``torch._weight_int8pack_mm`` and torchao's weight-only int8 ran 10–15× slower than float32).
+On a later 2-core AVX512-BF16 machine bfloat16 prefilled 1.2× faster than float16 weights but
+decoded 1.6× slower, so ``auto`` stays float16 there too (BENCHMARKS.md, "Round 3").
 
 float16 on a CPU keeps the arithmetic in float32 and only stores the Linear layers' weights
 (the output head included) in float16: fbgemm's packed half-precision GEMM
