@@ -511,6 +511,8 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
                 click.echo("\n[cancelled]", err=True)
                 return
     started = time.perf_counter()
+    global _MODELS_IN_PROCESS
+    _MODELS_IN_PROCESS = True
     from index.turns import answering
 
     # From here to the answer, background embedding (any `index` run of ours) waits for us.
@@ -1273,11 +1275,37 @@ def describe_error(exc: BaseException) -> str:
                    one_line=True)
 
 
+_MODELS_IN_PROCESS = False
+"""Set by a one-shot ``ask`` that loads the models in this process (no answer server)."""
+
+
+def _leave(code: int) -> None:
+    """End the process now, skipping the interpreter's teardown: after a one-shot ``ask`` it
+    freed the models' tensors and the libraries' state for 0.9–1.1 s after the answer was
+    printed (measured here, BENCHMARKS.md "Round 3"). Everything ``ask`` writes is written by
+    then: the history database commits each statement, and output streams are flushed here."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def main() -> None:
     """Console-script entry point: every failure ends as one line on stderr and a non-zero
-    exit status; ``--debug`` or ``ASSISTANT_DEBUG=1`` shows the traceback instead."""
+    exit status; ``--debug`` or ``ASSISTANT_DEBUG=1`` shows the traceback instead. After a
+    one-shot ``ask`` that loaded the models, the process ends without the interpreter's
+    teardown (see :func:`_leave`)."""
     try:
         cli(prog_name="assistant")
+    except SystemExit as exc:
+        if _MODELS_IN_PROCESS and isinstance(exc.code, (int, type(None))):
+            _leave(exc.code or 0)
+        raise
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

@@ -112,3 +112,22 @@ def test_eval_questions_scores_a_question_file_end_to_end(tmp_path, corpus_dir, 
     assert held["answerable"] == 0 and held["key_fact_recall"] is None
     assert held["abstention_recall"] == 100.0  # the World Cup question: not in the documents
     assert [a["id"] for a in data["answers"]] == ["q1", "q2"]
+
+
+def test_after_loading_models_the_process_ends_at_once_with_its_output_and_status():
+    """A one-shot ask that loaded the models leaves through os._exit (the interpreter's
+    teardown took about a second): buffered output still reaches a pipe, the exit status is
+    click's (2: usage error), and a normal exit without models is untouched."""
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom assistant import cli\ncli._MODELS_IN_PROCESS = {flag}\n"
+              "import atexit\natexit.register(lambda: print('teardown ran', file=sys.stderr))\n"
+              "sys.stdout.write('x' * 100000)\nsys.argv = ['assistant', 'no-such-command']\n"
+              "cli.main()\n")
+    for flag in (True, False):
+        done = subprocess.run([sys.executable, "-c", script.format(flag=flag)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stdout == "x" * 100000
+        assert "No such command" in done.stderr
+        assert ("teardown ran" in done.stderr) is (not flag)
