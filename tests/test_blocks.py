@@ -82,7 +82,8 @@ def test_the_direct_decoder_computes_what_the_model_computes(kind, tiny_tokenize
     """Decoding passes of 1 and 3 tokens after a context longer than Gemma's 4-token sliding
     window: the direct decoder's hidden states equal transformers' decoder's, and both leave
     the same keys and values in the cache."""
-    from assistant.generation.blocks import DirectDecoder, _rms_weight, growing_cache
+    from assistant.generation.blocks import (DirectDecoder, _rms_weight, _rope_factors,
+                                             _rotate, growing_cache)
 
     model, reader, state = first_passage_prompt(kind, tiny_tokenizer)
     engine = reader.engine
@@ -118,6 +119,13 @@ def test_the_direct_decoder_computes_what_the_model_computes(kind, tiny_tokenize
         engine._direct.norms[id(module)] = _rms_weight(module)
         x = torch.randn(2, 3, module.weight.shape[0]) * 3
         assert torch.equal(engine._direct._norm(module, x), module(x))
+    # and its rotation gives the model's own apply_rotary_pos_emb bits
+    cos, sin = torch.randn(2, 1, 3, 16), torch.randn(2, 1, 3, 16)
+    q, k = torch.randn(2, 4, 3, 16), torch.randn(2, 1, 3, 16)
+    factors = _rope_factors(cos[:, 0], sin[:, 0])
+    expected = engine._direct.rope(q, k, cos[:, 0], sin[:, 0])
+    assert torch.equal(_rotate(q, *factors), expected[0])
+    assert torch.equal(_rotate(k, *factors), expected[1])
 
 
 def test_other_architectures_decode_through_transformers(tiny_tokenizer):

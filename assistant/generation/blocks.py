@@ -645,6 +645,9 @@ class DirectDecoder:
         self.rope = importlib.import_module(type(attention).__module__).apply_rotary_pos_emb
         self.by_type = "layer_type" in inspect.signature(decoder.rotary_emb.forward).parameters
         self.norms = {id(m): w for m in decoder.modules() if (w := _rms_weight(m)) is not None}
+        self.fast_rope = True
+        """Rotate queries and keys with :func:`_rotate` (the same bits as the model's own
+        ``apply_rotary_pos_emb``, in fewer operations; False: the model's)."""
 
     @classmethod
     def of(cls, model, layer_types: list[str]) -> "DirectDecoder | None":
@@ -673,8 +676,9 @@ class DirectDecoder:
             h = d.embed_tokens(ids)
             rope: dict[str, tuple] = {}
             for kind in set(self.layer_types):
-                rope[kind] = (d.rotary_emb(h, positions, kind) if self.by_type
-                              else d.rotary_emb(h, positions))
+                cos, sin = (d.rotary_emb(h, positions, kind) if self.by_type
+                            else d.rotary_emb(h, positions))
+                rope[kind] = _rope_factors(cos, sin) if self.fast_rope else (cos, sin)
             for i, layer in enumerate(d.layers):
                 kind = self.layer_types[i]
                 mask = masks[kind] if isinstance(masks, dict) else masks
@@ -704,10 +708,31 @@ class DirectDecoder:
         v = a.v_proj(x).view(b, n, -1, a.head_dim).transpose(1, 2)
         if hasattr(a, "q_norm"):  # Gemma 3, Qwen3: per-head norms over head_dim
             q, k = self._norm(a.q_norm, q), self._norm(a.k_norm, k)
-        q, k = self.rope(q, k, *cos_sin)
+        if self.fast_rope:
+            q, k = _rotate(q, *cos_sin), _rotate(k, *cos_sin)
+        else:
+            q, k = self.rope(q, k, *cos_sin)
         k, v = cache_layer.update(k, v)
         out = _small_attention(q, k, v, mask, a.scaling)  # (b, n, heads, head_dim)
         return a.o_proj(out.reshape(b, n, -1))
+
+
+def _rope_factors(cos, sin) -> tuple:
+    """RoPE's factors for :func:`_rotate` from the rotary embedding's ``cos``, ``sin``
+    ``(batch, n, head_dim)``: ``cos`` and ``sin`` with its first half negated, both
+    ``(batch, 1, n, head_dim)``."""
+    half = sin.shape[-1] // 2
+    signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return cos.unsqueeze(1), signed.unsqueeze(1)
+
+
+def _rotate(x, cos, signed) -> "torch.Tensor":
+    """Rotary position embedding (Su et al. 2021) of ``x`` ``(batch, heads, n, head_dim)`` as
+    transformers' ``x * cos + rotate_half(x) * sin`` computes it, with ``rotate_half(x) * sin``
+    written as ``roll(x, half) * signed``: ``(-x2) * s1`` and ``x2 * (-s1)`` are the same
+    float, so the result is bit for bit the same (tested) in four operations instead of
+    seven."""
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed
 
 
 def _rms_weight(module) -> "tuple[torch.Tensor, float] | None":
