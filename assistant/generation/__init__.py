@@ -59,9 +59,9 @@ def load_tokenizer(path: str | Path, *, plain: bool = False):
     the special tokens and chat template of ``tokenizer_config.json`` instead of the
     directory's tokenizer class: transformers 5's ``GemmaTokenizer`` rebuilds Gemma 3's
     262,144-entry vocabulary in Python and its ``from_pretrained`` parses the 33 MB file again
-    in Python (2.4–3.6 s here, against about 1 s; BENCHMARKS.md, "Loading"). The two give the
-    same ids, special tokens, decoding and chat template for the embedded models
-    (``tests/test_real_models.py``); any other model loads through ``AutoTokenizer``.
+    in Python (2.4–3.6 s here, against about 1 s; BENCHMARKS.md, "Round 3"). The two give the
+    same ids, special tokens, decoding and chat template for the embedded models (a slow
+    test in ``tests/test_generation.py``); any other model loads through ``AutoTokenizer``.
 
     Raises:
         OSError: no tokenizer at ``path`` (a hub id is looked up in the local cache only
@@ -69,8 +69,6 @@ def load_tokenizer(path: str | Path, *, plain: bool = False):
         ValueError: a tokenizer file transformers cannot read.
     """
     import json
-
-    from transformers import AutoTokenizer
 
     folder = Path(path)
     if plain and (folder / "tokenizer.json").is_file():
@@ -92,12 +90,21 @@ def load_tokenizer(path: str | Path, *, plain: bool = False):
         # tokenizer_file, not tokenizer_object: an object is deep-copied (1.2 s more here)
         return transformers.PreTrainedTokenizerFast(
             tokenizer_file=str(folder / "tokenizer.json"), **kwargs)
+    from transformers import AutoTokenizer
+
+    return _local_first(AutoTokenizer.from_pretrained, path)
+
+
+def _local_first(load, path, **kwargs):
+    """``load(path, **kwargs)`` from local files only (a directory, or a hub id already in
+    the cache), else from the hub; a local directory that fails to load raises its
+    ``OSError``."""
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return load(path, local_files_only=True, **kwargs)
     except OSError:
-        if folder.exists():
+        if Path(path).exists():
             raise
-        return AutoTokenizer.from_pretrained(path)
+        return load(path, **kwargs)
 
 
 class GenerationError(Exception):
@@ -459,13 +466,7 @@ class TransformersGenerator:
         from transformers import AutoModelForCausalLM
 
         with model_lock or contextlib.nullcontext():
-            try:
-                return AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
-                                                            local_files_only=True)
-            except OSError:
-                if Path(path).exists():
-                    raise
-                return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            return _local_first(AutoModelForCausalLM.from_pretrained, path, dtype=dtype)
 
     has_blocks = True
 

@@ -619,7 +619,9 @@ class DirectDecoder:
     modules (norms, projections, MLPs, rotary embedding): the same operations in the same
     order as transformers' Llama/Qwen2/Qwen3/Mistral and Gemma 3 decoder layers, without the
     per-call machinery around them (output recording, mask building, keyword handling), which
-    took about two thirds of a Gemma 3 270M decoding pass on this 2-core CPU. Used for
+    took about two thirds of a Gemma 3 270M decoding pass on this 2-core CPU. RMS norms run
+    as one fused ``rms_norm`` (:meth:`_norm`) and RoPE as :func:`_rotate`: fewer operations,
+    the same bits. Used for
     decoding passes only; prefill and scoring go through the model's own forward.
     :meth:`of` returns None for any other architecture, which then decodes through
     transformers.
@@ -635,19 +637,13 @@ class DirectDecoder:
     sides (Gemma 3) rather than norming only their inputs (Llama and the others)."""
 
     def __init__(self, decoder, layer_types: list[str], sandwich: bool):
-        import importlib
         import inspect
 
         self.decoder = decoder
         self.layer_types = layer_types
         self.sandwich = sandwich
-        attention = decoder.layers[0].self_attn
-        self.rope = importlib.import_module(type(attention).__module__).apply_rotary_pos_emb
         self.by_type = "layer_type" in inspect.signature(decoder.rotary_emb.forward).parameters
         self.norms = {id(m): w for m in decoder.modules() if (w := _rms_weight(m)) is not None}
-        self.fast_rope = True
-        """Rotate queries and keys with :func:`_rotate` (the same bits as the model's own
-        ``apply_rotary_pos_emb``, in fewer operations; False: the model's)."""
 
     @classmethod
     def of(cls, model, layer_types: list[str]) -> "DirectDecoder | None":
@@ -678,7 +674,7 @@ class DirectDecoder:
             for kind in set(self.layer_types):
                 cos, sin = (d.rotary_emb(h, positions, kind) if self.by_type
                             else d.rotary_emb(h, positions))
-                rope[kind] = _rope_factors(cos, sin) if self.fast_rope else (cos, sin)
+                rope[kind] = _rope_factors(cos, sin)
             for i, layer in enumerate(d.layers):
                 kind = self.layer_types[i]
                 mask = masks[kind] if isinstance(masks, dict) else masks
@@ -708,10 +704,7 @@ class DirectDecoder:
         v = a.v_proj(x).view(b, n, -1, a.head_dim).transpose(1, 2)
         if hasattr(a, "q_norm"):  # Gemma 3, Qwen3: per-head norms over head_dim
             q, k = self._norm(a.q_norm, q), self._norm(a.k_norm, k)
-        if self.fast_rope:
-            q, k = _rotate(q, *cos_sin), _rotate(k, *cos_sin)
-        else:
-            q, k = self.rope(q, k, *cos_sin)
+        q, k = _rotate(q, *cos_sin), _rotate(k, *cos_sin)
         k, v = cache_layer.update(k, v)
         out = _small_attention(q, k, v, mask, a.scaling)  # (b, n, heads, head_dim)
         return a.o_proj(out.reshape(b, n, -1))
