@@ -305,7 +305,9 @@ def test_lookup_proposes_what_follows_the_answer_in_the_passage():
 
     passage = [10, 11, 12, 13, 14, 11, 12, 20]
     assert _lookup([11, 12], passage, 3) == [13, 14, 11]  # first occurrence of the 2-gram
-    assert _lookup([99, 12], passage, 2) == [13, 14]      # falls back to the last token
+    assert _lookup([99, 12], passage, 2) == [13]  # the last token alone: a weak guess, one
+    assert _lookup([99, 12], passage, 2, weak=2) == [13, 14]
+    assert _lookup([10, 11, 12], passage, 6) == [13, 14, 11, 12, 20]  # the passage's end
     assert _lookup([99], passage, 5) == []
     assert _lookup([14], passage, 0) == []
 

@@ -770,9 +770,20 @@ class Head:
         return {int(t): i for i, t in enumerate(self.ids.tolist())}
 
 
-def _lookup(answer: Sequence[int], source: Sequence[int], limit: int) -> list[int]:
+WEAK_DRAFT = 1
+"""Tokens proposed after a match of the answer's last token alone. A decoding pass costs about
+the same for one or two tokens (the output head reads its weights once either way) and grows
+with more (Gemma 3 270M, float16 head, ~850-token context, this 2-core CPU: 28.9 ms for 1
+token, 29.8 ms for 2, 45.2 ms for 7), and a one-token match is a weak guess: proposing one
+token then instead of six took the readings of 20 questions from 17.9 to 14.4 s in a replay
+of their passes (BENCHMARKS.md, "Round 4")."""
+
+
+def _lookup(answer: Sequence[int], source: Sequence[int], limit: int, *,
+            weak: int = WEAK_DRAFT) -> list[int]:
     """Up to ``limit`` tokens that follow the first occurrence in ``source`` of the answer's
-    last 3, 2 or 1 tokens (the longest that occurs); [] when none does."""
+    last 3, 2 or 1 tokens (the longest that occurs); at most ``weak`` of them when only the
+    last token occurs; [] when none does."""
     if limit <= 0 or not source:
         return []
     for size in (3, 2, 1):
@@ -781,7 +792,8 @@ def _lookup(answer: Sequence[int], source: Sequence[int], limit: int) -> list[in
         tail = list(answer[-size:])
         for start in range(len(source) - size):
             if list(source[start:start + size]) == tail:
-                return list(source[start + size:start + size + limit])
+                return list(source[start + size:start + size + (limit if size > 1 else
+                                                                  min(limit, weak))])
     return []
 
 
