@@ -312,6 +312,18 @@ def test_lookup_proposes_what_follows_the_answer_in_the_passage():
     assert _lookup([14], passage, 0) == []
 
 
+def test_a_loop_the_passages_do_not_hold_ends_a_free_answer():
+    from assistant.generation.blocks import looping
+
+    zeros = [5, 1] + [0] * 8
+    assert looping(zeros, source=[7, 8, 9])                      # "1 0 0 0 0 0 0 0 0"
+    assert not looping(zeros, source=[1] + [0] * 9)              # the passage holds the run
+    assert looping([3, 4] * 4, source=[3, 4, 5])                 # a two-token cycle
+    assert not looping([3, 4] * 3 + [3], source=[])              # shorter than the window
+    assert not looping(list(range(8)), source=[])                # no cycle
+    assert not looping([0] * 8, source=[], window=0)             # switched off
+
+
 @pytest.mark.parametrize("kind", ["gemma3", "llama"])
 def test_a_restricted_head_gives_the_greedy_tokens_when_they_are_in_it(kind, tiny_tokenizer):
     _, reader, state = first_passage_prompt(kind, tiny_tokenizer)
