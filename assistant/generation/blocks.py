@@ -10,8 +10,9 @@ blocks start after the longest block. With one block that is exactly the concate
 
 The attention mask is built from positions, per layer type, and passed explicitly: a key is
 visible when it is valid, not after the query, and (sliding-window layers, e.g. 15 of Gemma 3's
-18) less than ``sliding_window`` positions before it. Caches are kept whole (a plain
-``DynamicCache`` of full layers), so no block is silently dropped on a sliding layer.
+18) less than ``sliding_window`` positions before it. Caches are kept whole (full layers of
+one buffer per batch, :class:`GrowingLayer`), so no block is silently dropped on a sliding
+layer.
 
 Attention mass on the blocks is read with a registered attention function that wraps
 ``sdpa``: only the rows of the tokens asked for, ``(batch, heads, rows, keys)``, are computed
@@ -176,25 +177,31 @@ class GrowingLayer(DynamicLayer):
     place: a ``DynamicLayer`` copies the layer's whole cache at every decoding pass
     (``torch.cat``), which measured 17 ms of a 71 ms Gemma 3 270M pass after an 800-token
     prompt on this 2-core CPU. ``keys``/``values`` are views of the filled part,
-    ``(1, kv_heads, filled, head_dim)``; past its room the buffer doubles.
+    ``(rows, kv_heads, filled, head_dim)``; past its room the buffer doubles.
 
-    Built from segments ``(kv_heads, n_i, head_dim)`` copied once into the buffer; ``crop``
-    (transformers' convention: a negative count of tokens to drop) forgets the last tokens.
+    Built from one list of segments ``(kv_heads, n_i, head_dim)`` per row, copied once into
+    the buffer; rows with fewer context tokens than the longest are padded with zeros (the
+    caller masks them). ``crop`` (transformers' convention: a negative count of tokens to
+    drop) forgets the last tokens.
     """
 
     def __init__(self, keys: Sequence["torch.Tensor"], values: Sequence["torch.Tensor"],
-                 room: int):
+                 room: int, *, rows: Sequence[Sequence[int]] | None = None):
         super().__init__()
+        groups = list(rows) if rows is not None else [range(len(keys))]
         first = keys[0]
         self.device = first.device
-        self.filled = sum(k.shape[1] for k in keys)
-        shape = (1, first.shape[0], self.filled + room, first.shape[2])
-        self._k, self._v = first.new_empty(shape), values[0].new_empty(shape)
-        at = 0
-        for k, v in zip(keys, values):
-            self._k[0, :, at:at + k.shape[1]] = k
-            self._v[0, :, at:at + v.shape[1]] = v
-            at += k.shape[1]
+        self.filled = max(sum(keys[i].shape[1] for i in g) for g in groups)
+        shape = (len(groups), first.shape[0], self.filled + room, first.shape[2])
+        make = first.new_zeros if len(groups) > 1 else first.new_empty
+        self._k, self._v = make(shape), make(shape)
+        for row, group in enumerate(groups):
+            at = 0
+            for i in group:
+                n = keys[i].shape[1]
+                self._k[row, :, at:at + n] = keys[i]
+                self._v[row, :, at:at + n] = values[i]
+                at += n
         self._views()
         self.is_initialized = True
 
@@ -401,23 +408,14 @@ class BlockModel:
         key_ok = torch.zeros(batch, width + steps, dtype=torch.bool, device=dev)
         ids = torch.zeros(batch, steps, dtype=torch.long, device=dev)
         pos = torch.zeros(batch, steps, dtype=torch.long, device=dev)
-        past = []
-        for layer in range(self.layers if width else 0):
-            k_rows, v_rows = [], []
-            for r, n in zip(rows, ctx_len):
-                parts_k = [s.keys[layer] for s in r.context]
-                parts_v = [s.values[layer] for s in r.context]
-                k = torch.cat(parts_k, dim=1) if parts_k else None
-                v = torch.cat(parts_v, dim=1) if parts_v else None
-                if n < width:
-                    like = k if k is not None else rows_like(rows, layer)
-                    pad = torch.zeros(like.shape[0], width - n, like.shape[2], dtype=like.dtype,
-                                      device=like.device)
-                    k = pad if k is None else torch.cat([k, pad], dim=1)
-                    v = pad if v is None else torch.cat([v, pad], dim=1)
-                k_rows.append(k)
-                v_rows.append(v)
-            past.append((torch.stack(k_rows), torch.stack(v_rows)))  # (batch, kv_heads, width, d)
+        segments = [s for r in rows for s in r.context]
+        groups, at = [], 0
+        for r in rows:
+            groups.append(range(at, at + len(r.context)))
+            at += len(r.context)
+        layers = [GrowingLayer([s.keys[i] for s in segments], [s.values[i] for s in segments],
+                               steps, rows=groups)
+                  for i in range(self.layers if width else 0)]
         for b, (r, n, t) in enumerate(zip(rows, ctx_len, new_len)):
             if n:
                 key_pos[b, :n] = torch.cat([s.positions for s in r.context]).to(dev)
@@ -429,7 +427,7 @@ class BlockModel:
             key_pos[b, width:] = pos[b]
             key_ok[b, width:width + t] = True
         masks = self._masks(key_pos, key_ok, pos, width + torch.arange(steps, device=dev))
-        cache = DynamicCache(ddp_cache_data=past) if width else DynamicCache()
+        cache = Cache(layers=layers) if width else DynamicCache()
         keep_logits = torch.tensor(list(logits_at) or [steps - 1], device=dev)
         recorder = Recorder(record) if record is not None else None
         with torch.inference_mode():
@@ -817,14 +815,6 @@ def _lookup(answer: Sequence[int], source: Sequence[int], limit: int, *,
                 return list(source[start + size:start + size + (limit if size > 1 else
                                                                   min(limit, weak))])
     return []
-
-
-def rows_like(rows: Sequence[Row], layer: int):
-    """A key tensor of some row's context at ``layer`` (for the shape of padding)."""
-    for r in rows:
-        for s in r.context:
-            return s.keys[layer]
-    raise ValueError("no row has a context")
 
 
 @dataclass
