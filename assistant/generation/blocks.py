@@ -675,11 +675,13 @@ class DirectDecoder:
                 cos, sin = (d.rotary_emb(h, positions, kind) if self.by_type
                             else d.rotary_emb(h, positions))
                 rope[kind] = _rope_factors(cos, sin)
+            seen = {kind: _first_visible(masks[kind] if isinstance(masks, dict) else masks)
+                    for kind in set(self.layer_types)}
             for i, layer in enumerate(d.layers):
                 kind = self.layer_types[i]
                 mask = masks[kind] if isinstance(masks, dict) else masks
                 attention = self._attention(layer.self_attn, norm(layer.input_layernorm, h),
-                                            rope[kind], mask, cache.layers[i])
+                                            rope[kind], mask, cache.layers[i], seen[kind])
                 if self.sandwich:
                     h = h + norm(layer.post_attention_layernorm, attention)
                     h = h + norm(layer.post_feedforward_layernorm,
@@ -697,7 +699,9 @@ class DirectDecoder:
             return module(x)
         return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight[0], weight[1])
 
-    def _attention(self, a, x, cos_sin, mask, cache_layer) -> "torch.Tensor":
+    def _attention(self, a, x, cos_sin, mask, cache_layer, start: int = 0) -> "torch.Tensor":
+        """The attention block of one layer for ``x`` ``(batch, n, hidden)``; keys before
+        ``start`` (in cache order) are masked for every query and left out."""
         b, n = x.shape[:2]
         q = a.q_proj(x).view(b, n, -1, a.head_dim).transpose(1, 2)
         k = a.k_proj(x).view(b, n, -1, a.head_dim).transpose(1, 2)
@@ -706,8 +710,19 @@ class DirectDecoder:
             q, k = self._norm(a.q_norm, q), self._norm(a.k_norm, k)
         q, k = _rotate(q, *cos_sin), _rotate(k, *cos_sin)
         k, v = cache_layer.update(k, v)
+        if start:
+            k, v, mask = k[:, :, start:], v[:, :, start:], mask[..., start:k.shape[2]]
         out = _small_attention(q, k, v, mask, a.scaling)  # (b, n, heads, head_dim)
         return a.o_proj(out.reshape(b, n, -1))
+
+
+def _first_visible(mask) -> int:
+    """Index of the first key that some query may see under the additive ``mask``
+    ``(1, 1, queries, keys)`` (0 when the first is visible): on a sliding-window layer, keys
+    further back than the window are masked for every query of a decoding pass, and leaving
+    them out of the products changes nothing (their probability is exactly 0)."""
+    visible = (mask[0, 0] > torch.finfo(mask.dtype).min).any(dim=0)  # (keys,)
+    return int(torch.argmax(visible.to(torch.uint8)))
 
 
 def _rope_factors(cos, sin) -> tuple:
