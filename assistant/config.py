@@ -114,8 +114,10 @@ class Settings:
 
     precision: str = "auto"
     """The generator's weights: ``auto`` (what measured fastest with the same answers:
-    float16 weights on an x86 CPU, bfloat16 on CUDA, float32 elsewhere), ``fp32``, ``fp16``
-    (on a CPU: float16 weights, float32 arithmetic; on CUDA: float16), ``bf16``, ``int8`` (on
+    ``mixed`` on an x86 CPU with bfloat16 arithmetic, float16 weights on other x86 CPUs,
+    bfloat16 on CUDA, float32 elsewhere), ``fp32``, ``fp16`` (on a CPU: float16 weights,
+    float32 arithmetic; on CUDA: float16), ``mixed`` (CPU: ``fp16`` for decoding, bfloat16 for
+    prefill products; needs AVX512-BF16 or AMX), ``bf16``, ``int8`` (on
     a CPU: faster, but its quantized activations change a base model's answers, see
     BENCHMARKS.md) or ``int4`` (CUDA with torchao; int8 on a GPU needs torchao too)."""
 
@@ -271,8 +273,8 @@ class Settings:
             raise ConfigError(f"reader must be blocks or text, not {self.reader!r}")
         if self.read_mode not in ("each", "fused"):
             raise ConfigError(f"read_mode must be each or fused, not {self.read_mode!r}")
-        if self.precision not in ("auto", "fp32", "fp16", "bf16", "int8", "int4"):
-            raise ConfigError(f"precision must be auto, fp32, fp16, bf16, int8 or int4, "
+        if self.precision not in ("auto", "fp32", "fp16", "mixed", "bf16", "int8", "int4"):
+            raise ConfigError(f"precision must be auto, fp32, fp16, mixed, bf16, int8 or int4, "
                               f"not {self.precision!r}")
         if not 0 <= self.serve_idle_minutes <= 7 * 24 * 60:
             raise ConfigError("serve_idle_minutes must be between 0 and 10080 (a week)")

@@ -221,13 +221,55 @@ def test_an_unknown_or_unavailable_precision_is_a_one_line_error(tiny_gemma_dir)
         TransformersGenerator("tiny-gemma", tiny_gemma_dir, device="cpu", precision="int4")
 
 
-def test_auto_precision_is_fp16_weights_on_an_x86_cpu_and_bf16_on_cuda():
-    from assistant.generation.precision import packed_fp16, resolve
+def test_auto_precision_is_mixed_or_fp16_weights_on_an_x86_cpu_and_bf16_on_cuda(monkeypatch):
+    from assistant.generation import precision
+    from assistant.generation.precision import PrecisionError, packed_fp16, resolve
 
-    assert resolve("auto", "cpu") == ("fp16" if packed_fp16() else "fp32")
+    for native in (True, False):
+        monkeypatch.setattr(precision, "native_bf16", lambda native=native: native)
+        cpu = ("mixed" if native else "fp16") if packed_fp16() else "fp32"
+        assert resolve("auto", "cpu") == cpu
     assert resolve("auto", "mps") == "fp32"
     assert resolve("auto", "cuda:0") == "bf16"
     assert resolve("fp32", "cpu") == "fp32"
+    with pytest.raises(PrecisionError, match="'mixed' is for CPUs with bfloat16"):
+        resolve("mixed", "cpu")  # native_bf16 is False here now
+    with pytest.raises(PrecisionError, match="'mixed' is for CPUs"):
+        resolve("mixed", "cuda:0")
+
+
+def test_mixed_precision_multiplies_many_rows_in_bfloat16_and_few_in_float16():
+    """Under ``mixed`` a decoder product of at least PREFILL_ROWS rows (prefill) is bfloat16
+    arithmetic over a bfloat16 copy of the weight; fewer rows (decoding) go through the
+    float16-packed weight; the output head keeps no bfloat16 copy."""
+    import torch
+
+    from assistant.generation import precision
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(24, 40)
+            self.head = torch.nn.Linear(40, 50, bias=False)
+
+        def get_output_embeddings(self):
+            return self.head
+
+        def forward(self, x):
+            return self.head(self.layer(x))
+
+    torch.manual_seed(0)
+    model = Tiny()
+    weight, bias = model.layer.weight.detach().clone(), model.layer.bias.detach().clone()
+    precision.pack_fp16(model, threads=1, prefill_bf16=True)
+    assert model.layer.bf16.dtype == torch.bfloat16 and model.head.bf16 is None
+    many = torch.randn(precision.PREFILL_ROWS, 24)
+    expected = torch.nn.functional.linear(many.bfloat16(), weight.bfloat16()).float() + bias
+    assert torch.equal(model.layer(many), expected)
+    few = many[:precision.PREFILL_ROWS - 1]
+    rounded = torch.nn.functional.linear(few, weight.half().float(), bias)
+    assert torch.allclose(model.layer(few), rounded, atol=1e-5)
+    assert not torch.equal(model.layer(few), expected[:-1])
 
 
 @pytest.mark.slow

@@ -387,9 +387,10 @@ class TransformersGenerator:
         path: local directory or hub id to load from (a hub id is looked up in the local cache
             first; the network is used only when it is not cached).
         device: ``auto``, ``cpu``, ``cuda``, ... (see :func:`pick_device`).
-        precision: ``auto``, ``fp32``, ``fp16``, ``bf16``, ``int8`` or ``int4`` weights (see
-            :mod:`assistant.generation.precision`; ``auto``: bfloat16 on CUDA, float16
-            weights on an x86 CPU).
+        precision: ``auto``, ``fp32``, ``fp16``, ``mixed``, ``bf16``, ``int8`` or ``int4``
+            weights (see :mod:`assistant.generation.precision`; ``auto``: bfloat16 on CUDA,
+            ``mixed`` on an x86 CPU with bfloat16 arithmetic, float16 weights on other x86
+            CPUs).
         model_lock: held while the model's weights are instantiated: transformers builds
             models under process-wide patches (weights first made on the ``meta`` device), so
             two models must not be built at once on two threads; the tokenizer loads outside

@@ -15,7 +15,10 @@ answer as float32 for 32 % of 50 SQuAD dev questions, token F1 25.3 against 48.1
 has no bfloat16 arithmetic (no AVX512-BF16/AMX), nor a fast weight-only int8 kernel
 (``torch._weight_int8pack_mm`` and torchao's weight-only int8 ran 10–15× slower than float32).
 On a later 2-core AVX512-BF16 machine bfloat16 prefilled 1.2× faster than float16 weights but
-decoded 1.6× slower, so ``auto`` stays float16 there too (BENCHMARKS.md, "Round 3").
+decoded 1.6× slower (BENCHMARKS.md, "Round 3"), so there ``auto`` is ``mixed``: float16 weights
+for decoding, and a bfloat16 copy of the decoder's weights for products of at least
+:data:`PREFILL_ROWS` rows (encoding passages, scoring): 80 SQuAD dev questions answered in
+1.61 s median instead of 2.10 s, 78 of them with the same answer (BENCHMARKS.md, "Round 4").
 
 float16 on a CPU keeps the arithmetic in float32 and only stores the Linear layers' weights
 (the output head included) in float16: fbgemm's packed half-precision GEMM
@@ -33,7 +36,11 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8", "int4")
+PRECISIONS = ("auto", "fp32", "fp16", "mixed", "bf16", "int8", "int4")
+
+PREFILL_ROWS = 64
+"""Under ``mixed``, a decoder product over at least this many rows (tokens of a batch) runs in
+bfloat16; fewer (decoding passes: one token and its drafts) in float16-packed weights."""
 
 
 class PrecisionError(ValueError):
@@ -48,14 +55,30 @@ def resolve(precision: str, device: str) -> str:
     """
     if precision not in PRECISIONS:
         raise PrecisionError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
-    if precision == "fp16" and device == "cpu" and not packed_fp16():
-        raise PrecisionError("precision 'fp16' on this CPU needs PyTorch's fbgemm kernels "
-                             "(x86 builds); use fp32 (or auto)")
+    if precision in ("fp16", "mixed") and device == "cpu" and not packed_fp16():
+        raise PrecisionError(f"precision {precision!r} on this CPU needs PyTorch's fbgemm "
+                             f"kernels (x86 builds); use fp32 (or auto)")
+    if precision == "mixed" and (device != "cpu" or not native_bf16()):
+        raise PrecisionError("precision 'mixed' is for CPUs with bfloat16 arithmetic "
+                             "(AVX512-BF16 or AMX); use fp16 (or auto)")
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
         return "bf16"
-    return "fp16" if device == "cpu" and packed_fp16() else "fp32"
+    if device == "cpu" and packed_fp16():
+        return "mixed" if native_bf16() else "fp16"
+    return "fp32"
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (the ``avx512_bf16`` or ``amx_bf16``
+    flag of Linux's /proc/cpuinfo; False where that cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            flags = next((line for line in info if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
 
 
 def packed_fp16() -> bool:
@@ -89,6 +112,8 @@ def apply(model, precision: str, device: str, *, head: bool = True):
         return model
     if precision == "fp16":  # on CUDA it was loaded in float16
         return pack_fp16(model) if on_cpu else model
+    if precision == "mixed":
+        return pack_fp16(model, prefill_bf16=True)
     if precision == "int4" and on_cpu:
         raise PrecisionError("precision 'int4' runs on CUDA only (torchao has no fast CPU int4 "
                              "kernel); on a CPU use int8 (or auto)")
@@ -143,20 +168,30 @@ class Fp16Linear(torch.nn.Module):
     packed in pieces of :data:`PACK_ROWS` rows, so that the pieces pack on several threads
     (fbgemm packs on one; the op releases the GIL) and their outputs are concatenated.
 
+    With ``bf16`` (a bfloat16 copy of the weight, ``mixed`` precision), inputs of at least
+    :data:`PREFILL_ROWS` rows are multiplied in bfloat16 instead (inputs rounded to bfloat16,
+    output rounded to bfloat16, then float32): a prefill product is about 2× faster that way
+    on a CPU with AVX512-BF16, a decoding one slower (BENCHMARKS.md, "Round 3").
+
     Input ``(..., in)`` float32; output ``(..., out)`` float32.
     """
 
     def __init__(self, pieces: list, bias: "torch.Tensor | None", in_features: int,
-                 out_features: int):
+                 out_features: int, bf16: "torch.Tensor | None" = None):
         super().__init__()
         self.pieces = pieces
         self.bias = bias
         self.in_features, self.out_features = in_features, out_features
+        self.bf16 = bf16
 
     def forward(self, x: "torch.Tensor") -> "torch.Tensor":
         flat = x.reshape(-1, self.in_features)
-        outs = [torch.ops.quantized.linear_dynamic_fp16(flat, piece) for piece in self.pieces]
-        y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+        if self.bf16 is not None and flat.shape[0] >= PREFILL_ROWS:
+            y = torch.nn.functional.linear(flat.to(torch.bfloat16), self.bf16).float()
+        else:
+            outs = [torch.ops.quantized.linear_dynamic_fp16(flat, piece)
+                    for piece in self.pieces]
+            y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -166,7 +201,8 @@ class Fp16Linear(torch.nn.Module):
         return torch.cat([torch.ops.quantized.linear_unpack_fp16(p)[0] for p in self.pieces])
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, fp16"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, fp16"
+                + ("+bf16" if self.bf16 is not None else ""))
 
 
 class Fp16Embedding(torch.nn.Module):
@@ -193,12 +229,14 @@ class Fp16Embedding(torch.nn.Module):
         return rows if self.scale is None else rows * self.scale
 
 
-def pack_fp16(model, threads: int | None = None):
+def pack_fp16(model, threads: int | None = None, *, prefill_bf16: bool = False):
     """Replace every ``nn.Linear`` of ``model`` (the output head included, tied or not) with
     an :class:`Fp16Linear`, and a plain or scaled input embedding with an
     :class:`Fp16Embedding`. The pieces pack on ``threads`` threads (default: torch's
-    intra-op thread count): Gemma 3 270M packs in about half the time of one thread. Returns
-    the model."""
+    intra-op thread count): Gemma 3 270M packs in about half the time of one thread. With
+    ``prefill_bf16`` the decoder's layers (not the output head: prefill computes few of its
+    rows) also keep a bfloat16 copy for products of many rows (``mixed``; Gemma 3 270M: 200
+    MB more). Returns the model."""
     from concurrent.futures import ThreadPoolExecutor
 
     linears = [(name, module) for name, module in model.named_modules()
@@ -214,12 +252,15 @@ def pack_fp16(model, threads: int | None = None):
     pieces: dict[int, list] = {}
     for (i, j, _), piece in zip(jobs, packed):
         pieces.setdefault(i, []).append(piece)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for i, (name, module) in enumerate(linears):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         bias = None if module.bias is None else module.bias.detach().float()
+        copy = (module.weight.detach().to(torch.bfloat16)
+                if prefill_bf16 and module is not head else None)
         setattr(parent, child, Fp16Linear(pieces[i], bias, module.in_features,
-                                          module.out_features))
+                                          module.out_features, copy))
     embedding = getattr(model, "get_input_embeddings", lambda: None)()
     if isinstance(embedding, torch.nn.Embedding) and embedding.weight.dtype == torch.float32 \
             and not embedding.max_norm:
