@@ -483,9 +483,10 @@ class BlockModel:
         """Greedy decoding after ``context`` (the prompt's segments, already run), starting
         from ``first_logits`` ``(vocab,)`` (the logits after the prompt's last token).
 
-        Stops at a token of ``end_ids`` (not returned), after ``max_new_tokens`` or when
-        ``cancelled()`` turns true. ``allowed(ids so far)`` restricts each step's choice
-        (copy constraint).
+        Stops at a token of ``end_ids`` (not returned), after ``max_new_tokens``, when
+        ``cancelled()`` turns true, or, unconstrained, when the answer loops on tokens the
+        prompt does not hold (:func:`looping`). ``allowed(ids so far)`` restricts each step's
+        choice (copy constraint).
 
         Prompt-lookup drafting (Saxena 2023, "Prompt Lookup Decoding"): after each token, the
         tokens that follow the answer's last 1–3 tokens in ``draft_from`` (the passage) are
