@@ -167,8 +167,8 @@ def growing_cache(context: Sequence[KV], room: int) -> "Cache":
     """A batch-of-one key/value cache holding the segments of ``context`` in order, with
     space for ``room`` more tokens written in place (see :class:`GrowingLayer`)."""
     layers = len(context[0].keys)
-    return Cache(layers=[GrowingLayer([s.keys[i] for s in context],
-                                      [s.values[i] for s in context], room)
+    return Cache(layers=[GrowingLayer([[s.keys[i] for s in context]],
+                                      [[s.values[i] for s in context]], room)
                          for i in range(layers)])
 
 
@@ -179,29 +179,29 @@ class GrowingLayer(DynamicLayer):
     prompt on this 2-core CPU. ``keys``/``values`` are views of the filled part,
     ``(rows, kv_heads, filled, head_dim)``; past its room the buffer doubles.
 
-    Built from one list of segments ``(kv_heads, n_i, head_dim)`` per row, copied once into
-    the buffer; rows with fewer context tokens than the longest are padded with zeros (the
-    caller masks them). ``crop`` (transformers' convention: a negative count of tokens to
-    drop) forgets the last tokens.
+    Built from each row's segments ``(kv_heads, n_i, head_dim)``, copied once into the
+    buffer; rows with fewer context tokens than the longest are padded with zeros (the caller
+    masks them). ``crop`` (transformers' convention: a negative count of tokens to drop)
+    forgets the last tokens.
     """
 
-    def __init__(self, keys: Sequence["torch.Tensor"], values: Sequence["torch.Tensor"],
-                 room: int, *, rows: Sequence[Sequence[int]] | None = None):
+    def __init__(self, keys: Sequence[Sequence["torch.Tensor"]],
+                 values: Sequence[Sequence["torch.Tensor"]], room: int):
         super().__init__()
-        groups = list(rows) if rows is not None else [range(len(keys))]
-        first = keys[0]
+        first = next(k for row in keys for k in row)
         self.device = first.device
-        self.filled = max(sum(keys[i].shape[1] for i in g) for g in groups)
-        shape = (len(groups), first.shape[0], self.filled + room, first.shape[2])
-        make = first.new_zeros if len(groups) > 1 else first.new_empty
-        self._k, self._v = make(shape), make(shape)
-        for row, group in enumerate(groups):
+        self.filled = max(sum(k.shape[1] for k in row) for row in keys)
+        shape = (len(keys), first.shape[0], self.filled + room, first.shape[2])
+        value = next(v for row in values for v in row)
+        padded = len(keys) > 1
+        self._k = first.new_zeros(shape) if padded else first.new_empty(shape)
+        self._v = value.new_zeros(shape) if padded else value.new_empty(shape)
+        for b, (row_k, row_v) in enumerate(zip(keys, values)):
             at = 0
-            for i in group:
-                n = keys[i].shape[1]
-                self._k[row, :, at:at + n] = keys[i]
-                self._v[row, :, at:at + n] = values[i]
-                at += n
+            for k, v in zip(row_k, row_v):
+                self._k[b, :, at:at + k.shape[1]] = k
+                self._v[b, :, at:at + k.shape[1]] = v
+                at += k.shape[1]
         self._views()
         self.is_initialized = True
 
@@ -347,11 +347,9 @@ class BlockModel:
                     cos, sin = rotary(k[None], where, kind)
                 except TypeError:  # one RoPE for every layer (Llama, Qwen2)
                     cos, sin = rotary(k[None], where)
-                cos_sin[kind] = (cos[0].to(k.dtype), sin[0].to(k.dtype))  # (1, head_dim)
-            cos, sin = cos_sin[kind]
-            half = k.shape[-1] // 2
-            rotated_half = torch.cat((-k[..., half:], k[..., :half]), dim=-1)
-            keys.append(k * cos + rotated_half * sin)
+                cos_sin[kind] = tuple(f[0, 0].to(k.dtype)  # (1, head_dim)
+                                      for f in _rope_factors(cos, sin))
+            keys.append(_rotate(k, *cos_sin[kind]))
         return KV(keys, block.values, block.positions + delta, block.ids)
 
     # --- masks -------------------------------------------------------------------------
@@ -408,13 +406,8 @@ class BlockModel:
         key_ok = torch.zeros(batch, width + steps, dtype=torch.bool, device=dev)
         ids = torch.zeros(batch, steps, dtype=torch.long, device=dev)
         pos = torch.zeros(batch, steps, dtype=torch.long, device=dev)
-        segments = [s for r in rows for s in r.context]
-        groups, at = [], 0
-        for r in rows:
-            groups.append(range(at, at + len(r.context)))
-            at += len(r.context)
-        layers = [GrowingLayer([s.keys[i] for s in segments], [s.values[i] for s in segments],
-                               steps, rows=groups)
+        layers = [GrowingLayer([[s.keys[i] for s in r.context] for r in rows],
+                               [[s.values[i] for s in r.context] for r in rows], steps)
                   for i in range(self.layers if width else 0)]
         for b, (r, n, t) in enumerate(zip(rows, ctx_len, new_len)):
             if n:
