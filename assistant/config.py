@@ -33,6 +33,9 @@ REMOTE_PREFIX = "openai:"
 """A ``generator_model`` with this prefix is served remotely (``openai:NAME``: NAME as the
 OpenAI-compatible server at ``api_base`` calls it; :mod:`assistant.generation.remote`)."""
 
+PRECISIONS = ("auto", "fp32", "fp16", "mixed", "bf16", "int8", "int4")
+"""The generator precisions (see :attr:`Settings.precision`)."""
+
 
 def is_remote(model: str) -> bool:
     """True when ``model`` names a model on an OpenAI-compatible server (``openai:NAME``)."""
@@ -273,9 +276,9 @@ class Settings:
             raise ConfigError(f"reader must be blocks or text, not {self.reader!r}")
         if self.read_mode not in ("each", "fused"):
             raise ConfigError(f"read_mode must be each or fused, not {self.read_mode!r}")
-        if self.precision not in ("auto", "fp32", "fp16", "mixed", "bf16", "int8", "int4"):
-            raise ConfigError(f"precision must be auto, fp32, fp16, mixed, bf16, int8 or int4, "
-                              f"not {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be {', '.join(PRECISIONS[:-1])} or "
+                              f"{PRECISIONS[-1]}, not {self.precision!r}")
         if not 0 <= self.serve_idle_minutes <= 7 * 24 * 60:
             raise ConfigError("serve_idle_minutes must be between 0 and 10080 (a week)")
         if is_remote(self.generator_model):

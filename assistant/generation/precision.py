@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "fp16", "mixed", "bf16", "int8", "int4")
+from ..config import PRECISIONS
 
 PREFILL_ROWS = 32
 """Under ``mixed``, a decoder product over at least this many rows (tokens of a batch) runs in
