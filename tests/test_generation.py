@@ -93,9 +93,11 @@ def tiny_gemma(tmp_path_factory, tiny_tokenizer):
     return TransformersGenerator("tiny-gemma", str(folder), device="cpu")
 
 
-def test_a_shared_prefix_is_cached_and_changes_nothing(tiny_gemma):
+@pytest.mark.parametrize("loop", ["direct", "generate"])
+def test_a_shared_prefix_is_cached_and_changes_nothing(tiny_gemma, loop, monkeypatch):
     from assistant.extractive import extractive_prefix
 
+    monkeypatch.setattr(tiny_gemma, "decode_loop", loop)
     head = extractive_prefix()
     assert head.count("Context: ") == 10 and head.endswith("\n\n")
     outputs = []
@@ -108,7 +110,9 @@ def test_a_shared_prefix_is_cached_and_changes_nothing(tiny_gemma):
         assert cached.stats.logprob == pytest.approx(plain.stats.logprob, abs=1e-4)
         assert cached.stats.logprob < 0 and cached.stats.mean_logprob <= 0
         outputs.append(text)
-    key, _ = tiny_gemma._cached_prefix  # computed once, for the prompt's own tokens of `head`
+    # computed once, for the prompt's own tokens of `head`
+    key = (tiny_gemma._cached_prefix[0] if loop == "generate"
+           else tiny_gemma.blocks._prefix[1].ids)
     assert list(key) == tiny_gemma.tokenizer("<bos>" + head, add_special_tokens=False)["input_ids"]
     # a prefix the prompt does not start with is ignored
     other = tiny_gemma.complete(prompt, max_new_tokens=6, shared_prefix="Nothing like it")
@@ -304,3 +308,140 @@ def test_the_plain_tokenizer_of_an_embedded_model_is_its_own_tokenizer(name, sha
                     {"role": "user", "content": "What is a tuple?"}]
         assert (plain.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
                 == own.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<bos>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "<bos>assistant:")
+
+
+@pytest.fixture(scope="module", params=["gemma3", "llama", "qwen2"])
+def tiny_chat(request, tmp_path_factory, tiny_tokenizer):
+    """A tiny instruction model of each architecture the direct loop writes out (Gemma 3
+    with a sliding window the prompt crosses, Llama as SmolLM2, Qwen2 with q/k/v biases):
+    random weights, a chat template."""
+    from transformers import AutoTokenizer
+
+    from assistant.generation import TransformersGenerator
+    from tests.conftest import tiny_model
+
+    folder = tmp_path_factory.mktemp(f"tiny-chat-{request.param}")
+    tiny_model(request.param, len(tiny_tokenizer)).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return TransformersGenerator(f"tiny-{request.param}", str(folder), device="cpu")
+
+
+CHAT = [{"role": "system", "content": "Context: Denver beat Carolina 24-10 in Santa Clara."},
+        {"role": "user", "content": "Who won Super Bowl 50, and where was it played?"}]
+
+
+def _reply(generator, loop, monkeypatch, **kwargs):
+    monkeypatch.setattr(generator, "decode_loop", loop)
+    reply = generator.generate(CHAT, **kwargs)
+    return list(reply), reply.stats
+
+
+@pytest.mark.parametrize("penalty", [None, 1.3])
+def test_the_direct_loop_answers_what_generate_answers(tiny_chat, penalty, monkeypatch):
+    """Greedy decoding in the direct loop (prefill over explicit masks, the decoder written
+    out, prompt-lookup drafts) against transformers' generate(): the same text, the same
+    number of tokens and the same log-probability, with and without the model's repetition
+    penalty; a stop string cuts both at the same place."""
+    assert tiny_chat.direct_decoding()
+    monkeypatch.setattr(tiny_chat.model.generation_config, "repetition_penalty", penalty)
+    pieces, direct = _reply(tiny_chat, "direct", monkeypatch, max_new_tokens=24)
+    reference, generated = _reply(tiny_chat, "generate", monkeypatch, max_new_tokens=24)
+    assert "".join(pieces) == "".join(reference) and len(pieces) > 1  # streamed
+    assert direct.new_tokens == generated.new_tokens > 0
+    assert direct.logprob == pytest.approx(generated.logprob, abs=1e-3)
+    assert direct.prompt_tokens == generated.prompt_tokens
+    text = "".join(reference)
+    assert len(text) > 4
+    cut = text[len(text) // 2:][:2]  # a stop string from the middle of the answer
+    for loop in ("direct", "generate"):
+        stopped, stats = _reply(tiny_chat, loop, monkeypatch, max_new_tokens=24, stop=[cut])
+        assert "".join(stopped) == text[:text.index(cut)] and not stats.cancelled
+
+
+def test_a_penalised_model_decodes_through_the_direct_loop_only_when_it_can(tiny_chat,
+                                                                          monkeypatch):
+    config = tiny_chat.model.generation_config
+    monkeypatch.setattr(config, "repetition_penalty", 1.2)
+    assert tiny_chat.direct_decoding()
+    monkeypatch.setattr(config, "no_repeat_ngram_size", 3)  # not written out: generate()
+    assert not tiny_chat.direct_decoding()
+    monkeypatch.setattr(config, "no_repeat_ngram_size", None)
+    monkeypatch.setattr(tiny_chat, "decode_loop", "generate")
+    assert not tiny_chat.direct_decoding()
+
+
+def test_the_direct_loop_decodes_on_the_thread_that_reads_it(tiny_chat, monkeypatch):
+    """No generation thread: the passes run on the reader's thread (a second thread of
+    OpenMP kernels beside the embedder's made them 1.6x slower here)."""
+    import threading
+
+    from assistant.generation.blocks import BlockModel
+
+    seen = set()
+    step = BlockModel._step
+
+    def spy(self, *args, **kwargs):
+        seen.add(threading.current_thread().name)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(BlockModel, "_step", spy)
+    pieces, stats = _reply(tiny_chat, "direct", monkeypatch, max_new_tokens=8)
+    assert seen == {threading.current_thread().name} and stats.new_tokens > 1
+
+
+def test_the_direct_loop_can_be_cancelled_or_left_and_frees_the_model(tiny_chat, monkeypatch):
+    monkeypatch.setattr(tiny_chat, "decode_loop", "direct")
+    monkeypatch.setattr(tiny_chat.model.generation_config, "eos_token_id", 399)  # never ends
+    reply = tiny_chat.generate(CHAT, max_new_tokens=60)
+    got = []
+    for piece in reply:
+        got.append(piece)
+        if len(got) == 2:
+            reply.cancel()
+    # the passes end at the cancel: what was decoded but not yet shown comes as one piece
+    assert reply.stats.cancelled and reply.stats.new_tokens < 60 and len(got) <= 3
+    left = tiny_chat.generate(CHAT, max_new_tokens=60)
+    next(iter(left))
+    left.fragments.close()  # a reader that stops reading: the model's lock is released
+    assert not tiny_chat._lock.locked()
+    assert tiny_chat.generate(CHAT, max_new_tokens=3).stats.new_tokens == 0  # not started
+    again = tiny_chat.generate(CHAT, max_new_tokens=3)
+    assert again.text() and again.stats.new_tokens == 3
+
+
+def test_sampling_draws_from_the_cut_distribution():
+    import torch
+
+    from assistant.generation.blocks import Sampler
+
+    logp = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    draw = Sampler(1.0, top_k=0, top_p=0.7, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(torch.tensor([draw(logp) for _ in range(400)]), minlength=4)
+    assert counts[2] == counts[3] == 0  # outside the nucleus (0.5 + 0.3 reaches 0.7)
+    assert 0.5 < counts[0] / counts[1] * 0.3 / 0.5 < 2  # 5:3 inside it
+    top1 = Sampler(1.0, top_k=1, generator=torch.Generator().manual_seed(1))
+    assert {top1(logp) for _ in range(20)} == {0}
+    cold = Sampler(0.05, top_k=0, generator=torch.Generator().manual_seed(2))
+    assert sum(cold(logp) == 0 for _ in range(50)) == 50  # a low temperature is nearly greedy
+    with pytest.raises(ValueError):
+        Sampler(0.0)(logp)
+
+
+def test_a_sampled_reply_in_the_direct_loop_follows_the_seed(tiny_chat, monkeypatch):
+    import torch
+
+    texts = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        pieces, stats = _reply(tiny_chat, "direct", monkeypatch, max_new_tokens=12,
+                               temperature=1.0)
+        texts.append("".join(pieces))
+        assert stats.new_tokens > 0 and stats.logprob < 0
+    assert texts[0] == texts[1]

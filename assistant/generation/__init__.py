@@ -615,29 +615,181 @@ class TransformersGenerator:
             self._ends = sorted(ends)
         return self._ends
 
+    decode_loop: str = "direct"
+    """How :meth:`generate` and :meth:`complete` decode: ``direct``, through
+    :meth:`BlockModel.decode <assistant.generation.blocks.BlockModel.decode>` (the decoder
+    written out over the model's own modules, prompt-lookup drafting; 40-48 tokens/s for
+    SmolLM2-135M on this 2-core CPU against 22 through ``generate()``), for the architectures
+    it supports and generation settings it implements (:meth:`direct_decoding`), else
+    ``generate``, transformers' own ``generate()``."""
+
+    UNSUPPORTED_SETTINGS = ("no_repeat_ngram_size", "encoder_no_repeat_ngram_size",
+                            "bad_words_ids", "suppress_tokens", "begin_suppress_tokens",
+                            "sequence_bias", "forced_bos_token_id", "forced_eos_token_id",
+                            "min_length", "min_new_tokens", "min_p", "typical_p",
+                            "epsilon_cutoff", "eta_cutoff", "exponential_decay_length_penalty",
+                            "guidance_scale", "watermarking_config", "diversity_penalty")
+    """Settings of a model's ``generation_config`` the direct loop does not implement; a
+    model that sets any of them (to anything but the library's neutral default) decodes
+    through ``generate()``."""
+
+    def direct_decoding(self) -> bool:
+        """True when :meth:`generate` and :meth:`complete` decode in the direct loop: it is
+        chosen (:attr:`decode_loop`), the architecture has a
+        :class:`~assistant.generation.blocks.DirectDecoder`, and the model's generation
+        config asks for nothing but end tokens, repetition penalty, temperature, top-k and
+        top-p."""
+        if self.decode_loop != "direct" or self.blocks.engine._direct is None:
+            return False
+        config = getattr(self.model, "generation_config", None)
+        neutral = (None, 0, 1.0, [], False)
+        return not any(getattr(config, name, None) not in neutral
+                       for name in self.UNSUPPORTED_SETTINGS)
+
+    def _eos_ids(self) -> list[int]:
+        """Token ids that end a reply: the generation config's end token(s) (what
+        ``generate()`` stops at) and the tokenizer's."""
+        ends = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ends = set(ends if isinstance(ends, (list, tuple)) else [ends] if ends is not None
+                   else [])
+        if self.tokenizer.eos_token_id is not None:
+            ends.add(self.tokenizer.eos_token_id)
+        return sorted(ends)
+
     def _stream(self, prompt: str, *, max_new_tokens: int, temperature: float,
                 stop: Sequence[str], allowed=None, prefix: str | None = None) -> Reply:
+        import torch
+
+        started = time.perf_counter()
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        stats = GenerationStats(prompt_tokens=len(ids))
+        prefix_ids = None
+        if prefix:
+            prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+            if len(prefix_ids) >= len(ids) or ids[:len(prefix_ids)] != prefix_ids:
+                prefix_ids = None  # tokenised differently inside the prompt: no reuse
+        cancel = threading.Event()
+        stop_now = threading.Event()  # cancel, or a stop string seen
+        job = dict(ids=ids, prefix=prefix if prefix_ids else None,
+                   prefix_tokens=len(prefix_ids or ()), max_new_tokens=max_new_tokens,
+                   temperature=temperature, allowed=allowed, stats=stats,
+                   end_ids=self._end_ids() if "\n" in stop else None,  # end at the new line
+                   stopped=lambda: cancel.is_set() or stop_now.is_set())
+        direct = self.direct_decoding()
+
+        def fragments() -> Iterator[str]:
+            # The direct loop runs on the thread that iterates the reply: torch's OpenMP
+            # kernels ran 1.6-2.8x slower on a second thread beside one that had already run
+            # any (the embedder): each thread gets its own OpenMP pool, and with more pool
+            # threads than cores libgomp's workers sleep between kernels instead of spinning
+            # (BENCHMARKS.md, "Round 5"). generate() cannot be iterated, so it keeps a thread.
+            pieces = self._direct_pieces(**job) if direct else self._generate_pieces(**job)
+            cutter = StopStrings(stop)
+            try:
+                for piece in pieces:
+                    if stop_now.is_set() and not cutter.stopped:
+                        break
+                    if stats.first_token_s is None and piece:
+                        stats.first_token_s = time.perf_counter() - started
+                    out = cutter.push(piece)
+                    if out:
+                        yield out
+                    if cutter.stopped:
+                        stop_now.set()
+                        break
+                tail = cutter.flush()
+                if tail:
+                    yield tail
+            except torch.OutOfMemoryError as exc:
+                raise GenerationError(f"out of memory generating on {self.device}") from exc
+            except GenerationError:
+                raise
+            except Exception as exc:
+                raise GenerationError(f"generation failed: {exc}") from exc
+            finally:
+                stop_now.set()
+                pieces.close()  # ends the decoding (and its thread) before the stats are read
+                stats.total_s = time.perf_counter() - started
+                stats.cancelled = cancel.is_set()
+
+        return Reply(fragments(), stats, cancel, stop_now)
+
+    def _sampler(self, temperature: float):
+        """The :class:`~assistant.generation.blocks.Sampler` for ``temperature`` (None:
+        greedy), with the model's own top-k / top-p (transformers' defaults 50 / 1.0)."""
+        if temperature <= 0:
+            return None
+        from .blocks import Sampler
+
+        config = self.model.generation_config
+        top_k = getattr(config, "top_k", None)
+        top_p = getattr(config, "top_p", None)
+        return Sampler(temperature, 50 if top_k is None else int(top_k),
+                       1.0 if top_p is None else float(top_p))
+
+    def _direct_pieces(self, *, ids, prefix, prefix_tokens, max_new_tokens, temperature,
+                       end_ids, allowed, stats, stopped) -> Iterator[str]:
+        """Text pieces of the reply, decoded in
+        :meth:`BlockModel.steps <assistant.generation.blocks.BlockModel.steps>` on the calling
+        thread: ``ids`` prefilled (after the cached ``prefix`` when given), then each token
+        detokenised as it is kept; fills ``stats``. Holds the model's lock while it runs."""
+        import torch
+        from transformers import TextStreamer
+
+        from .blocks import Row
+
+        class Pieces(TextStreamer):
+            """transformers' incremental detokenising (whole words, no broken characters)."""
+
+            def __init__(self, tokenizer):
+                super().__init__(tokenizer, skip_special_tokens=True)
+                self.ready: list[str] = []
+
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                if text:
+                    self.ready.append(text)
+
+        reader = self.blocks
+        context = [reader.prefix(prefix)] if prefix else []  # takes the lock itself
+        rest = ids[prefix_tokens:]
+        penalty = getattr(self.model.generation_config, "repetition_penalty", None) or 1.0
+        text = Pieces(self.tokenizer)
+        with self._lock:
+            with torch.inference_mode():
+                logits, new, _ = reader.engine.run(
+                    [Row(context, rest, list(range(prefix_tokens, len(ids))))],
+                    logits_at=[len(rest) - 1])
+            steps = reader.engine.steps(
+                context + new, logits[0, 0], max_new_tokens=max_new_tokens,
+                end_ids=end_ids if end_ids is not None else self._eos_ids(), allowed=allowed,
+                cancelled=stopped, draft_from=ids, sampler=self._sampler(temperature),
+                penalty=float(penalty), stop_loops=False)
+            try:
+                while True:
+                    token = next(steps)
+                    text.put(torch.tensor([token]))
+                    yield from text.ready
+                    text.ready.clear()
+            except StopIteration as finished:
+                done = finished.value
+                stats.new_tokens = len(done.ids) + int(done.ended)
+                stats.logprob = done.logprob
+            finally:
+                steps.close()
+        text.end()
+        yield from text.ready
+
+    def _generate_pieces(self, *, ids, prefix, prefix_tokens, max_new_tokens, temperature,
+                         end_ids, allowed, stats, stopped) -> Iterator[str]:
+        """The same as :meth:`_direct_pieces` through transformers' ``generate()`` (any
+        architecture, any generation setting), on a thread of its own."""
         import torch
         from transformers import (LogitsProcessor, LogitsProcessorList, StoppingCriteria,
                                   StoppingCriteriaList, TextIteratorStreamer)
 
-        started = time.perf_counter()
-        inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        stats = GenerationStats(prompt_tokens=int(inputs["input_ids"].shape[1]))
-        prefix_ids = None
-        if prefix:
-            prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
-            if (len(prefix_ids) >= stats.prompt_tokens
-                    or inputs["input_ids"][0, :len(prefix_ids)].tolist() != prefix_ids):
-                prefix_ids = None  # tokenised differently inside the prompt: no reuse
-        cancel = threading.Event()
-        stop_now = threading.Event()  # cancel, or a stop string seen
-
         class _Stop(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):  # noqa: ARG002
-                done = cancel.is_set() or stop_now.is_set()
-                return torch.full((input_ids.shape[0],), done, dtype=torch.bool,
+                return torch.full((input_ids.shape[0],), stopped(), dtype=torch.bool,
                                   device=input_ids.device)
 
         class _TokenLogprobs(LogitsProcessor):
@@ -657,25 +809,20 @@ class TransformersGenerator:
                 return scores
 
         logprobs = _TokenLogprobs()
-
-        class _CountingStreamer(TextIteratorStreamer):
-            def put(self, value):
-                if not self.next_tokens_are_prompt:
-                    stats.new_tokens += int(value.numel())
-                super().put(value)
-
-        streamer = _CountingStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True,
+                                        skip_special_tokens=True)
+        input_ids = torch.tensor([ids], device=self.device)
         kwargs = dict(
-            **inputs, streamer=streamer, max_new_tokens=max_new_tokens,
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+            streamer=streamer, max_new_tokens=max_new_tokens,
             stopping_criteria=StoppingCriteriaList([_Stop()]),
             logits_processor=LogitsProcessorList([logprobs]),
             pad_token_id=self.pad_id,
         )
-        if "\n" in stop:  # end exactly at the new line (no token decoded past it)
-            kwargs["eos_token_id"] = self._end_ids()
+        if end_ids is not None:
+            kwargs["eos_token_id"] = end_ids
         if allowed is not None:
-            prompt_len = stats.prompt_tokens
-            kwargs["prefix_allowed_tokens_fn"] = lambda _b, ids: allowed(ids[prompt_len:].tolist())
+            kwargs["prefix_allowed_tokens_fn"] = lambda _b, seq: allowed(seq[len(ids):].tolist())
         if temperature > 0:
             kwargs.update(do_sample=True, temperature=temperature)
         else:
@@ -683,48 +830,25 @@ class TransformersGenerator:
         failure: list[BaseException] = []
 
         def run() -> None:
-            with self._lock, torch.inference_mode():
-                try:
-                    if prefix_ids:
+            try:
+                with self._lock, torch.inference_mode():
+                    if prefix:
                         kwargs[cache_argument(self.model)] = copy.deepcopy(
-                            self._prefix_cache(prefix_ids))
+                            self._prefix_cache(ids[:prefix_tokens]))
                     out = self.model.generate(**kwargs)
-                    if out.shape[1] > stats.prompt_tokens:
-                        logprobs.add(int(out[0, -1]))
-                        stats.logprob = logprobs.total
-                except BaseException as exc:  # reported to the reader of the stream
-                    failure.append(exc)
-                    streamer.end()
+                if out.shape[1] > len(ids):
+                    logprobs.add(int(out[0, -1]))
+                    stats.logprob = logprobs.total
+                stats.new_tokens = int(out.shape[1]) - len(ids)
+            except BaseException as exc:  # raised again on the reading thread
+                failure.append(exc)
+                streamer.end()
 
         thread = threading.Thread(target=run, name="generate", daemon=True)
-
-        def fragments() -> Iterator[str]:
-            cutter = StopStrings(stop)
-            thread.start()
-            try:
-                for piece in streamer:
-                    if stop_now.is_set() and not cutter.stopped:
-                        break
-                    if stats.first_token_s is None and piece:
-                        stats.first_token_s = time.perf_counter() - started
-                    out = cutter.push(piece)
-                    if out:
-                        yield out
-                    if cutter.stopped:
-                        stop_now.set()
-                        break
-                tail = cutter.flush()
-                if tail:
-                    yield tail
-            finally:
-                stop_now.set()
-                thread.join()
-                stats.total_s = time.perf_counter() - started
-                stats.cancelled = cancel.is_set()
-            if failure:
-                exc = failure[0]
-                if isinstance(exc, torch.OutOfMemoryError):
-                    raise GenerationError(f"out of memory generating on {self.device}") from exc
-                raise GenerationError(f"generation failed: {exc}") from exc
-
-        return Reply(fragments(), stats, cancel, stop_now)
+        thread.start()
+        try:
+            yield from streamer
+        finally:
+            thread.join()  # a reader that stops early has made ``stopped()`` true first
+        if failure:
+            raise failure[0]

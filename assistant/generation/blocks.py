@@ -28,7 +28,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Generator, Sequence
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
@@ -468,18 +468,40 @@ class BlockModel:
         return logits.float()
 
     # --- greedy decoding ----------------------------------------------------------------
-    def decode(self, context: Sequence[KV], first_logits: "torch.Tensor", *, max_new_tokens: int,
-               end_ids: Sequence[int], allowed: Callable[[list[int]], list[int]] | None = None,
-               cancelled: Callable[[], bool] = lambda: False,
-               draft_from: Sequence[int] = (), draft: int = 6,
-               vocab: Sequence[int] | None = None) -> "Decoded":
-        """Greedy decoding after ``context`` (the prompt's segments, already run), starting
-        from ``first_logits`` ``(vocab,)`` (the logits after the prompt's last token).
+    def decode(self, context: Sequence[KV], first_logits: "torch.Tensor", **options) -> "Decoded":
+        """Decode to the end in one call: :meth:`steps` drained (same arguments); returns its
+        :class:`Decoded`."""
+        steps = self.steps(context, first_logits, **options)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def steps(self, context: Sequence[KV], first_logits: "torch.Tensor", *, max_new_tokens: int,
+              end_ids: Sequence[int], allowed: Callable[[list[int]], list[int]] | None = None,
+              cancelled: Callable[[], bool] = lambda: False,
+              draft_from: Sequence[int] = (), draft: int = 6,
+              vocab: Sequence[int] | None = None, sampler: "Sampler | None" = None,
+              stop_loops: bool = True,
+              penalty: float = 1.0) -> "Generator[int, None, Decoded]":
+        """Greedy (or, with ``sampler``, sampled) decoding after ``context`` (the prompt's
+        segments, already run), starting from ``first_logits`` ``(vocab,)`` (the logits after
+        the prompt's last token).
 
         Stops at a token of ``end_ids`` (not returned), after ``max_new_tokens``, when
-        ``cancelled()`` turns true, or, unconstrained, when the answer loops on tokens the
-        prompt does not hold (:func:`looping`). ``allowed(ids so far)`` restricts each step's
-        choice (copy constraint).
+        ``cancelled()`` turns true, or, unconstrained and with ``stop_loops``, when the answer
+        loops on tokens the prompt does not hold (:func:`looping`). ``allowed(ids so far)``
+        restricts each step's choice (copy constraint). A generator: it yields each token id
+        as soon as it is kept (streaming) and returns the :class:`Decoded`; all its work runs
+        on the thread that iterates it.
+
+        With ``sampler`` each token is drawn from the model's distribution
+        (:class:`Sampler`) and nothing is drafted (drafts are checked against the greedy
+        choice). ``penalty`` > 1 is the repetition penalty of CTRL (Keskar et al. 2019) as
+        transformers applies it: the logit of every token already in the context or the
+        answer is divided by it when positive, multiplied when negative, before the choice.
+        Both need the whole output head (``vocab`` None).
 
         Prompt-lookup drafting (Saxena 2023, "Prompt Lookup Decoding"): after each token, the
         tokens that follow the answer's last 1–3 tokens in ``draft_from`` (the passage) are
@@ -502,6 +524,10 @@ class BlockModel:
         """
         started = time.perf_counter()
         ends = set(end_ids)
+        if (sampler is not None or penalty != 1.0) and vocab is not None:
+            raise ValueError("sampling and repetition penalty need the whole output head")
+        if sampler is not None:
+            draft = 0
         head = self.head_rows([*vocab, *end_ids]) if vocab is not None else None
         column = head.index() if head is not None else None
         first_full = first_logits
@@ -522,13 +548,28 @@ class BlockModel:
         passes = 0
 
 
+        seen_ids = {i for s in context for i in s.ids}  # for the repetition penalty
+        seen = torch.tensor(sorted(seen_ids), dtype=torch.long, device=first_logits.device)
+
         def choose(step_logits) -> tuple[int, float]:
+            nonlocal seen
+            if penalty != 1.0:
+                if out and out[-1] not in seen_ids:  # one token kept since the last choice
+                    seen_ids.add(out[-1])
+                    seen = torch.cat([seen, torch.tensor(out[-1:], device=seen.device)])
+                step_logits = step_logits.float()
+                picked = step_logits[seen]
+                step_logits = step_logits.scatter(
+                    0, seen, torch.where(picked < 0, picked * penalty, picked / penalty))
             logp = torch.log_softmax(step_logits.float(), dim=-1)
             if allowed is not None:
                 ids = allowed(out)
                 cols = ids if column is None else [column[t] for t in ids if t in column]
                 pick = torch.tensor(cols, device=logp.device)
-                col = int(pick[int(torch.argmax(logp[pick]))])
+                col = int(pick[sampler(logp[pick]) if sampler is not None
+                               else int(torch.argmax(logp[pick]))])
+            elif sampler is not None:
+                col = sampler(logp)
             else:
                 col = int(torch.argmax(logp))
             token = col if head is None else int(head.ids[col])
@@ -542,11 +583,12 @@ class BlockModel:
                 ended = True
                 break
             if len(out) >= max_new_tokens or cancelled() or (
-                    allowed is None and looping(out, source_all)):
+                    allowed is None and stop_loops and looping(out, source_all)):
                 break
             logprob += value
             counted.append((hidden, token))
             out.append(token)
+            yield token
             if first_s is None:
                 first_s = time.perf_counter() - started
             drafts = _lookup(out, source, min(draft, max_new_tokens - len(out)))
@@ -575,6 +617,7 @@ class BlockModel:
                     break
                 out.append(choice)
                 accepted += 1
+                yield choice
             if ended:
                 break
             rejected = len(drafts) - accepted
@@ -824,6 +867,40 @@ def _lookup(answer: Sequence[int], source: Sequence[int], limit: int, *,
                 return list(source[start + size:start + size + (limit if size > 1 else
                                                                   min(limit, weak))])
     return []
+
+
+@dataclass
+class Sampler:
+    """Draws a token as transformers' ``generate(do_sample=True)`` does with its default
+    warpers: the logits divided by ``temperature``, then cut to the ``top_k`` most likely
+    tokens (0: no cut), then to the smallest set whose probability reaches ``top_p``
+    (nucleus sampling, Holtzman et al. 2020; 1.0: no cut). ``generator``: a seeded
+    ``torch.Generator`` for reproducible draws (None: torch's global one)."""
+
+    temperature: float
+    top_k: int = 50
+    top_p: float = 1.0
+    generator: "torch.Generator | None" = None
+
+    def __call__(self, logp: "torch.Tensor") -> int:
+        """The index drawn from log-probabilities ``logp`` ``(n,)``.
+
+        Raises:
+            ValueError: ``temperature`` is not positive.
+        """
+        if self.temperature <= 0:
+            raise ValueError("sampling needs a positive temperature")
+        scores = logp.float() / self.temperature
+        if 0 < self.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, self.top_k).values[-1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.top_p < 1.0:
+            ordered, order = torch.sort(scores, descending=True)
+            cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
+            drop = cumulative - torch.softmax(ordered, dim=-1) >= self.top_p  # keep the first
+            scores = scores.scatter(0, order[drop], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
 
 
 @dataclass
