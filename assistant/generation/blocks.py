@@ -419,7 +419,14 @@ class BlockModel:
                 pos[b, t:] = pos[b, t - 1] + 1 + torch.arange(steps - t, device=dev)
             key_pos[b, width:] = pos[b]
             key_ok[b, width:width + t] = True
-        masks = self._masks(key_pos, key_ok, pos, width + torch.arange(steps, device=dev))
+        if batch == 1 and not width and record is None and rows[0].positions == list(
+                range(steps)):
+            # a plain prompt from position 0: the model's own causal masks, which let sdpa's
+            # flash kernel skip the blocks above the diagonal (SmolLM2-135M, 976 tokens:
+            # attention 470 -> 330 ms of a 1.2 s prefill on this 2-core CPU)
+            masks = None
+        else:
+            masks = self._masks(key_pos, key_ok, pos, width + torch.arange(steps, device=dev))
         cache = Cache(layers=layers) if width else DynamicCache()
         keep_logits = torch.tensor(list(logits_at) or [steps - 1], device=dev)
         recorder = Recorder(record) if record is not None else None
