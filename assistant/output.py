@@ -121,10 +121,15 @@ def short_answer(turn) -> str:
 _SENTENCE_END = re.compile(r"(?<=[.!?\]])\s+(?=[^\s\[]|\[(?!\d))|\n\n+")
 
 
+_BOLD = re.compile(r"(?<!\\)\*\*(.+?)(?<!\\)\*\*")  # **bold**, not an escaped \*\*
+
+
 def sentence_support(turn) -> list[dict]:
     """Per answer sentence: its text, the sources it cites and their support weights
     (``{"text", "cites", "support"}``); a sentence citing nothing is ``unsupported``. A
-    citation right after a sentence's full stop (``It is. [1]``) belongs to that sentence."""
+    citation right after a sentence's full stop (``It is. [1]``) belongs to that sentence.
+    The text is plain, for scripts: no citations, bold markers or Markdown escapes
+    (``**with\\_item**`` is ``with_item``)."""
     from .attribution import CITATION
     from .dialogue import cited_numbers
 
@@ -132,6 +137,7 @@ def sentence_support(turn) -> list[dict]:
     out = []
     for part in _SENTENCE_END.split(turn.answer.strip()):
         text = re.sub(r"\s+([.,;:!?])", r"\1", CITATION.sub("", part)).strip().lstrip("> ").strip()
+        text = plain(_BOLD.sub(r"\1", text))
         if not text:
             continue
         cites = [n for n in cited_numbers(part) if n in weights]

@@ -102,6 +102,11 @@ def test_json_sentences_keep_their_citations_and_hide_an_unshown_span():
     assert short_answer(turn) == ""  # read, but not what the answer shows
     turn.answer, turn.short_answer = "**with\\_item** [1]", "with_item"
     assert short_answer(turn) == "with_item"
+    # sentences are plain text for scripts: no bold, no Markdown escapes (a literal \*\* stays)
+    turn.answer = ("**with\\_item** [1] The manager\u2019s \"\\_\\_enter\\_\\_()\" is "
+                   "called. [1] Powers use 2\\*\\*3. [2]")
+    assert [s["text"] for s in sentence_support(turn)] == [
+        "with_item", "The manager\u2019s \"__enter__()\" is called.", "Powers use 2**3."]
 
 
 def test_ask_prints_a_passage_own_markup_without_escapes():
