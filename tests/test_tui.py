@@ -53,6 +53,43 @@ async def test_answer_streams_in_and_sources_fill(tmp_path):
         assert "Super Bowl" in " ".join(s["text"] for s in rows[0]["sources"])
 
 
+async def test_loading_and_every_answer_run_on_one_models_thread(tmp_path):
+    """The models load and answer on one thread, whatever thread Textual's worker pool hands
+    out (the index poll keeps a second one busy): torch's kernels run 1.3-2.5x slower on a
+    thread beside another live one that has run any."""
+    import time
+
+    seen = []
+
+    class Recording(FakeGenerator):
+        def generate(self, messages, **kwargs):
+            reply = super().generate(messages, **kwargs)
+            stream = reply.fragments
+
+            def fragments():
+                seen.append(threading.current_thread().name)
+                yield from stream
+
+            reply.fragments = fragments()
+            return reply
+
+    app = make_app(tmp_path, Recording(["Denver won [1]."]))
+    load = app.loader
+
+    def loader(say):
+        seen.append(threading.current_thread().name)
+        return load(say)
+
+    app.loader = loader
+    app.index_progress = lambda: (time.sleep(0.3), "indexing")[1]
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.manager is not None)
+        for question in ("Who won Super Bowl 50?", "Where was it played?", "Who lost it?"):
+            await ask(pilot, question)
+            await wait_for(pilot, lambda: not app.busy)
+    assert len(seen) == 4 and len(set(seen)) == 1 and seen[0].startswith("models"), seen
+
+
 async def test_question_is_recorded_when_sent_even_while_loading(tmp_path):
     gate = threading.Event()
     app = make_app(tmp_path, gate=gate)

@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -104,6 +105,11 @@ class ChatApp(App[None]):
         self._turn_done = threading.Event()
         self._turn_done.set()
         self._waiting: list[tuple[str, int, AnswerView]] = []  # sent while loading
+        # Loading and answering run on this one thread (the workers wait on it): torch's
+        # kernels ran 1.3-2.5x slower on a thread beside another live one that had run any
+        # (an OpenMP pool each, more pool threads than cores), and Textual's thread workers
+        # come from a pool whose threads stay alive (BENCHMARKS.md, "Round 5").
+        self._models = ThreadPoolExecutor(1, thread_name_prefix="models")
 
     # ---- layout ------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -165,6 +171,9 @@ class ChatApp(App[None]):
     # ---- loading -------------------------------------------------------------------------
     @work(thread=True, exit_on_error=False, group="load")
     def _load(self) -> None:
+        self._models.submit(self._load_models).result()
+
+    def _load_models(self) -> None:
         def say(text: str) -> None:
             self.call_from_thread(self.status.set_model, f"{self.model_name} · {text}")
 
@@ -245,6 +254,9 @@ class ChatApp(App[None]):
 
     @work(thread=True, exit_on_error=False, group="answer")
     def _answer(self, question: str, turn_id: int, view: AnswerView) -> None:
+        self._models.submit(self._write_answer, question, turn_id, view).result()
+
+    def _write_answer(self, question: str, turn_id: int, view: AnswerView) -> None:
         try:
             try:
                 turn = self.manager.ask(question, conversation_id=self.conversation_id,
