@@ -36,15 +36,22 @@ def test_real_model_streams_a_grounded_answer(real_generator, squad_passages):
     assert stats.tokens_per_s and stats.tokens_per_s > 1 and not stats.cancelled
 
 
+def _cancel_after(reply, pieces: int) -> list[str]:
+    """Read ``reply`` to the end, cancelling it once ``pieces`` pieces have come; returns
+    every piece read."""
+    got = []
+    for piece in reply:
+        got.append(piece)
+        if len(got) == pieces:
+            reply.cancel()
+    return got
+
+
 @pytest.mark.slow
 def test_real_model_can_be_cancelled_and_stopped(real_generator):
     messages = [{"role": "user", "content": "Count from one to one hundred in words."}]
     reply = real_generator.generate(messages, max_new_tokens=200)
-    pieces = []
-    for piece in reply:
-        pieces.append(piece)
-        if len(pieces) == 3:
-            reply.cancel()
+    _cancel_after(reply, 3)
     assert reply.stats.cancelled and reply.stats.new_tokens < 20
 
     # a base model continues a list; the stop string ends it at the first comma
@@ -400,11 +407,7 @@ def test_the_direct_loop_can_be_cancelled_or_left_and_frees_the_model(tiny_chat,
     monkeypatch.setattr(tiny_chat, "decode_loop", "direct")
     monkeypatch.setattr(tiny_chat.model.generation_config, "eos_token_id", 399)  # never ends
     reply = tiny_chat.generate(CHAT, max_new_tokens=60)
-    got = []
-    for piece in reply:
-        got.append(piece)
-        if len(got) == 2:
-            reply.cancel()
+    got = _cancel_after(reply, 2)
     # the passes end at the cancel: what was decoded but not yet shown comes as one piece
     assert reply.stats.cancelled and reply.stats.new_tokens < 60 and len(got) <= 3
     left = tiny_chat.generate(CHAT, max_new_tokens=60)
