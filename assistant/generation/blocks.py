@@ -23,6 +23,7 @@ This module imports torch and transformers; only :mod:`assistant.generation` imp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -428,18 +429,19 @@ class BlockModel:
         else:
             masks = self._masks(key_pos, key_ok, pos, width + torch.arange(steps, device=dev))
         cache = Cache(layers=layers) if width else DynamicCache()
-        keep_logits = torch.tensor(list(logits_at) or [steps - 1], device=dev)
-        recorder = Recorder(record) if record is not None else None
-        with torch.inference_mode():
-            if recorder is not None:
-                with recorder:
-                    out = self.model(input_ids=ids, position_ids=pos, attention_mask=masks,
-                                     use_cache=True, logits_to_keep=keep_logits,
-                                     **{self._cache_arg: cache})
-            else:
-                out = self.model(input_ids=ids, position_ids=pos, attention_mask=masks,
-                                 use_cache=True, logits_to_keep=keep_logits,
-                                 **{self._cache_arg: cache})
+        args = dict(input_ids=ids, position_ids=pos, attention_mask=masks, use_cache=True)
+        if logits_at:
+            forward = self.model
+            args.update(logits_to_keep=torch.tensor(list(logits_at), device=dev),
+                        **{self._cache_arg: cache})
+        else:
+            # no logits asked for (encoding blocks, the support pass): the decoder alone, not
+            # the output head (Gemma 3 270M's reads 168 M weights for every call)
+            forward = self.model.get_decoder()
+            args[self._decoder_cache_arg] = cache
+        recorder = Recorder(record) if record is not None else contextlib.nullcontext()
+        with torch.inference_mode(), recorder:
+            out = forward(**args)
         logits = out.logits.float() if logits_at else None
         new = None
         if keep:
@@ -451,7 +453,7 @@ class BlockModel:
                        for i in range(self.layers)],
                       pos[b, :t].clone(), list(r.ids))
                    for b, (r, t) in enumerate(zip(rows, new_len))]
-        return logits, new, (recorder.probs if recorder is not None else None)
+        return logits, new, (recorder.probs if record is not None else None)
 
     def _step(self, ids, positions, masks, cache, head: "Head | None"):
         """One decoding pass of ``ids`` ``(1, n)``: ``(logits, hidden)``, logits ``(n, vocab)``
