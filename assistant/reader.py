@@ -119,7 +119,7 @@ def support_weights(masses, heads: Sequence[tuple[int, int]] = ()) -> list[float
     if not masses:
         return []
     picks = list(heads) or [(l, h) for l in range(len(masses)) for h in range(len(masses[l]))]
-    blocks = len(masses[0][0])
+    blocks = len(masses[picks[0][0]][picks[0][1]])
     total = [sum(masses[l][h][b] for l, h in picks) / len(picks) for b in range(blocks)]
     norm = sum(total)
     return [t / norm if norm > 0 else 0.0 for t in total]
@@ -181,10 +181,12 @@ class ExtractiveReader:
                           restrict=self.restrict_head)
 
     def read(self, question: str, hits: Sequence[Hit], *,
-             cancelled: Callable[[], bool] = lambda: False, yes_no: bool = False) -> Reading:
+             cancelled: Callable[[], bool] = lambda: False, yes_no: bool = False,
+             support: bool = True) -> Reading:
         """Rerank, read and cite over ``hits`` (every hit becomes a block). With ``yes_no``,
         also the verdict (see :attr:`Reading.verdict`) after the passage the answer was read
-        from.
+        from. ``support`` False leaves out the support pass (the caller measures it with
+        :meth:`support_of` for the answer it shows; abstention does not use it).
 
         Raises:
             RuntimeError: no hits.
@@ -259,9 +261,10 @@ class ExtractiveReader:
         seconds["read"] = time.perf_counter() - at
 
         at = time.perf_counter()
-        masses, _ = ([], []) if cancelled() else blocks_api.support(
-            prefix, blocks, question_text(question), done.ids, layout=self.layout)
-        support = support_weights(masses, self.heads)
+        masses, _ = ([], []) if cancelled() or not support else blocks_api.support(
+            prefix, blocks, question_text(question), done.ids, layout=self.layout,
+            layers=self._support_layers)
+        weights = support_weights(masses, self.heads)
         seconds["support"] = time.perf_counter() - at
 
         tokens = max(scored.target_tokens, 1)
@@ -271,7 +274,7 @@ class ExtractiveReader:
             "loglik": max(loglik) / tokens,
             "logprob": done.mean_logprob,
             "score": hits[0].score,
-            "top_support": max(support) if support else 0.0,
+            "top_support": max(weights) if weights else 0.0,
         }
         abstained = bool(self.abstain_below) and abstain_score(features) < self.abstain_below
         raw_span = answer.span
@@ -283,8 +286,34 @@ class ExtractiveReader:
             features["yes_margin"] = yes - no
             if abs(yes - no) >= VERDICT_MARGIN:
                 verdict = "Yes" if yes > no else "No"
-        return Reading(hits, answer, support, masses, abstained, features, list(done.ids),
+        return Reading(hits, answer, weights, masses, abstained, features, list(done.ids),
                        done.logprob, len(done.ids), read, encoded, seconds, raw_span, verdict)
+
+
+    def support_of(self, question: str, hits: Sequence[Hit], *, text: str | None = None,
+                   ids: Sequence[int] = ()) -> tuple[list, list]:
+        """The attention support of an answer over the blocks of ``hits``: :meth:`BlockReader.
+        support <assistant.generation.blocks.BlockReader.support>` run with ``text``'s tokens
+        (an answer composed of passage sentences: the support shown is then that of the
+        sentences shown, not of the span read before them), else with the token ``ids`` of a
+        reading. Blocks come from the cache (a hit added since is encoded).
+
+        Returns:
+            ``(support, masses)`` as in :class:`Reading` (empty when nothing was recorded).
+        """
+        blocks_api = self.generator.blocks
+        prefix = blocks_api.prefix(self.generator.bos + extractive_prefix())
+        blocks = blocks_api.blocks(prefix, [(h.passage.id, block_text(h.passage.text))
+                                            for h in hits])
+        answer = blocks_api.tokens(" " + " ".join(text.split())) if text else list(ids)
+        masses, _ = blocks_api.support(prefix, blocks, question_text(question), answer,
+                                       layout=self.layout, layers=self._support_layers)
+        return support_weights(masses, self.heads), masses
+
+    @property
+    def _support_layers(self) -> set[int] | None:
+        """The layers the support heads are in (None: every layer, as no heads are chosen)."""
+        return {layer for layer, _ in self.heads} or None
 
 
 def _finish_over(raw: str, hits: Sequence[Hit]) -> ExtractiveAnswer:

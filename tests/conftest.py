@@ -236,8 +236,9 @@ def tiny_model(kind: str, vocab_size: int, **overrides):
     common.update(overrides)
     torch.manual_seed(0)
     if kind == "gemma3":
-        config = Gemma3TextConfig(head_dim=16, sliding_window=4,
-                                  layer_types=["sliding_attention", "full_attention"], **common)
+        layer_types = common.pop("layer_types", ["sliding_attention", "full_attention"])
+        config = Gemma3TextConfig(head_dim=16, sliding_window=4, layer_types=layer_types,
+                                  **common)
         return Gemma3ForCausalLM(config).eval()
     if kind == "llama":
         return LlamaForCausalLM(LlamaConfig(**common)).eval()

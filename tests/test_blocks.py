@@ -248,6 +248,26 @@ def test_attention_mass_sums_to_one_over_blocks_and_the_rest(layout, tiny_tokeni
     assert sum(masses[0][0]) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_recording_some_layers_stops_after_them_with_the_same_masses(tiny_tokenizer, monkeypatch):
+    """The support heads' layers alone: the same masses for them as a pass recording every
+    layer, none for the others, and no layer after the last one asked for is run."""
+    from assistant.reader import support_weights
+
+    model = tiny_model("gemma3", len(tiny_tokenizer), num_hidden_layers=3,
+                       layer_types=["sliding_attention", "full_attention", "full_attention"])
+    reader = reader_for(model, tiny_tokenizer)
+    prefix = reader.prefix(PREFIX)
+    blocks = reader.blocks(prefix, [(i, p) for i, p in enumerate(PASSAGES)])
+    args = (prefix, blocks, LEAD + TARGET + TAIL, reader.tokens(" Denver Broncos"))
+    every, _ = reader.support(*args)
+    ran = []
+    last = model.model.layers[2]
+    monkeypatch.setattr(last, "forward", lambda *a, **k: ran.append(2) or ())
+    some, _ = reader.support(*args, layers={1})
+    assert ran == [] and some[0] == [] and some[2] == [] and some[1] == every[1]
+    assert support_weights(some, [(1, 0), (1, 1)]) == support_weights(every, [(1, 0), (1, 1)])
+
+
 def test_attention_lands_on_the_block_planted_to_hold_the_answer(tiny_tokenizer):
     """A one-layer Llama whose queries and keys use the same projection and whose RoPE barely
     turns (a huge base): a token attends to earlier copies of itself. The answer's tokens are

@@ -82,10 +82,13 @@ class Recorder:
 
     ``rows``: a slice of the new tokens' positions (query rows) to record. ``probs[layer]``
     is then ``(batch, heads, rows, keys)`` float32, keys in cache order (context then new).
+    ``layers``: record only these (None: every layer); the forward pass then stops after the
+    last of them (:class:`Recorded` is raised there), since nothing after it is read.
     """
 
-    def __init__(self, rows: slice):
+    def __init__(self, rows: slice, layers: "set[int] | None" = None):
         self.rows = rows
+        self.layers = layers
         self.probs: dict[int, torch.Tensor] = {}
 
     def __enter__(self) -> "Recorder":
@@ -96,6 +99,10 @@ class Recorder:
         _local.recorder = None
 
 
+class Recorded(Exception):
+    """Ends a forward pass whose :class:`Recorder` has every layer it asked for."""
+
+
 def _capture_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                        **kwargs):
     """sdpa attention that, while a :class:`Recorder` is active, also records softmax(q k^T)
@@ -103,7 +110,7 @@ def _capture_attention(module, query, key, value, attention_mask, scaling=None, 
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
     recorder = getattr(_local, "recorder", None)
-    if recorder is not None:
+    if recorder is not None and (recorder.layers is None or module.layer_idx in recorder.layers):
         q = query[:, :, recorder.rows, :].float()
         k = repeat_kv(key, query.shape[1] // key.shape[1]).float()
         scale = scaling if scaling is not None else q.shape[-1] ** -0.5
@@ -114,6 +121,8 @@ def _capture_attention(module, query, key, value, attention_mask, scaling=None, 
         if attention_mask is not None and attention_mask.dim() == 4:
             logits = logits + attention_mask[:, :, recorder.rows, : k.shape[-2]].float()
         recorder.probs[module.layer_idx] = torch.softmax(logits, dim=-1)
+        if recorder.layers is not None and module.layer_idx == max(recorder.layers):
+            raise Recorded  # every layer asked for is recorded: the rest is not needed
     if query.shape[2] <= SMALL_QUERY and attention_mask is not None and not kwargs.get("softcap"):
         return _small_attention(query, key, value, attention_mask, scaling), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
@@ -380,7 +389,7 @@ class BlockModel:
 
     # --- one forward pass ---------------------------------------------------------------
     def run(self, rows: Sequence[Row], *, logits_at: Sequence[int] = (), record: slice | None = None,
-            keep: bool = True):
+            keep: bool = True, record_layers: "set[int] | None" = None):
         """One forward pass over a batch of rows, each attending to its own context segments.
 
         Rows are padded to the longest context and the longest new run; padding is masked.
@@ -389,6 +398,8 @@ class BlockModel:
             logits_at: indices into the new tokens (the same for every row) whose next-token
                 logits to return.
             record: query rows (a slice of the new tokens) whose attention to record.
+            record_layers: record only these layers, and stop the pass after the last of
+                them (then no logits, nothing kept: ``logits_at`` empty, ``keep`` False).
             keep: return the new tokens' keys and values.
 
         Returns:
@@ -439,9 +450,15 @@ class BlockModel:
             # the output head (Gemma 3 270M's reads 168 M weights for every call)
             forward = self.model.get_decoder()
             args[self._decoder_cache_arg] = cache
-        recorder = Recorder(record) if record is not None else contextlib.nullcontext()
+        if record_layers is not None and (logits_at or keep):
+            raise ValueError("a pass that stops after the recorded layers has no outputs")
+        recorder = (Recorder(record, record_layers) if record is not None
+                    else contextlib.nullcontext())
         with torch.inference_mode(), recorder:
-            out = forward(**args)
+            try:
+                out = forward(**args)
+            except Recorded:
+                return None, None, recorder.probs
         logits = out.logits.float() if logits_at else None
         new = None
         if keep:
@@ -1206,16 +1223,19 @@ class BlockReader:
         return self.tokenizer.decode(done.ids, skip_special_tokens=True), done
 
     def support(self, prefix: KV, blocks: Sequence[KV], text: str, answer: Sequence[int], *,
-                layout: str = "end"):
+                layout: str = "end", layers: "set[int] | None" = None):
         """Attention of the answer over the blocks: ``text`` (the question part of the prompt)
         then the ``answer`` token ids are run over the prefix and every block at once (placed
         by ``layout``, see :meth:`place`), and the attention of each query row that predicts
-        an answer token is summed per block.
+        an answer token is summed per block. With ``layers``, only those layers are recorded
+        and the pass stops after the last of them (Gemma 3 270M's support heads are in
+        layers 3 and 11 of 18).
 
         Returns:
             ``(masses, other)``: ``masses[layer][head][block]``, the mean over answer tokens of
             the attention probability on that block's keys (0..1); ``other[layer][head]`` the
-            rest (prefix and question). Empty lists when nothing can be recorded.
+            rest (prefix and question); a layer not recorded has empty lists. Empty lists when
+            nothing can be recorded.
         """
         ids = self.tokens(text)
         answer = list(answer)
@@ -1226,13 +1246,18 @@ class BlockReader:
         row = Row([prefix, *blocks], seq, list(range(start, start + len(seq))))
         rows = slice(len(ids) - 1, len(seq) - 1)
         with self.lock:
-            _, _, probs = self.engine.run([row], record=rows, keep=False)
+            _, _, probs = self.engine.run([row], record=rows, keep=False,
+                                          record_layers=layers)
         bounds, at = [], len(prefix)
         for b in blocks:
             bounds.append((at, at + len(b)))
             at += len(b)
         masses, other = [], []
         for layer in range(self.engine.layers):
+            if layer not in probs:  # not asked for
+                masses.append([])
+                other.append([])
+                continue
             p = probs[layer][0].mean(dim=1)  # (heads, keys), mean over answer rows
             per = torch.stack([p[:, lo:hi].sum(dim=-1) for lo, hi in bounds], dim=-1)
             masses.append(per.tolist())
