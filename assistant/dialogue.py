@@ -592,13 +592,13 @@ class DialogueManager:
             # split the span's top source was not among the cited ones for 16 of 34 composed
             # answers, and is for all 34 this way); else the span's.
             started = time.perf_counter()
-            quoted = " ".join(text for _, text in reading.sentences)
-            support, masses = reader.support_of(question, reading.hits, text=quoted,
-                                                ids=reading.ids)
+            support, masses, per_sentence = reader.support_of(
+                question, reading.hits, sentences=[text for _, text in reading.sentences],
+                ids=reading.ids)
             seconds = dict(reading.seconds)
             seconds["support"] = time.perf_counter() - started
             return dataclasses.replace(reading, support=support, masses=masses,
-                                       seconds=seconds)
+                                       sentence_support=per_sentence, seconds=seconds)
 
         return Turn(conversation_id, turn_id, question, query, hits, result.milliseconds,
                     prompt, None, self.generator.name, self.history, extractive=True,

@@ -129,11 +129,16 @@ def sentence_support(turn) -> list[dict]:
     (``{"text", "cites", "support"}``); a sentence citing nothing is ``unsupported``. A
     citation right after a sentence's full stop (``It is. [1]``) belongs to that sentence.
     The text is plain, for scripts: no citations, bold markers or Markdown escapes
-    (``**with\\_item**`` is ``with_item``)."""
+    (``**with\\_item**`` is ``with_item``). A sentence quoted from a passage (a composed
+    answer: the turn's ``reading.sentence_support``) has the support of its own tokens;
+    any other the turn's."""
     from .attribution import CITATION
     from .dialogue import cited_numbers
 
     weights = {s.number: s.support for s in turn.sources()}
+    reading = getattr(turn, "reading", None)
+    quoted = list(zip([" ".join(t.split()) for _, t in getattr(reading, "sentences", [])],
+                      getattr(reading, "sentence_support", []) or []))
     out = []
     for part in _SENTENCE_END.split(turn.answer.strip()):
         text = re.sub(r"\s+([.,;:!?])", r"\1", CITATION.sub("", part)).strip().lstrip("> ").strip()
@@ -141,7 +146,9 @@ def sentence_support(turn) -> list[dict]:
         if not text:
             continue
         cites = [n for n in cited_numbers(part) if n in weights]
+        own = next((w for said, w in quoted if said and said in " ".join(text.split())), None)
         out.append({"text": text, "cites": cites,
-                    "support": {str(n): weights[n] for n in cites},
+                    "support": {str(n): round(own[n - 1], 4) if own and n <= len(own)
+                                else weights[n] for n in cites},
                     "unsupported": not cites})
     return out

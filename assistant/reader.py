@@ -94,6 +94,8 @@ class Reading:
             prefers one by at least :data:`VERDICT_MARGIN` nats; else None.
         sentences: the passage sentences the answer quotes, ``(source number, text)`` (set
             by :mod:`assistant.composer`; empty for a span answer).
+        sentence_support: per entry of ``sentences``, the support weights (per hit, 0..1)
+            of that sentence's tokens alone (see :meth:`ExtractiveReader.support_of`).
     """
 
     hits: list[Hit]
@@ -111,6 +113,7 @@ class Reading:
     raw_span: str = ""
     verdict: str | None = None
     sentences: list = field(default_factory=list)
+    sentence_support: list = field(default_factory=list)
 
 
 def support_weights(masses, heads: Sequence[tuple[int, int]] = ()) -> list[float]:
@@ -290,25 +293,35 @@ class ExtractiveReader:
                        done.logprob, len(done.ids), read, encoded, seconds, raw_span, verdict)
 
 
-    def support_of(self, question: str, hits: Sequence[Hit], *, text: str | None = None,
-                   ids: Sequence[int] = ()) -> tuple[list, list]:
-        """The attention support of an answer over the blocks of ``hits``: :meth:`BlockReader.
-        support <assistant.generation.blocks.BlockReader.support>` run with ``text``'s tokens
-        (an answer composed of passage sentences: the support shown is then that of the
-        sentences shown, not of the span read before them), else with the token ``ids`` of a
-        reading. Blocks come from the cache (a hit added since is encoded).
+    def support_of(self, question: str, hits: Sequence[Hit], *,
+                   sentences: Sequence[str] = (), ids: Sequence[int] = ()
+                   ) -> tuple[list, list, list]:
+        """The attention support of an answer over the blocks of ``hits``, in one support
+        pass (:meth:`BlockReader.support_parts
+        <assistant.generation.blocks.BlockReader.support_parts>`): of the quoted
+        ``sentences`` run as the answer, one after another (an answer composed of passage
+        sentences: the support shown is then that of the sentences shown, not of the span
+        read before them), else of a reading's token ``ids``. Blocks come from the cache (a
+        hit added since is encoded).
 
         Returns:
-            ``(support, masses)`` as in :class:`Reading` (empty when nothing was recorded).
+            ``(support, masses, per_sentence)``: ``support`` and ``masses`` as in
+            :class:`Reading`; ``per_sentence[i]`` the support weights (per hit, 0..1) of
+            sentence ``i``'s tokens alone ([] without sentences). Empty when nothing was
+            recorded.
         """
         blocks_api = self.generator.blocks
         prefix = blocks_api.prefix(self.generator.bos + extractive_prefix())
         blocks = blocks_api.blocks(prefix, [(h.passage.id, block_text(h.passage.text))
                                             for h in hits])
-        answer = blocks_api.tokens(" " + " ".join(text.split())) if text else list(ids)
-        masses, _ = blocks_api.support(prefix, blocks, question_text(question), answer,
-                                       layout=self.layout, layers=self._support_layers)
-        return support_weights(masses, self.heads), masses
+        parts = ([blocks_api.tokens(" " + " ".join(text.split())) for text in sentences]
+                 if sentences else [list(ids)])
+        masses, per_part = blocks_api.support_parts(prefix, blocks, question_text(question),
+                                                    parts, layout=self.layout,
+                                                    layers=self._support_layers)
+        per_sentence = ([support_weights(m, self.heads) for m in per_part] if sentences
+                        else [])
+        return support_weights(masses, self.heads), masses, per_sentence
 
     @property
     def _support_layers(self) -> set[int] | None:

@@ -268,6 +268,27 @@ def test_recording_some_layers_stops_after_them_with_the_same_masses(tiny_tokeni
     assert support_weights(some, [(1, 0), (1, 1)]) == support_weights(every, [(1, 0), (1, 1)])
 
 
+def test_the_support_of_each_sentence_comes_from_the_same_pass(tiny_tokenizer):
+    """An answer's parts in one support pass: over all of them, the masses are the parts'
+    masses weighted by their token counts, and the same as the pass over the whole answer."""
+    model = tiny_model("gemma3", len(tiny_tokenizer))
+    reader = reader_for(model, tiny_tokenizer)
+    prefix = reader.prefix(PREFIX)
+    blocks = reader.blocks(prefix, [(i, p) for i, p in enumerate(PASSAGES)])
+    parts = [reader.tokens(" Denver Broncos won."), reader.tokens(" Coldplay headlined.")]
+    text = LEAD + TARGET + TAIL
+    whole, per_part = reader.support_parts(prefix, blocks, text, parts)
+    once, _ = reader.support(prefix, blocks, text, parts[0] + parts[1])
+    a, b = len(parts[0]), len(parts[1])
+    for layer in range(2):
+        for head in range(2):
+            assert whole[layer][head] == pytest.approx(once[layer][head], abs=1e-6)
+            mixed = [(a * x + b * y) / (a + b) for x, y in zip(per_part[0][layer][head],
+                                                                per_part[1][layer][head])]
+            assert whole[layer][head] == pytest.approx(mixed, abs=1e-5)
+    assert per_part[0][1][0] != per_part[1][1][0]  # each part its own
+
+
 def test_attention_lands_on_the_block_planted_to_hold_the_answer(tiny_tokenizer):
     """A one-layer Llama whose queries and keys use the same projection and whose RoPE barely
     turns (a huge base): a token attends to earlier copies of itself. The answer's tokens are

@@ -107,6 +107,12 @@ def test_json_sentences_keep_their_citations_and_hide_an_unshown_span():
                    "called. [1] Powers use 2\\*\\*3. [2]")
     assert [s["text"] for s in sentence_support(turn)] == [
         "with_item", "The manager\u2019s \"__enter__()\" is called.", "Powers use 2**3."]
+    # quoted sentences carry the support of their own tokens, the rest the turn's
+    turn.reading = SimpleNamespace(
+        sentences=[(1, "The  manager\u2019s \"__enter__()\" is called.")],
+        sentence_support=[[0.61234, 0.3]])
+    got = sentence_support(turn)
+    assert [s["support"] for s in got] == [{"1": 0.7}, {"1": 0.6123}, {"2": 0.2}]
 
 
 def test_ask_prints_a_passage_own_markup_without_escapes():

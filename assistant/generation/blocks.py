@@ -1237,12 +1237,36 @@ class BlockReader:
             rest (prefix and question); a layer not recorded has empty lists. Empty lists when
             nothing can be recorded.
         """
-        ids = self.tokens(text)
         answer = list(answer)
         if not answer or not blocks or not self.engine.capturing:
             return [], []
+        probs, bounds = self._support_pass(prefix, blocks, text, answer, layout, layers)
+        return self._masses(probs, bounds, slice(None))
+
+    def support_parts(self, prefix: KV, blocks: Sequence[KV], text: str,
+                      parts: Sequence[Sequence[int]], *, layout: str = "end",
+                      layers: "set[int] | None" = None) -> tuple[list, list[list]]:
+        """:meth:`support` of an answer made of ``parts`` (token ids of its sentences, in
+        order, run as one answer), in one pass: ``(masses, per_part)``, ``masses`` over every
+        answer token and ``per_part[i]`` over the tokens of part ``i`` alone (each as
+        ``masses[layer][head][block]``). Empty lists when nothing can be recorded."""
+        answer = [t for part in parts for t in part]
+        if not answer or not blocks or not self.engine.capturing:
+            return [], [[] for _ in parts]
+        probs, bounds = self._support_pass(prefix, blocks, text, answer, layout, layers)
+        per_part, at = [], 0
+        for part in parts:
+            per_part.append(self._masses(probs, bounds, slice(at, at + len(part)))[0]
+                            if part else [])
+            at += len(part)
+        return self._masses(probs, bounds, slice(None))[0], per_part
+
+    def _support_pass(self, prefix, blocks, text, answer, layout, layers):
+        """The recorded attention ``{layer: (1, heads, answer rows, keys)}`` of the support
+        pass and each block's key range."""
+        ids = self.tokens(text)
         blocks, start = self.place(blocks, layout)
-        seq = ids + answer
+        seq = ids + list(answer)
         row = Row([prefix, *blocks], seq, list(range(start, start + len(seq))))
         rows = slice(len(ids) - 1, len(seq) - 1)
         with self.lock:
@@ -1252,13 +1276,17 @@ class BlockReader:
         for b in blocks:
             bounds.append((at, at + len(b)))
             at += len(b)
+        return probs, bounds
+
+    def _masses(self, probs, bounds, rows: slice) -> tuple[list, list]:
+        """``(masses, other)`` as :meth:`support` returns them, over answer ``rows``."""
         masses, other = [], []
         for layer in range(self.engine.layers):
             if layer not in probs:  # not asked for
                 masses.append([])
                 other.append([])
                 continue
-            p = probs[layer][0].mean(dim=1)  # (heads, keys), mean over answer rows
+            p = probs[layer][0][:, rows].mean(dim=1)  # (heads, keys), mean over the rows
             per = torch.stack([p[:, lo:hi].sum(dim=-1) for lo, hi in bounds], dim=-1)
             masses.append(per.tolist())
             other.append((1 - per.sum(dim=-1)).tolist())
