@@ -146,7 +146,8 @@ def sentence_support(turn) -> list[dict]:
         if not text:
             continue
         cites = [n for n in cited_numbers(part) if n in weights]
-        own = next((w for said, w in quoted if said and said in " ".join(text.split())), None)
+        spaced = " ".join(text.split())
+        own = next((w for said, w in quoted if said and said in spaced), None)
         out.append({"text": text, "cites": cites,
                     "support": {str(n): round(own[n - 1], 4) if own and n <= len(own)
                                 else weights[n] for n in cites},

@@ -264,10 +264,8 @@ class ExtractiveReader:
         seconds["read"] = time.perf_counter() - at
 
         at = time.perf_counter()
-        masses, _ = ([], []) if cancelled() or not support else blocks_api.support(
-            prefix, blocks, question_text(question), done.ids, layout=self.layout,
-            layers=self._support_layers)
-        weights = support_weights(masses, self.heads)
+        weights, masses, _ = ([], [], []) if cancelled() or not support else self._support(
+            question, prefix, blocks, [list(done.ids)])
         seconds["support"] = time.perf_counter() - at
 
         tokens = max(scored.target_tokens, 1)
@@ -292,7 +290,6 @@ class ExtractiveReader:
         return Reading(hits, answer, weights, masses, abstained, features, list(done.ids),
                        done.logprob, len(done.ids), read, encoded, seconds, raw_span, verdict)
 
-
     def support_of(self, question: str, hits: Sequence[Hit], *,
                    sentences: Sequence[str] = (), ids: Sequence[int] = ()
                    ) -> tuple[list, list, list]:
@@ -316,17 +313,18 @@ class ExtractiveReader:
                                             for h in hits])
         parts = ([blocks_api.tokens(" " + " ".join(text.split())) for text in sentences]
                  if sentences else [list(ids)])
-        masses, per_part = blocks_api.support_parts(prefix, blocks, question_text(question),
-                                                    parts, layout=self.layout,
-                                                    layers=self._support_layers)
-        per_sentence = ([support_weights(m, self.heads) for m in per_part] if sentences
-                        else [])
-        return support_weights(masses, self.heads), masses, per_sentence
+        support, masses, per_part = self._support(question, prefix, blocks, parts)
+        return support, masses, per_part if sentences else []
 
-    @property
-    def _support_layers(self) -> set[int] | None:
-        """The layers the support heads are in (None: every layer, as no heads are chosen)."""
-        return {layer for layer, _ in self.heads} or None
+    def _support(self, question: str, prefix, blocks, parts: Sequence[Sequence[int]]
+                 ) -> tuple[list, list, list]:
+        """``(support, masses, per_part)`` of the answer made of ``parts`` (token ids) over
+        ``blocks``, from one support pass that records only the support heads' layers."""
+        layers = {layer for layer, _ in self.heads} or None  # None: every layer
+        masses, per_part = self.generator.blocks.support_parts(
+            prefix, blocks, question_text(question), parts, layout=self.layout, layers=layers)
+        return (support_weights(masses, self.heads), masses,
+                [support_weights(m, self.heads) for m in per_part])
 
 
 def _finish_over(raw: str, hits: Sequence[Hit]) -> ExtractiveAnswer:

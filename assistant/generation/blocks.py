@@ -574,20 +574,21 @@ class BlockModel:
         passes = 0
 
 
-        seen_ids = {i for s in context for i in s.ids}  # for the repetition penalty
-        seen = torch.tensor(sorted(seen_ids), dtype=torch.long, device=first_logits.device)
+        if penalty != 1.0:  # the tokens the repetition penalty applies to, answer's added
+            seen_ids = set(source_all)
+            seen = torch.tensor(sorted(seen_ids), dtype=torch.long, device=first_logits.device)
 
         def choose(step_logits) -> tuple[int, float]:
             nonlocal seen
+            step_logits = step_logits.float()
             if penalty != 1.0:
                 if out and out[-1] not in seen_ids:  # one token kept since the last choice
                     seen_ids.add(out[-1])
                     seen = torch.cat([seen, torch.tensor(out[-1:], device=seen.device)])
-                step_logits = step_logits.float()
                 picked = step_logits[seen]
                 step_logits = step_logits.scatter(
                     0, seen, torch.where(picked < 0, picked * penalty, picked / penalty))
-            logp = torch.log_softmax(step_logits.float(), dim=-1)
+            logp = torch.log_softmax(step_logits, dim=-1)
             if allowed is not None:
                 ids = allowed(out)
                 cols = ids if column is None else [column[t] for t in ids if t in column]
@@ -1254,12 +1255,15 @@ class BlockReader:
         if not answer or not blocks or not self.engine.capturing:
             return [], [[] for _ in parts]
         probs, bounds = self._support_pass(prefix, blocks, text, answer, layout, layers)
+        whole = self._masses(probs, bounds, slice(None))[0]
+        if len(parts) == 1:
+            return whole, [whole]
         per_part, at = [], 0
         for part in parts:
             per_part.append(self._masses(probs, bounds, slice(at, at + len(part)))[0]
                             if part else [])
             at += len(part)
-        return self._masses(probs, bounds, slice(None))[0], per_part
+        return whole, per_part
 
     def _support_pass(self, prefix, blocks, text, answer, layout, layers):
         """The recorded attention ``{layer: (1, heads, answer rows, keys)}`` of the support
