@@ -10,10 +10,11 @@ passage's own words, and an answer with no support in the passage stays as gener
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
-from .metrics import normalize_answer, token_f1
+from .metrics import PUNCTUATION, normalize_answer, token_f1
 from .prompts import load_template
 
 TEMPLATE = "extractive.txt"
@@ -48,24 +49,65 @@ def extractive_prefix(template: str | None = None) -> str:
 def align_span(answer: str, passage: str, *, min_f1: float = 0.5) -> str:
     """The passage's own words for ``answer``: the span of the passage with the best token F1
     against the answer (spans up to the answer's length + 3 words); the answer as is when it
-    occurs verbatim or no span reaches ``min_f1``."""
+    occurs verbatim or no span reaches ``min_f1``.
+
+    Each passage word is normalised once and a span's overlap with the answer is counted as
+    the span grows word by word: the same F1 as :func:`~assistant.metrics.token_f1` of the
+    span (SQuAD normalisation works word by word, and the edge characters :func:`_trim`
+    removes are punctuation it drops anyway; a span whose trimming removes anything else is
+    scored by ``token_f1`` itself). A 48-token answer over a 150-word passage was 5,000
+    normalisations of whole spans, 0.2-0.7 s of Python per reading on a 2-core CPU."""
     passage = " ".join(passage.split())
     answer = _trim(" ".join(answer.split()))
     if not answer or answer.lower() in passage.lower():
         return answer
     words = [(m.start(), m.end()) for m in _WORD.finditer(passage)]
-    target = normalize_answer(answer)
+    target = normalize_answer(answer).split()
     if not target:
         return answer
-    longest = len(target.split()) + 3
+    truth = Counter(target)
+    tokens = [normalize_answer(passage[start:end]).split() for start, end in words]
+    longest = len(target) + 3
     best, best_f1 = answer, min_f1
     for i in range(len(words)):
+        counts: Counter = Counter()
+        size = same = 0
         for j in range(i, min(i + longest, len(words))):
-            span = _trim(passage[words[i][0]:words[j][1]])
-            f1 = token_f1(span, [answer])
+            for token in tokens[j]:
+                if counts[token] < truth[token]:
+                    same += 1
+                counts[token] += 1
+            size += len(tokens[j])
+            raw = passage[words[i][0]:words[j][1]]
+            span = _trim(raw)
+            if _only_punctuation_trimmed(raw, span):
+                f1 = _f1(same, size, len(target))
+            else:
+                f1 = token_f1(span, [answer])
             if f1 > best_f1 or (f1 == best_f1 and best is not answer and len(span) < len(best)):
                 best, best_f1 = span, f1
     return best if best is answer else _close_brackets(best)
+
+
+def _f1(same: int, predicted: int, gold: int) -> float:
+    """Token F1 from the overlap count and the two token counts, computed as
+    :func:`~assistant.metrics.token_f1` computes it (the same float)."""
+    if not predicted:
+        return 0.0
+    if same == 0:
+        return 0.0
+    precision, recall = same / predicted, same / gold
+    return 2 * precision * recall / (precision + recall)
+
+
+def _only_punctuation_trimmed(raw: str, span: str) -> bool:
+    """Whether ``span`` is ``raw`` with only punctuation and white space cut from its edges
+    (then both normalise to the same tokens)."""
+    start = raw.find(span)
+    if start < 0:
+        return False
+    cut = raw[:start] + raw[start + len(span):]
+    return all(c in PUNCTUATION or c.isspace() for c in cut)
 
 
 def _close_brackets(span: str) -> str:

@@ -18,7 +18,7 @@ from collections import Counter
 from typing import Mapping, Sequence
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = set(string.punctuation)
+PUNCTUATION = set(string.punctuation)
 
 
 def ndcg_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int = 10) -> float:
@@ -46,7 +46,7 @@ def mrr_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int = 10) ->
 
 def normalize_answer(text: str) -> str:
     """SQuAD normalisation: lower-case, remove punctuation and articles, collapse spaces."""
-    text = "".join(c for c in text.lower() if c not in _PUNCTUATION)
+    text = "".join(c for c in text.lower() if c not in PUNCTUATION)
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 

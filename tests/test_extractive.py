@@ -46,3 +46,46 @@ def test_an_aligned_span_does_not_stop_inside_a_parenthesis():
     assert span == "by a context manager"
     # a span inside the parenthesis loses only the bracket at its edge
     assert align_span("see the section With Statement", passage) == "see section With Statement"
+
+
+def _align_by_definition(answer: str, passage: str, min_f1: float = 0.5) -> str:
+    """align_span as first written: every span normalised and scored whole by token_f1."""
+    from assistant.extractive import _close_brackets, _trim, _WORD
+    from assistant.metrics import normalize_answer, token_f1
+
+    passage = " ".join(passage.split())
+    answer = _trim(" ".join(answer.split()))
+    if not answer or answer.lower() in passage.lower():
+        return answer
+    words = [(m.start(), m.end()) for m in _WORD.finditer(passage)]
+    target = normalize_answer(answer)
+    if not target:
+        return answer
+    longest = len(target.split()) + 3
+    best, best_f1 = answer, min_f1
+    for i in range(len(words)):
+        for j in range(i, min(i + longest, len(words))):
+            span = _trim(passage[words[i][0]:words[j][1]])
+            f1 = token_f1(span, [answer])
+            if f1 > best_f1 or (f1 == best_f1 and best is not answer and len(span) < len(best)):
+                best, best_f1 = span, f1
+    return best if best is answer else _close_brackets(best)
+
+
+def test_align_span_scores_spans_as_token_f1_does():
+    """The incremental overlap count picks the same span as scoring every span whole, also
+    with articles, curly quotes, brackets and punctuation at the edges of words."""
+    import random
+
+    rng = random.Random(7)
+    vocab = ["the", "a", "an", "The", "with", "statement", "context", "manager", "“the", "”",
+             "“manager”", "(see", "section)", '"with"', "'a'", "list,", "tuple.", "x;",
+             "A", "An.", "it's", "[1]", "e.g.", "—", "...", "Σ", "ΑΣ", "(", ")", "'", '"']
+    for _ in range(300):
+        passage = " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 40)))
+        answer = " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 8)))
+        assert align_span(answer, passage) == _align_by_definition(answer, passage), (
+            answer, passage)
+    for answer, passage in [("the sun life stadium in Miami", PASSAGE),
+                            ("February 7, 2016.", PASSAGE)]:
+        assert align_span(answer, passage) == _align_by_definition(answer, passage)
