@@ -369,13 +369,16 @@ def ensure_demo_index(settings: Settings, embedder, *, say=None) -> None:
         say: progress callback taking one line of text (the chat app's status line); without
             it, the message and a progress bar go to stderr.
     """
-    from index.ingest import Progress as IndexProgress
     from index.store import Store
-
-    from .corpus import CORPUS_NAME, write_python_reference
 
     if Store.exists(settings.index_path):
         return
+    # only for a first start: the ingestion modules (document readers, .gitignore rules)
+    # would otherwise be imported by every `ask`, while the generator loads beside it
+    from index.ingest import Progress as IndexProgress
+
+    from .corpus import CORPUS_NAME, write_python_reference
+
     folder = write_python_reference(Path(settings.data_dir) / "corpus" / CORPUS_NAME)
     if say is None:
         click.echo(f"No index yet: indexing the bundled Python language reference ({folder}).\n"
