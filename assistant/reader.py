@@ -87,6 +87,8 @@ class Reading:
         ids: the answer's token ids (for support).
         logprob, new_tokens: the kept reading's summed log-probability and its length.
         read: passages read (free readings, copy readings).
+        decoded: tokens decoded by all those readings together (``new_tokens`` counts the
+            kept one's only).
         encoded: blocks computed for this question (the rest came from the block cache).
         seconds: ``encode``, ``score``, ``read``, ``support`` wall times.
         raw_span: the span found, also when the reader then abstained.
@@ -108,6 +110,7 @@ class Reading:
     logprob: float | None = None
     new_tokens: int = 0
     read: int = 0
+    decoded: int = 0
     encoded: int = 0
     seconds: dict = field(default_factory=dict)
     raw_span: str = ""
@@ -225,17 +228,22 @@ class ExtractiveReader:
         decode = dict(max_new_tokens=self.max_new_tokens, end_ids=ends, cancelled=cancelled,
                       restrict=self.restrict_head)
         readable = min(self.read_k, len(hits)) if self.rerank_k > 1 else 1
-        read = 0
+        counts = {"read": 0, "decoded": 0}
+
+        def reading(state, **options):  # one decode, counted
+            text, done = blocks_api.decode(state, **options)
+            counts["read"] += 1
+            counts["decoded"] += len(done.ids)
+            return text, done
+
         if self.read_mode == "fused" and readable > 1:
             state = blocks_api.fused(prefix, blocks[:readable], question_text(question),
                                      layout=self.layout)
-            text, done = blocks_api.decode(state, **decode)
-            read += 1
+            text, done = reading(state, **decode)
             answer = _finish_over(text, hits[:readable])
             if not answer.supported and not cancelled():
                 union = " ".join(h.passage.text for h in hits[:readable])
-                text, done_copy = blocks_api.decode(state, within=union, **decode)
-                read += 1
+                text, done_copy = reading(state, within=union, **decode)
                 copied = _finish_over(text, hits[:readable])
                 if copied.span:
                     answer, done = copied, done_copy
@@ -246,14 +254,12 @@ class ExtractiveReader:
             for i in range(readable):
                 if best is not None and (cancelled() or hits[i].score <= best_value):
                     continue
-                text, done = blocks_api.decode(states[i], **decode)
-                read += 1
+                text, done = reading(states[i], **decode)
                 answer = finish(text, hits[i].passage.text, i + 1)
                 confidence = done.mean_logprob
                 if not answer.supported and not cancelled():
-                    text, done_copy = blocks_api.decode(states[i], within=hits[i].passage.text,
-                                                        **decode)
-                    read += 1
+                    text, done_copy = reading(states[i], within=hits[i].passage.text,
+                                              **decode)
                     copied = finish(text, hits[i].passage.text, i + 1)
                     if copied.span:
                         answer, done = copied, done_copy
@@ -288,7 +294,8 @@ class ExtractiveReader:
             if abs(yes - no) >= VERDICT_MARGIN:
                 verdict = "Yes" if yes > no else "No"
         return Reading(hits, answer, weights, masses, abstained, features, list(done.ids),
-                       done.logprob, len(done.ids), read, encoded, seconds, raw_span, verdict)
+                       done.logprob, len(done.ids), counts["read"], counts["decoded"], encoded,
+                       seconds, raw_span, verdict)
 
     def support_of(self, question: str, hits: Sequence[Hit], *,
                    sentences: Sequence[str] = (), ids: Sequence[int] = ()

@@ -68,6 +68,11 @@ def test_the_real_model_cites_the_passage_that_holds_the_answer(real_manager):
     assert turn.short_answer.lower() in " ".join(source.text.split()).lower()
     assert sum(turn.support) == pytest.approx(1.0, abs=1e-6)
     assert turn.support[0] == max(turn.support)  # the cited passage holds the most attention
+    # decoding speed counts every reading's tokens, the kept span's among them
+    reading = turn.reading
+    assert reading.read >= 1 and reading.decoded >= reading.new_tokens >= 1
+    assert turn.timings()["tokens_per_s"] == pytest.approx(
+        reading.decoded / reading.seconds["read"], rel=0.01)
 
     # the same passages again in a follow-up: no block is prefilled a second time
     again = real_manager.ask("And who did he play for?", conversation_id=turn.conversation_id)
