@@ -92,9 +92,7 @@ def align_span(answer: str, passage: str, *, min_f1: float = 0.5) -> str:
 def _f1(same: int, predicted: int, gold: int) -> float:
     """Token F1 from the overlap count and the two token counts, computed as
     :func:`~assistant.metrics.token_f1` computes it (the same float)."""
-    if not predicted:
-        return 0.0
-    if same == 0:
+    if not predicted or not same:
         return 0.0
     precision, recall = same / predicted, same / gold
     return 2 * precision * recall / (precision + recall)
