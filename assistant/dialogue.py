@@ -101,6 +101,9 @@ class Turn:
         job: for a turn read over passage blocks, ``job(cancelled)`` runs the whole reading
             (:class:`~assistant.reader.ExtractiveReader`) and returns its ``Reading``;
             ``reading`` holds it afterwards, with the reranked hits.
+        support_job: ``support_job(reading)`` the reading with its attention support,
+            run after the answer's text has been yielded (the text does not wait for it);
+            ``support`` is set when iterating the turn ends.
         abstained: the answer says the documents do not hold it.
         support: per shown source, its share of the answer's attention (0..1), or empty.
         answer_s: seconds from the question until the answer was complete (reranking and
@@ -130,6 +133,7 @@ class Turn:
     read_k: int = 1
     answer_ready_s: float | None = None
     job: Callable[[Callable[[], bool]], Reading] | None = field(default=None, repr=False)
+    support_job: Callable[[Reading], Reading] | None = field(default=None, repr=False)
     reading: Reading | None = field(default=None, repr=False)
     abstained: bool = False
     support: list[float] = field(default_factory=list)
@@ -192,6 +196,9 @@ class Turn:
                 for piece in _pieces(reading.answer.text):  # sentence by sentence
                     self.answer += piece
                     yield piece
+                if self.support_job is not None and reading.hits and not self._cancel.is_set():
+                    self.reading = reading = self.support_job(reading)
+                    self.support = reading.support
             elif self.reply is not None and self.extractive:
                 done = self._read_passages()
                 self.short_answer, self.answer = done.span, done.text
@@ -251,23 +258,24 @@ class Turn:
 
     def timings(self) -> dict[str, float | int | None]:
         """retrieval_ms, first_token_s, tokens_per_s, prompt_tokens, new_tokens, total_s,
-        answer_s; for a block reading also encode_s, score_s, read_s, support_s and
-        blocks_computed. For extractive answers (shown whole), first_token_s is the time
-        from the first reading's start until the answer is complete, and retrieval_ms
-        includes reranking."""
+        answer_s; for a block reading also encode_s, score_s, read_s, compose_s (a composed
+        answer), support_s and blocks_computed. For extractive answers (shown whole),
+        first_token_s is the time from the first reading's start until the answer's text is
+        complete (readings and composing; the support pass follows it), total_s the reader's
+        whole time after reranking, and retrieval_ms includes reranking."""
         if self.reading is not None:
             sec = self.reading.seconds
-            read_s = sec.get("read", 0.0) + sec.get("support", 0.0)
+            text_s = sec.get("read", 0.0) + sec.get("compose", 0.0)
             return {
                 "retrieval_ms": round(self.retrieval_ms + 1000 * (
                     sec.get("encode", 0.0) + sec.get("score", 0.0)), 2),
-                "first_token_s": round(read_s, 4),
+                "first_token_s": round(text_s, 4),
                 # decoding speed over every reading (a composed answer keeps a two-token
                 # span of 48 tokens read: that span over the whole reading time was "0.7")
                 "tokens_per_s": round(self.reading.decoded / sec["read"], 2)
                 if sec.get("read") and self.reading.decoded > 1 else None,
                 "prompt_tokens": 0, "new_tokens": self.reading.new_tokens,
-                "total_s": round(read_s, 4),
+                "total_s": round(text_s + sec.get("support", 0.0), 4),
                 "answer_s": round(self.answer_s, 4) if self.answer_s is not None else None,
                 **{f"{k}_s": round(v, 4) for k, v in sec.items()},
                 "blocks_computed": self.reading.encoded,
@@ -585,26 +593,33 @@ class DialogueManager:
 
         def job(cancelled: Callable[[], bool]) -> Reading:
             reading = reader.read(question, hits, cancelled=cancelled, yes_no=form == "yesno",
-                                  support=composer is None)
+                                  support=False)
             if composer is None or cancelled():
                 return reading
-            reading = composer.compose(form, question, reading, query=query)
-            # The support shown is that of the answer shown: the quoted sentences when the
-            # answer quotes any, not the span read before them (on the question set's tune
-            # split the span's top source was not among the cited ones for 16 of 34 composed
-            # answers, and is for all 34 this way); else the span's.
             started = time.perf_counter()
-            support, masses, per_sentence = reader.support_of(
+            reading = composer.compose(form, question, reading, query=query)
+            return dataclasses.replace(reading, seconds={
+                **reading.seconds, "compose": time.perf_counter() - started})
+
+        def support(reading: Reading) -> Reading:
+            # Measured once the answer is shown (the support pass takes 0.1-0.26 s: the
+            # text need not wait for it), and of the answer shown: the quoted sentences when
+            # the answer quotes any, not the span read before them (on the question set's
+            # tune split the span's top source was not among the cited ones for 16 of 34
+            # composed answers, and is for all 34 this way); else the span's.
+            started = time.perf_counter()
+            weights, masses, per_sentence = reader.support_of(
                 question, reading.hits, sentences=[text for _, text in reading.sentences],
                 ids=reading.ids)
             seconds = dict(reading.seconds)
             seconds["support"] = time.perf_counter() - started
-            return dataclasses.replace(reading, support=support, masses=masses,
+            return dataclasses.replace(reading, support=weights, masses=masses,
                                        sentence_support=per_sentence, seconds=seconds)
 
         return Turn(conversation_id, turn_id, question, query, hits, result.milliseconds,
                     prompt, None, self.generator.name, self.history, extractive=True,
-                    job=job, form=form, grounding=f"{self._ranking} · cited by attention")
+                    job=job, support_job=support, form=form,
+                    grounding=f"{self._ranking} · cited by attention")
 
     @property
     def reranks(self) -> bool:

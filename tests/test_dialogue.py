@@ -238,6 +238,31 @@ def test_a_block_turn_reranks_cites_with_support_and_reuses_blocks(tmp_path, ret
     assert again.answer == turn.answer
 
 
+def test_a_block_turn_shows_its_text_before_the_support_pass(tmp_path, retriever,
+                                                             tiny_generator):
+    history = History(tmp_path / "history.db")
+    m = DialogueManager(retriever=retriever, generator=tiny_generator, history=history,
+                        top_k=3, rerank_k=3, read_k=1, prompt_style="extractive",
+                        abstain_threshold=0)
+    turn = m.ask("How did the Denver Broncos win Super Bowl 50?")
+    shown = []
+    measured = turn.support_job
+
+    def support(reading):
+        shown.append(turn.answer)  # what the reader had been shown when support began
+        return measured(reading)
+
+    turn.support_job = support
+    pieces = list(turn)
+    assert shown == ["".join(pieces)] and turn.answer == shown[0]
+    assert len(turn.support) == 3 and sum(turn.support) == pytest.approx(1.0, abs=1e-6)
+    timings = turn.timings()  # the text's time leaves the support pass out; the total has it
+    assert timings["total_s"] == pytest.approx(timings["first_token_s"] + timings["support_s"],
+                                               abs=1e-3)
+    row = history.turns(turn.conversation_id)[0]  # recorded after the support pass
+    assert [s["support"] for s in row["sources"]] == [round(w, 4) for w in turn.support]
+
+
 def test_the_text_reader_stays_selectable(tmp_path, retriever, tiny_generator):
     m = DialogueManager(retriever=retriever, generator=tiny_generator,
                         history=History(tmp_path / "history.db"), top_k=3, rerank_k=3,
