@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
-from .metrics import PUNCTUATION, normalize_answer, token_f1
+from .metrics import PUNCTUATION, normalize_answer, overlap_f1, token_f1
 from .prompts import load_template
 
 TEMPLATE = "extractive.txt"
@@ -80,22 +80,13 @@ def align_span(answer: str, passage: str, *, min_f1: float = 0.5) -> str:
             size += len(tokens[j])
             raw = passage[words[i][0]:words[j][1]]
             span = _trim(raw)
-            if _only_punctuation_trimmed(raw, span):
-                f1 = _f1(same, size, len(target))
+            if _only_punctuation_trimmed(raw, span):  # token_f1's own formula, counted here
+                f1 = overlap_f1(same, size, len(target)) if size else 0.0
             else:
                 f1 = token_f1(span, [answer])
             if f1 > best_f1 or (f1 == best_f1 and best is not answer and len(span) < len(best)):
                 best, best_f1 = span, f1
     return best if best is answer else _close_brackets(best)
-
-
-def _f1(same: int, predicted: int, gold: int) -> float:
-    """Token F1 from the overlap count and the two token counts, computed as
-    :func:`~assistant.metrics.token_f1` computes it (the same float)."""
-    if not predicted or not same:
-        return 0.0
-    precision, recall = same / predicted, same / gold
-    return 2 * precision * recall / (precision + recall)
 
 
 def _only_punctuation_trimmed(raw: str, span: str) -> bool:

@@ -65,13 +65,19 @@ def token_f1(prediction: str, golds: Sequence[str]) -> float:
         same = sum((Counter(pred) & Counter(truth)).values())
         if not pred or not truth:
             score = float(pred == truth)
-        elif same == 0:
-            score = 0.0
         else:
-            precision, recall = same / len(pred), same / len(truth)
-            score = 2 * precision * recall / (precision + recall)
+            score = overlap_f1(same, len(pred), len(truth))
         best = max(best, score)
     return best
+
+
+def overlap_f1(same: int, predicted: int, gold: int) -> float:
+    """Token F1 (0..1) from the count of tokens the two share (``same``) and the counts of
+    predicted and gold tokens (both > 0): the harmonic mean of precision and recall."""
+    if same == 0:
+        return 0.0
+    precision, recall = same / predicted, same / gold
+    return 2 * precision * recall / (precision + recall)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

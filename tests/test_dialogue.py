@@ -22,6 +22,13 @@ def manager(tmp_path, retriever, generator):
                            history=History(tmp_path / "history.db"), top_k=3)
 
 
+def block_manager(history, retriever, generator, *, read_k, **options):
+    """A manager reading the top 3 passages as blocks, reranked, never abstaining."""
+    return DialogueManager(retriever=retriever, generator=generator, history=history, top_k=3,
+                           rerank_k=3, read_k=read_k, prompt_style="extractive",
+                           abstain_threshold=0, **options)
+
+
 def test_a_turn_streams_cites_and_is_recorded(tmp_path, retriever):
     gen = FakeGenerator(["The Denver Broncos ", "defeated the Carolina Panthers", ". "])
     m = manager(tmp_path, retriever, gen)
@@ -216,9 +223,7 @@ def tiny_generator(tmp_path_factory, tiny_tokenizer):
 def test_a_block_turn_reranks_cites_with_support_and_reuses_blocks(tmp_path, retriever,
                                                                   tiny_generator):
     history = History(tmp_path / "history.db")
-    m = DialogueManager(retriever=retriever, generator=tiny_generator, history=history,
-                        top_k=3, rerank_k=3, read_k=2, prompt_style="extractive",
-                        abstain_threshold=0)
+    m = block_manager(history, retriever, tiny_generator, read_k=2)
     assert m.reads_blocks
     turn = m.ask("Which NFL team won Super Bowl 50?")
     answer = "".join(turn)
@@ -241,9 +246,7 @@ def test_a_block_turn_reranks_cites_with_support_and_reuses_blocks(tmp_path, ret
 def test_a_block_turn_shows_its_text_before_the_support_pass(tmp_path, retriever,
                                                              tiny_generator):
     history = History(tmp_path / "history.db")
-    m = DialogueManager(retriever=retriever, generator=tiny_generator, history=history,
-                        top_k=3, rerank_k=3, read_k=1, prompt_style="extractive",
-                        abstain_threshold=0)
+    m = block_manager(history, retriever, tiny_generator, read_k=1)
     turn = m.ask("How did the Denver Broncos win Super Bowl 50?")
     shown = []
     measured = turn.support_job
@@ -275,9 +278,7 @@ def test_the_text_reader_stays_selectable(tmp_path, retriever, tiny_generator):
 
 
 def test_cancelling_a_block_turn_stops_the_reading(tmp_path, retriever, tiny_generator):
-    m = DialogueManager(retriever=retriever, generator=tiny_generator,
-                        history=History(tmp_path / "history.db"), top_k=3, rerank_k=3,
-                        read_k=3, prompt_style="extractive", abstain_threshold=0)
+    m = block_manager(History(tmp_path / "history.db"), retriever, tiny_generator, read_k=3)
     turn = m.ask("Which NFL team won Super Bowl 50?")
     turn.cancel()  # before the reading starts: no passage is read past the first token
     list(turn)
@@ -289,9 +290,7 @@ def test_cancelling_a_block_turn_stops_the_reading(tmp_path, retriever, tiny_gen
 def test_a_how_question_gets_cited_sentences_streamed_one_by_one(tmp_path, retriever,
                                                                   tiny_generator):
     history = History(tmp_path / "history.db")
-    m = DialogueManager(retriever=retriever, generator=tiny_generator, history=history,
-                        top_k=3, rerank_k=3, read_k=1, prompt_style="extractive",
-                        abstain_threshold=0)
+    m = block_manager(history, retriever, tiny_generator, read_k=1)
     turn = m.ask("How did the Denver Broncos win Super Bowl 50?")
     pieces = list(turn)
     assert turn.form == "explanation" and turn.status == "complete"
@@ -310,9 +309,7 @@ def test_a_how_question_gets_cited_sentences_streamed_one_by_one(tmp_path, retri
     follow = m.ask("and the Panthers?", conversation_id=turn.conversation_id)
     list(follow)
     assert follow.form == "explanation"
-    plain = DialogueManager(retriever=retriever, generator=tiny_generator, history=history,
-                            top_k=3, rerank_k=3, read_k=1, prompt_style="extractive",
-                            abstain_threshold=0, answer_forms=False)
+    plain = block_manager(history, retriever, tiny_generator, read_k=1, answer_forms=False)
     spans = plain.ask("How did the Denver Broncos win Super Bowl 50?")
     list(spans)
     assert spans.form == "factoid" and spans.reading.sentences == []
