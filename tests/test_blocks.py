@@ -216,9 +216,14 @@ def test_the_lru_is_bounded_in_bytes(tiny_tokenizer):
     assert cache.get((0,)) is None and cache.get((3,)) is block
 
 
-def test_shifted_keys_equal_keys_computed_at_the_new_positions(tiny_tokenizer):
-    # Gemma 3: the sliding and the global layer rotate with different RoPE bases
-    model = tiny_model("gemma3", len(tiny_tokenizer))
+@pytest.mark.parametrize("kind, overrides", [
+    ("gemma3", {}),  # the sliding and the global layer rotate with different RoPE bases
+    # YaRN scales RoPE's cos and sin (attention factor 1 + 0.1 ln 4): a move must not
+    ("llama", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                                "original_max_position_embeddings": 256}}),
+])
+def test_shifted_keys_equal_keys_computed_at_the_new_positions(kind, overrides, tiny_tokenizer):
+    model = tiny_model(kind, len(tiny_tokenizer), **overrides)
     reader = reader_for(model, tiny_tokenizer)
     ids = reader.tokens(PASSAGES[0])
     _, at_10, _ = reader.engine.run([Row([], ids, list(range(10, 10 + len(ids))))])

@@ -341,9 +341,10 @@ class BlockModel:
         """``block`` moved ``delta`` positions on: its keys rotated by RoPE's angle for
         ``delta`` with each layer's own base (Gemma 3: 10,000 on sliding layers, 1,000,000 on
         global ones), as Block-Attention (Sun et al. 2024) re-rotates cached keys. Exact for
-        plain RoPE (a rotation by p + d is the rotation by p then by d); models whose RoPE
-        scales the angle's magnitude are not supported by this (their keys would be scaled
-        twice)."""
+        RoPE (a rotation by p + d is the rotation by p then by d); where the RoPE variant also
+        scales cos and sin (YaRN, LongRoPE: transformers' ``attention_scaling``) the keys
+        already carry that factor, so the move divides it out. RoPE whose angles depend on
+        the sequence length (dynamic NTK) is not exact."""
         if delta == 0:
             return block
         rotary = self.model.get_decoder().rotary_emb
@@ -357,7 +358,9 @@ class BlockModel:
                     cos, sin = rotary(k[None], where, kind)
                 except TypeError:  # one RoPE for every layer (Llama, Qwen2)
                     cos, sin = rotary(k[None], where)
-                cos_sin[kind] = tuple(f[0, 0].to(k.dtype)  # (1, head_dim)
+                scale = float(getattr(rotary, f"{kind}_attention_scaling",
+                                      getattr(rotary, "attention_scaling", 1.0)) or 1.0)
+                cos_sin[kind] = tuple((f[0, 0] / scale).to(k.dtype)  # (1, head_dim)
                                       for f in _rope_factors(cos, sin))
             keys.append(_rotate(k, *cos_sin[kind]))
         return KV(keys, block.values, block.positions + delta, block.ids)
