@@ -18,6 +18,8 @@ _WORD = re.compile(r"[a-z0-9]+")
 _SENTENCE_END = re.compile(r"[.!?](?=\s)|\n\n")
 CITATION = re.compile(r"\[(\d+(?:\s*[,;-]\s*\d+)*)\]")
 """A citation marker: ``[n]``, ``[n, m]`` or ``[n-m]`` (group 1: the numbers)."""
+_CITATION_AFTER = re.compile(r"[ \t]*" + CITATION.pattern)
+_CITATION_COMING = re.compile(r"[ \t]*(\[[\d\s,;-]*)?")  # what may still become one
 
 
 def content_words(text: str) -> set[str]:
@@ -65,8 +67,19 @@ class CitationShaper:
         self.pending += fragment
         out = ""
         while (match := _SENTENCE_END.search(self.pending)) is not None:
-            sentence = self.pending[: match.end()]
-            self.pending = self.pending[match.end():]
+            end = match.end()
+            if not match.group().startswith("\n"):  # "It is. [1]": the model's own citation
+                after = self.pending[end:]
+                if _CITATION_COMING.fullmatch(after):  # not known yet: wait for more
+                    key = _key(self.pending[:end])
+                    if end > self.shown and not any(seen.startswith(key) for seen in self.seen):
+                        out += self.pending[self.shown:end]
+                        self.shown = end
+                    return out
+                cited = _CITATION_AFTER.match(after)
+                end += cited.end() if cited else 0
+            sentence = self.pending[:end]
+            self.pending = self.pending[end:]
             out += self._finish(sentence)
             if self.repeated:
                 return out

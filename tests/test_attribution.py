@@ -15,7 +15,7 @@ def test_shaper_streams_cites_and_stops_on_repeats(squad_passages):
     shown = [shaper.push(p) for p in pieces]
     assert shown[0] == "The Denver "  # streamed at once, not held to the sentence end
     text = "".join(shown) + shaper.flush()
-    assert text == "The Denver Broncos defeated the Carolina Panthers. [1] It was fun. "
+    assert text == "The Denver Broncos defeated the Carolina Panthers. [1] It was fun."
     assert shaper.repeated
 
 
@@ -34,3 +34,14 @@ def test_follow_up_queries_carry_the_previous_question():
     assert retrieval_query("Who founded the University of Paris in 1150?", history) == \
         "Who founded the University of Paris in 1150?"
     assert retrieval_query("anything", []) == "anything"
+
+
+def test_a_citation_the_model_writes_after_the_full_stop_is_not_doubled():
+    shaper = CitationShaper(["alpha beta gamma delta", "epsilon zeta eta"])
+    pieces = ["Alpha beta", " gamma.", " ", "[", "2", "]", " Epsilon zeta eta.", " More"]
+    shown = [shaper.push(p) for p in pieces]
+    assert "".join(shown) + shaper.flush() == "Alpha beta gamma. [2] Epsilon zeta eta. [2] More"
+    assert shown[1] == " gamma."  # the sentence itself is not held back
+    # a sentence the model leaves uncited still gets the passage covering it
+    shaper = CitationShaper(["alpha beta gamma delta"])
+    assert shaper.push("Alpha beta gamma. Then") + shaper.flush() == "Alpha beta gamma. [1] Then"
