@@ -144,9 +144,11 @@ class Settings:
     passage (fastest)."""
 
     reader: str = "blocks"
-    """Extractive answers: ``blocks`` (each passage's key/value cache computed once and shared
-    by reranking, reading and attention citations; can abstain) or ``text`` (each step
-    prefills passages as prompt text: the earlier pipeline, kept for comparison)."""
+    """How passages reach the generator: ``blocks`` (each passage's key/value cache computed
+    once and reused; base models rerank, read and cite over the blocks and can abstain;
+    instruction models write their answer attending over them, in retrieval order, with
+    attention support per source and per sentence) or ``text`` (passages as prompt text,
+    prefilled at each step: the earlier pipeline, kept for comparison)."""
 
     read_mode: str = "each"
     """With ``reader = "blocks"``: ``each`` reads the reranked passages one at a time and keeps

@@ -18,6 +18,7 @@ from index.retrieval import Hit, SearchResult
 from index.turns import answering
 
 from .attribution import CITATION, CitationShaper
+from .chat_reader import ChatReader
 from .composer import Composer
 from .forms import (classify, conversation_request, misspelt, names, recap,
                     spelled_out)
@@ -104,10 +105,16 @@ class Turn:
         support_job: ``support_job(reading)`` the reading with its attention support,
             run after the answer's text has been yielded (the text does not wait for it);
             ``support`` is set when iterating the turn ends.
+        chat_support: for a chat turn over passage blocks, ``chat_support(text)`` gives the
+            attention support of the model's answer ``text``: ``(per source, [(sentence,
+            per source), ...])`` (:meth:`~assistant.chat_reader.ChatReader.support`), run
+            once the answer is complete; it sets ``support`` and ``sentence_weights``, and
+            ``support_s`` its time in seconds.
         abstained: the answer says the documents do not hold it.
         support: per shown source, its share of the answer's attention (0..1), or empty.
-        answer_s: seconds from the question until the answer was complete (reranking and
-            every reading included).
+        answer_s: seconds from the question until the answer's text was complete (reranking
+            and every reading included; a chat answer: its last token, before the support
+            pass).
         form: the question's form (:data:`assistant.forms.FORMS`), which shaped the answer.
         grounding: how the sources were ordered and the citations found, in words (e.g.
             ``retrieval order · cited by the model and word overlap``): a remote model
@@ -134,6 +141,10 @@ class Turn:
     answer_ready_s: float | None = None
     job: Callable[[Callable[[], bool]], Reading] | None = field(default=None, repr=False)
     support_job: Callable[[Reading], Reading] | None = field(default=None, repr=False)
+    chat_support: Callable[[str], tuple[list[float], list]] | None = field(default=None,
+                                                                         repr=False)
+    sentence_weights: list = field(default_factory=list)
+    support_s: float | None = None
     reading: Reading | None = field(default=None, repr=False)
     abstained: bool = False
     support: list[float] = field(default_factory=list)
@@ -207,7 +218,9 @@ class Turn:
                     yield done.text
             elif self.reply is not None:
                 shaper = CitationShaper([h.passage.text for h in self.hits[: self.sources_shown]])
+                said: list[str] = []  # the model's own text (without the shaper's markers)
                 for piece in self.reply:
+                    said.append(piece)
                     fragment = shaper.push(piece)
                     if shaper.repeated:
                         self.reply.stop()
@@ -222,6 +235,11 @@ class Turn:
                 if tail:
                     self.answer += tail
                     yield tail
+                self.answer_s = time.perf_counter() - self.started
+                if self.chat_support is not None and not self.cancelled and self.answer.strip():
+                    started = time.perf_counter()
+                    self.support, self.sentence_weights = self.chat_support("".join(said))
+                    self.support_s = time.perf_counter() - started
             self.status = "cancelled" if self.cancelled else "complete"
         except GenerationError as exc:
             self.status, self.error = "error", str(exc)
@@ -259,7 +277,8 @@ class Turn:
     def timings(self) -> dict[str, float | int | None]:
         """retrieval_ms, first_token_s, tokens_per_s, prompt_tokens, new_tokens, total_s,
         answer_s; for a block reading also encode_s, score_s, read_s, compose_s (a composed
-        answer), support_s and blocks_computed. For extractive answers (shown whole),
+        answer), support_s and blocks_computed; for a chat answer over blocks support_s and
+        blocks_computed. For extractive answers (shown whole),
         first_token_s is the time from the first reading's start until the answer's text is
         complete (readings and composing; the support pass follows it), total_s the reader's
         whole time after reranking, and retrieval_ms includes reranking."""
@@ -291,6 +310,9 @@ class Turn:
             "new_tokens": stats.new_tokens if stats else 0,
             "total_s": round(stats.total_s, 4) if stats else 0.0,
             "answer_s": round(self.answer_s, 4) if self.answer_s is not None else None,
+            **({"support_s": round(self.support_s, 4)} if self.support_s is not None else {}),
+            **({"blocks_computed": stats.blocks_computed}
+               if stats and stats.blocks_computed is not None else {}),
         }
 
     def sources(self) -> list[SourceRecord]:
@@ -463,6 +485,11 @@ class DialogueManager:
             if self.reads_blocks:
                 return self._ask_blocks(conversation_id, turn_id, question, query, result,
                                         earlier)
+            if self.chats_over_blocks:
+                turn = self._ask_chat_blocks(conversation_id, turn_id, question, query, result,
+                                             earlier)
+                if turn is not None:
+                    return turn
             if self.reranks:
                 hits, ms = rerank(question, result.hits, self.generator, k=self.rerank_k)
                 result = SearchResult(hits, result.milliseconds + ms)
@@ -576,6 +603,8 @@ class DialogueManager:
             self.retriever.embedder.embed(["warm up"])
         if self.reads_blocks:
             self._reader().warm_up()
+        elif self.chats_over_blocks:
+            ChatReader(self.generator).warm_up()
 
     def _ask_blocks(self, conversation_id: str, turn_id: int, question: str, query: str,
                     result, earlier: Sequence[tuple[str, str]] = ()) -> Turn:
@@ -620,6 +649,35 @@ class DialogueManager:
                     prompt, None, self.generator.name, self.history, extractive=True,
                     job=job, support_job=support, form=form,
                     grounding=f"{self._ranking} · cited by attention")
+
+    @property
+    def chats_over_blocks(self) -> bool:
+        """True when a chat model's answers attend over passage blocks
+        (:mod:`assistant.chat_reader`) instead of reading the passages as prompt text."""
+        return (self.prompt_style == "chat" and self.reader == "blocks"
+                and self.generator.has_blocks and self.generator.direct_decoding())
+
+    def _ask_chat_blocks(self, conversation_id: str, turn_id: int, question: str, query: str,
+                         result, earlier: Sequence[tuple[str, str]]) -> Turn | None:
+        """A chat turn over passage blocks, in retrieval order (not reranked: see
+        :mod:`assistant.chat_reader`); None when the model's chat template does not allow the
+        block layout (the caller then uses the text prompt)."""
+        hits = list(result.hits)
+        reader = ChatReader(self.generator)
+        form, evidence = self._evidence(question, query, earlier, hits)
+        prompt = reader.prompt(question, hits, budget_tokens=self.budget_tokens,
+                               history=earlier, history_tokens=self.history_tokens, form=form,
+                               evidence=evidence)
+        if prompt is None:
+            return None
+        reply = reader.start(prompt, hits, max_new_tokens=self.max_new_tokens,
+                             temperature=self.temperature)
+        shown = Prompt(prompt.messages, prompt.passages_used, prompt.tokens)
+        return Turn(conversation_id, turn_id, question, query, hits, result.milliseconds,
+                    shown, reply, self.generator.name, self.history, form=form,
+                    chat_support=lambda text: reader.support(prompt, hits, text),
+                    grounding="retrieval order · cited by the model and word overlap, "
+                              "support by attention")
 
     @property
     def reranks(self) -> bool:

@@ -130,8 +130,9 @@ def sentence_support(turn) -> list[dict]:
     citation right after a sentence's full stop (``It is. [1]``) belongs to that sentence.
     The text is plain, for scripts: no citations, bold markers or Markdown escapes
     (``**with\\_item**`` is ``with_item``). A sentence quoted from a passage (a composed
-    answer: the turn's ``reading.sentence_support``) has the support of its own tokens;
-    any other the turn's."""
+    answer: the turn's ``reading.sentence_support``) or written by a chat model over passage
+    blocks (``turn.sentence_weights``) has the support of its own tokens; any other the
+    turn's."""
     from .attribution import CITATION
     from .dialogue import cited_numbers
 
@@ -139,6 +140,7 @@ def sentence_support(turn) -> list[dict]:
     reading = getattr(turn, "reading", None)
     quoted = list(zip([" ".join(t.split()) for _, t in getattr(reading, "sentences", [])],
                       getattr(reading, "sentence_support", []) or []))
+    quoted += list(getattr(turn, "sentence_weights", []) or [])  # a chat answer's sentences
     out = []
     for part in _SENTENCE_END.split(turn.answer.strip()):
         text = re.sub(r"\s+([.,;:!?])", r"\1", CITATION.sub("", part)).strip().lstrip("> ").strip()

@@ -73,6 +73,22 @@ def form_instruction(form: str) -> str:
     return (lines.get(form) or lines.get("factoid", "")).strip()
 
 
+def history_messages(history: Sequence[tuple[str, str]], counter: _Counter,
+                     history_tokens: int) -> list[dict]:
+    """Earlier ``(question, answer)`` turns as user/assistant messages, oldest first, the
+    newest kept first while they fit ``history_tokens`` (8 tokens of each turn's template
+    counted)."""
+    turns: list[dict] = []
+    spent = 0
+    for q, a in reversed(history):
+        cost = counter.count_tokens(q) + counter.count_tokens(a) + 8
+        if spent + cost > history_tokens:
+            break
+        turns[:0] = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        spent += cost
+    return turns
+
+
 def build_prompt(
     question: str,
     passages: Sequence[_Passage],
@@ -101,15 +117,7 @@ def build_prompt(
         The :class:`Prompt`; passages beyond ``passages_used`` were left out.
     """
     system = {"role": "system", "content": load_template("system.txt")}
-    turns: list[dict] = []
-    spent = 0
-    for q, a in reversed(history):
-        cost = counter.count_tokens(q) + counter.count_tokens(a) + 8
-        if spent + cost > history_tokens:
-            break
-        turns[:0] = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-        spent += cost
-
+    turns = history_messages(history, counter, history_tokens)
     instruction = form_instruction(form)
 
     def render(texts: list[str]) -> list[dict]:
@@ -135,3 +143,101 @@ def build_prompt(
         words = (words if words is not None else passages[0].text.split())
         words = words[: max(0, len(words) - (tokens - budget_tokens) - 8)]
         texts = [format_passage(1, passages[0], " ".join(words) + " ...")] if words else []
+
+
+PASSAGES_MARK = "\x00passages\x00"
+"""Stands for the passages while a block prompt is rendered (never tokenised)."""
+
+
+@dataclass(frozen=True)
+class BlockPrompt:
+    """A chat prompt whose passages are key/value blocks (see
+    :meth:`~assistant.generation.TransformersGenerator.generate_over`).
+
+    Attributes:
+        head: the rendered prompt up to the passages (the system text: the same for every
+            question, so every passage's block can be reused by later turns).
+        passages: the passages' texts as the model reads them, numbered from 1, each ending
+            with a blank line.
+        tail: the rest of the rendered prompt: earlier turns, the question, the opened
+            assistant turn.
+        messages: the chat messages, passages in the system message, for display.
+        tokens: head, passages and tail together.
+    """
+
+    head: str
+    passages: list[str]
+    tail: str
+    messages: list[dict]
+    tokens: int
+
+    @property
+    def passages_used(self) -> int:
+        """How many passages fit the budget (the first ones)."""
+        return len(self.passages)
+
+
+def build_block_prompt(
+    question: str,
+    passages: Sequence[_Passage],
+    *,
+    counter: _Counter,
+    render,
+    budget_tokens: int,
+    history: Sequence[tuple[str, str]] = (),
+    history_tokens: int = 512,
+    form: str = "factoid",
+    evidence: Sequence[tuple[int, str]] = (),
+) -> BlockPrompt | None:
+    """The chat prompt of :func:`build_prompt` laid out for passage blocks: the passages go
+    in the system message (after ``system.txt``), so that everything before them is the
+    same for every question; earlier turns follow as chat messages, then the question
+    (``question.txt``). Passages are dropped from the lowest-ranked, then the last one cut,
+    until the whole fits ``budget_tokens``, as in :func:`build_prompt`.
+
+    Args:
+        render: ``render(messages) -> str``, the model's chat template with the assistant's
+            turn opened (``TransformersGenerator.render``).
+        Others: as for :func:`build_prompt`.
+
+    Returns:
+        The :class:`BlockPrompt`, or None when the chat template does not keep the system
+        text as given (the passages' place cannot be found in the rendered prompt).
+    """
+    system = load_template("system.txt") + "\n\n"
+    turns = history_messages(history, counter, history_tokens)
+    instruction = form_instruction(form)
+
+    def messages(body: str, used: int) -> list[dict]:
+        kept = [f"[{n}] {text}" for n, text in evidence if n <= used]
+        user = load_template("question.txt").format(
+            question=question.strip(), instruction=instruction,
+            evidence=("\nKey sentences:\n" + "\n".join(kept) + "\n") if kept else "")
+        return [{"role": "system", "content": system + body}, *turns,
+                {"role": "user", "content": user}]
+
+    def split(used: int) -> tuple[str, str] | None:
+        rendered = render(messages(PASSAGES_MARK, used))
+        if rendered.count(PASSAGES_MARK) != 1:
+            return None
+        head, tail = rendered.split(PASSAGES_MARK)
+        return head, tail
+
+    texts = [format_passage(i, p) + "\n\n" for i, p in enumerate(passages, start=1)]
+    words: list[str] | None = None
+    while True:
+        parts = split(len(texts))
+        if parts is None:
+            return None
+        head, tail = parts
+        tokens = (counter.count_tokens(head) + counter.count_tokens(tail)
+                  + sum(counter.count_tokens(t) for t in texts))
+        if tokens <= budget_tokens or not texts:
+            return BlockPrompt(head, texts, tail, messages("".join(texts).rstrip(), len(texts)),
+                               tokens)
+        if len(texts) > 1:
+            texts.pop()
+            continue
+        words = (words if words is not None else passages[0].text.split())
+        words = words[: max(0, len(words) - (tokens - budget_tokens) - 8)]
+        texts = [format_passage(1, passages[0], " ".join(words) + " ...") + "\n\n"] if words else []

@@ -55,7 +55,8 @@ def main() -> None:
             complete.append(time.perf_counter() - started)
             first_tokens.append(first or complete[-1])
             same += {h.passage.id for h in again.hits} == {h.passage.id for h in turn.hits}
-            prefilled.append(again.reading.encoded if again.reading else len(again.hits))
+            prefilled.append(again.reading.encoded if again.reading else
+                             again.timings().get("blocks_computed", again.prompt.passages_used))
         rows.append((reader, statistics.median(prefilled), statistics.median(first_tokens),
                      statistics.median(complete), same))
     print(f"{len(PAIRS)} follow-ups on the bundled Python reference, {settings.generator_model}, "

@@ -355,3 +355,68 @@ def test_a_chat_model_gets_the_form_instruction_and_key_sentences(tmp_path, retr
     list(m2.ask("Which NFL team won Super Bowl 50?"))
     factoid = gen2.calls[0][-1]["content"]
     assert "Answer in one short sentence." in factoid and "Key sentences" not in factoid
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_generator(tmp_path_factory, tiny_tokenizer):
+    """A TransformersGenerator on a two-layer Llama (SmolLM2's architecture) built from a
+    config, with a chat template: an instruction model."""
+    from transformers import AutoTokenizer
+
+    from assistant.generation import TransformersGenerator
+    from tests.conftest import tiny_model
+    from tests.test_generation import CHAT_TEMPLATE
+
+    folder = tmp_path_factory.mktemp("tiny-llama-chat")
+    # a window the three passages fit in (the tiny tokenizer spends many tokens on them)
+    tiny_model("llama", len(tiny_tokenizer), max_position_embeddings=8192).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return TransformersGenerator("tiny-llama-chat", str(folder), device="cpu")
+
+
+def test_a_chat_turn_attends_over_blocks_with_support_per_sentence(tmp_path, retriever,
+                                                                   tiny_chat_generator):
+    gen = tiny_chat_generator
+    history = History(tmp_path / "history.db")
+    m = DialogueManager(retriever=retriever, generator=gen, history=history, top_k=3,
+                        max_new_tokens=24, context_tokens=6000)
+    assert m.prompt_style == "chat" and m.chats_over_blocks
+    m.warm_up()  # the head's cache and one tiny block
+    before = gen.blocks.encoded
+    assert before >= 1
+    turn = m.ask("Which NFL team won Super Bowl 50?")
+    answer = "".join(turn)
+    assert turn.status == "complete" and answer == turn.answer and answer.strip()
+    assert gen.blocks.encoded - before == 3  # one block per passage
+    assert turn.prompt.passages_used == 3 and "Source [3]" in turn.prompt.messages[0]["content"]
+    assert [h.rank for h in turn.hits] == [1, 2, 3]  # retrieval order: not reranked
+    assert len(turn.support) == 3 and sum(turn.support) == pytest.approx(1.0, abs=1e-6)
+    assert turn.sentence_weights
+    for text, weights in turn.sentence_weights:
+        assert text and sum(weights) == pytest.approx(1.0, abs=1e-6)
+    timings = turn.timings()
+    assert timings["support_s"] > 0 and timings["prompt_tokens"] == turn.prompt.tokens
+    assert timings["blocks_computed"] == 3
+    row = history.turns(turn.conversation_id)[0]
+    assert [s["support"] for s in row["sources"]] == [round(w, 4) for w in turn.support]
+    # a follow-up over the same passages computes no block again
+    again = m.ask("Which NFL team won Super Bowl 50?", conversation_id=turn.conversation_id)
+    list(again)
+    assert again.status == "complete" and gen.blocks.encoded - before == 3
+    assert again.timings()["blocks_computed"] == 0
+    assert "Which NFL team won Super Bowl 50?" in again.prompt.messages[1]["content"]
+
+
+def test_a_chat_model_can_still_read_passages_as_prompt_text(tmp_path, retriever,
+                                                             tiny_chat_generator):
+    m = DialogueManager(retriever=retriever, generator=tiny_chat_generator,
+                        history=History(tmp_path / "history.db"), top_k=3, reader="text",
+                        max_new_tokens=8)
+    assert not m.chats_over_blocks
+    turn = m.ask("Which NFL team won Super Bowl 50?")
+    list(turn)
+    assert turn.status == "complete" and turn.support == [] and turn.sentence_weights == []
+    assert "Source [1]" in turn.prompt.messages[-1]["content"]

@@ -448,3 +448,53 @@ def test_a_sampled_reply_in_the_direct_loop_follows_the_seed(tiny_chat, monkeypa
         texts.append("".join(pieces))
         assert stats.new_tokens > 0 and stats.logprob < 0
     assert texts[0] == texts[1]
+
+
+HEAD = "<bos>system: Answer from the sources.\n\n"
+SOURCES = ["Source [1] (a.txt):\nDenver beat Carolina 24-10 in Santa Clara.\n\n",
+           "Source [2] (b.txt):\nThe halftime show was headlined by Coldplay.\n\n",
+           "Source [3] (c.txt):\nGold was used to emphasize the 50th anniversary.\n\n"]
+TAIL = "\n<bos>user: Who won Super Bowl 50?\n<bos>assistant:"
+
+
+def test_a_reply_over_one_passage_block_is_the_reply_to_the_same_tokens(tiny_chat):
+    """One block between the head and the tail is the prompt read as one sequence: the same
+    text, token count and log-probability as generate() on those tokens."""
+    import torch
+
+    reply = tiny_chat.generate_over(HEAD, [("a", SOURCES[0])], TAIL, max_new_tokens=12)
+    pieces = list(reply)
+    tokens = tiny_chat.blocks.tokens
+    ids = tokens(HEAD) + tokens(SOURCES[0]) + tokens(TAIL)
+    out = tiny_chat.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                                   pad_token_id=0, output_scores=True,
+                                   return_dict_in_generate=True)
+    new = out.sequences[0, len(ids):].tolist()
+    assert "".join(pieces) == tiny_chat.tokenizer.decode(new, skip_special_tokens=True)
+    assert reply.stats.new_tokens == len(new) > 0 and reply.stats.prompt_tokens == len(ids)
+    logprob = sum(float(torch.log_softmax(s[0].float(), -1)[t]) for s, t in zip(out.scores, new))
+    assert reply.stats.logprob == pytest.approx(logprob, abs=1e-3)
+
+
+def test_a_reply_over_blocks_reuses_them_whatever_their_order(tiny_chat):
+    """Blocks come from the LRU for a later question (another tail), and with every block
+    ending right before the tail the answer does not depend on the passages' order."""
+    items = [(i, text) for i, text in enumerate(SOURCES)]
+    first = tiny_chat.generate_over(HEAD, items, TAIL, max_new_tokens=10).text()
+    computed = tiny_chat.blocks.encoded
+    again = tiny_chat.generate_over(HEAD, items[::-1], TAIL, max_new_tokens=10)
+    assert again.text() == first and tiny_chat.blocks.encoded == computed
+    assert again.stats.prompt_tokens == sum(
+        len(tiny_chat.blocks.tokens(t)) for t in [HEAD, *SOURCES, TAIL])
+    later = tiny_chat.generate_over(HEAD, items[1:], "\n<bos>user: Who sang?\n<bos>assistant:",
+                                    max_new_tokens=4)
+    later.text()
+    assert tiny_chat.blocks.encoded == computed
+
+
+def test_a_reply_over_blocks_needs_the_direct_loop(tiny_chat, monkeypatch):
+    from assistant.generation import GenerationError
+
+    monkeypatch.setattr(tiny_chat, "decode_loop", "generate")
+    with pytest.raises(GenerationError, match="direct decoding loop"):
+        tiny_chat.generate_over(HEAD, [("a", SOURCES[0])], TAIL)

@@ -1,6 +1,6 @@
 from index.store import Passage
 
-from assistant.prompts import build_prompt, load_template
+from assistant.prompts import build_block_prompt, build_prompt, load_template
 from tests.conftest import FakeGenerator
 
 
@@ -41,3 +41,44 @@ def test_history_is_kept_within_its_budget():
     kept = [m["content"] for m in prompt.messages if m["role"] == "assistant"]
     assert kept and len(kept) < 10
     assert kept[-1].startswith("answer 9")  # the newest turns are the ones kept
+
+
+def render(messages):
+    """A chat template like SmolLM2's, the assistant's turn opened."""
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + (
+        "<|im_start|>assistant\n")
+
+
+def test_a_block_prompt_puts_the_passages_after_a_head_every_question_shares(squad_passages):
+    ps = [passage(i, p["text"]) for i, p in enumerate(squad_passages[:3])]
+    history = [("Where was it played?", "At Levi's Stadium [1].")]
+    prompt = build_block_prompt("Who won?", ps, counter=FakeGenerator(), render=render,
+                                budget_tokens=10_000, history=history)
+    other = build_block_prompt("Why?", ps[1:], counter=FakeGenerator(), render=render,
+                               budget_tokens=10_000, form="explanation")
+    assert prompt.head == other.head  # so a passage's block serves any later question
+    assert prompt.head.endswith(load_template("system.txt") + "\n\n")
+    assert prompt.passages_used == 3 and prompt.passages[0].startswith("Source [1] (p0.md > Head):")
+    assert all(p.endswith("\n\n") for p in prompt.passages)
+    # read in order, the pieces are the rendered messages
+    assert prompt.head + "".join(prompt.passages).rstrip() + prompt.tail == render(prompt.messages)
+    assert prompt.tail.index("Where was it played?") < prompt.tail.index("Who won?")
+    assert "Explain how or why" in other.tail and "Source [1]" in other.passages[0]
+
+
+def test_a_block_prompt_keeps_to_its_budget_and_needs_the_system_text_kept(squad_passages):
+    gen = FakeGenerator()
+    ps = [passage(i, p["text"]) for i, p in enumerate(squad_passages[:5])]
+    full = build_block_prompt("Who won?", ps, counter=gen, render=render, budget_tokens=100_000)
+    assert full.passages_used == 5
+    trimmed = build_block_prompt("Who won?", ps, counter=gen, render=render,
+                                 budget_tokens=full.tokens - 150)
+    assert trimmed.passages_used < 5 and trimmed.tokens <= full.tokens - 150
+    tiny = build_block_prompt("Who won?", ps, counter=gen, render=render, budget_tokens=120)
+    assert tiny.passages_used == 1 and tiny.tokens <= 120 and tiny.passages[0].strip().endswith("...")
+
+    def no_system(messages):  # a template that leaves the system message out
+        return render([m for m in messages if m["role"] != "system"])
+
+    assert build_block_prompt("Who won?", ps, counter=gen, render=no_system,
+                              budget_tokens=10_000) is None

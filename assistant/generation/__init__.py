@@ -125,6 +125,9 @@ class GenerationStats:
         logprob: natural-log probability of the generated tokens, summed (the token that
             ended a one-line answer included), from the distribution each was chosen from;
             None until generation ends.
+        blocks_computed: a reply over passage blocks (``generate_over``): how many of its
+            passages' blocks were computed for it (the rest came from the block LRU); else
+            None.
     """
 
     prompt_tokens: int = 0
@@ -133,6 +136,7 @@ class GenerationStats:
     total_s: float = 0.0
     cancelled: bool = False
     logprob: float | None = None
+    blocks_computed: int | None = None
 
     @property
     def mean_logprob(self) -> float | None:
@@ -193,7 +197,9 @@ class Generator(Protocol):
     """True for instruction models (answers as chat); False for base models (extractive)."""
     has_blocks: bool
     """True when the generator offers passage blocks (``blocks``, ``bos``, ``end_ids()``:
-    see :class:`~assistant.generation.blocks.BlockReader`)."""
+    see :class:`~assistant.generation.blocks.BlockReader`; and for chat answers over them
+    ``direct_decoding()``, ``render`` and ``generate_over``, see
+    :class:`TransformersGenerator`)."""
 
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text`` (no special tokens added)."""
@@ -539,6 +545,38 @@ class TransformersGenerator:
         return self._stream(self._render(messages), max_new_tokens=max_new_tokens,
                             temperature=temperature, stop=stop)
 
+    def render(self, messages: Sequence[Message]) -> str:
+        """``messages`` as the model reads them: its chat template with the assistant's turn
+        opened (a model without one: the contents joined, after the BOS token)."""
+        return self._render(messages)
+
+    def generate_over(self, head: str, passages: Sequence[tuple[object, str]], tail: str, *,
+                      layout: str = "end", max_new_tokens: int = 256, temperature: float = 0.0,
+                      stop: Sequence[str] = ()) -> Reply:
+        """Stream a reply to a rendered prompt whose passages are key/value blocks: ``head``
+        (the prompt up to the passages), then one block per ``(passage id, text)`` (from the
+        block LRU, else computed once after ``head``, see
+        :meth:`BlockReader.blocks <assistant.generation.blocks.BlockReader.blocks>`), placed
+        by ``layout`` (:meth:`BlockReader.place
+        <assistant.generation.blocks.BlockReader.place>`), then ``tail`` (the rest of the
+        prompt, up to where the reply starts), whose tokens and the reply's attend over the
+        head and every block at once. Blocks are computed on the thread that iterates the
+        reply, as the decoding is; the stream, stop strings and cancelling are
+        :meth:`generate`'s. ``stats.prompt_tokens`` counts head, blocks and tail.
+
+        Raises:
+            GenerationError: the direct decoding loop is not available for this model or its
+                generation settings (see :meth:`direct_decoding`; check it first), or an
+                unknown ``layout``.
+        """
+        if not self.direct_decoding():
+            raise GenerationError(f"{self.name}: passage blocks need the direct decoding loop, "
+                                  "which this model or its generation settings do not allow")
+        if layout not in ("start", "end", "sequence"):
+            raise GenerationError(f"unknown block layout {layout!r} (start, end or sequence)")
+        return self._stream(tail, max_new_tokens=max_new_tokens, temperature=temperature,
+                            stop=stop, over=(head, list(passages), layout))
+
     def complete(self, text: str, *, max_new_tokens: int = 32, temperature: float = 0.0,
                  stop: Sequence[str] = (), within: str | None = None,
                  shared_prefix: str = "") -> Reply:
@@ -657,7 +695,8 @@ class TransformersGenerator:
         return sorted(ends)
 
     def _stream(self, prompt: str, *, max_new_tokens: int, temperature: float,
-                stop: Sequence[str], allowed=None, prefix: str | None = None) -> Reply:
+                stop: Sequence[str], allowed=None, prefix: str | None = None,
+                over: tuple | None = None) -> Reply:
         import torch
 
         started = time.perf_counter()
@@ -676,6 +715,8 @@ class TransformersGenerator:
                    end_ids=self._end_ids() if "\n" in stop else None,  # end at the new line
                    stopped=lambda: cancel.is_set() or stop_now.is_set())
         direct = self.direct_decoding()
+        if over is not None:  # generate_over: only the direct loop reads blocks
+            job["over"] = over
 
         def fragments() -> Iterator[str]:
             # The direct loop runs on the thread that iterates the reply: torch's OpenMP
@@ -728,11 +769,13 @@ class TransformersGenerator:
                        1.0 if top_p is None else float(top_p))
 
     def _direct_pieces(self, *, ids, prefix, prefix_tokens, max_new_tokens, temperature,
-                       end_ids, allowed, stats, stopped) -> Iterator[str]:
+                       end_ids, allowed, stats, stopped, over=None) -> Iterator[str]:
         """Text pieces of the reply, decoded in
         :meth:`BlockModel.steps <assistant.generation.blocks.BlockModel.steps>` on the calling
-        thread: ``ids`` prefilled (after the cached ``prefix`` when given), then each token
-        detokenised as it is kept; fills ``stats``. Holds the model's lock while it runs."""
+        thread: ``ids`` prefilled (after the cached ``prefix`` when given; with ``over``,
+        ``(head, passages, layout)``, after the head's cache and the passages' blocks, see
+        :meth:`generate_over`), then each token detokenised as it is kept; fills ``stats``.
+        Holds the model's lock while it runs."""
         import torch
         from transformers import TextStreamer
 
@@ -751,18 +794,28 @@ class TransformersGenerator:
 
         reader = self.blocks
         context = [reader.prefix(prefix)] if prefix else []  # takes the lock itself
-        rest = ids[prefix_tokens:]
+        rest, positions, draft = ids[prefix_tokens:], list(range(prefix_tokens, len(ids))), ids
+        if over is not None:
+            head, passages, layout = over
+            context = [reader.prefix(head)]  # these take the lock themselves
+            before = reader.encoded
+            blocks = reader.blocks(context[0], passages)
+            stats.blocks_computed = reader.encoded - before
+            placed, start = reader.place(blocks, layout) if blocks else ([], len(context[0]))
+            context += placed
+            rest, positions = ids, list(range(start, start + len(ids)))
+            draft = [t for b in blocks for t in b.ids] + ids
+            stats.prompt_tokens = len(context[0]) + sum(len(b) for b in blocks) + len(ids)
         penalty = getattr(self.model.generation_config, "repetition_penalty", None) or 1.0
         text = Pieces(self.tokenizer)
         with self._lock:
             with torch.inference_mode():
                 logits, new, _ = reader.engine.run(
-                    [Row(context, rest, list(range(prefix_tokens, len(ids))))],
-                    logits_at=[len(rest) - 1])
+                    [Row(context, rest, positions)], logits_at=[len(rest) - 1])
             steps = reader.engine.steps(
                 context + new, logits[0, 0], max_new_tokens=max_new_tokens,
                 end_ids=end_ids if end_ids is not None else self._eos_ids(), allowed=allowed,
-                cancelled=stopped, draft_from=ids, sampler=self._sampler(temperature),
+                cancelled=stopped, draft_from=draft, sampler=self._sampler(temperature),
                 penalty=float(penalty), stop_loops=False)
             try:
                 while True:

@@ -1,0 +1,98 @@
+"""A chat model's answers with the passages as prompt text against passages as key/value
+blocks (``reader = "text"`` / ``"blocks"``, :mod:`assistant.chat_reader`), as `assistant ask`
+runs them: the same generator and retrieval, the two managers taking turns question by
+question in one process.
+
+Each question of the question set's tune split (the first ``-n`` about the bundled Python
+reference) is asked, then a follow-up in the same conversation (``FOLLOW_UP``, which retrieves
+mostly the same passages). For each reader it prints the median over the questions of the time
+to first token (from the question, retrieval included), the time to the complete text, the
+support pass (blocks only) and the passages prefilled, for the questions and for the
+follow-ups. Speed only; ``eval --questions`` scores the answers.
+
+    .venv/bin/python benchmarks/chat_blocks.py [--model SmolLM2-135M-Instruct] [-n 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from assistant.config import Settings  # noqa: E402
+
+READERS = ("text", "blocks")
+FOLLOW_UP = "Can you say more about that?"
+
+
+def timed(manager, question: str, conversation_id: str | None = None):
+    """``(turn, first token s, complete text s)`` from the question, retrieval included."""
+    started = time.perf_counter()
+    turn = manager.ask(question, conversation_id=conversation_id)
+    first = None
+    for _ in turn:
+        first = first or time.perf_counter() - started
+    done = turn.answer_s or time.perf_counter() - started
+    return turn, first or done, done
+
+
+def main() -> None:
+    from assistant.cli import build_manager, ensure_demo_index, load_embedder, load_generator
+    from assistant.history import History
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="SmolLM2-135M-Instruct")
+    parser.add_argument("-n", type=int, default=8)
+    args = parser.parse_args()
+    data = json.loads((Path(__file__).parent / "questions" / "real.json").read_text())
+    asked = [q["question"] for q in data["questions"]
+             if q.get("split") == "tune" and q.get("corpus", "python") == "python"
+             and q.get("answerable", True)][: args.n]
+    settings = Settings.load().replace(generator_model=args.model)
+    embedder = load_embedder(settings)
+    ensure_demo_index(settings, embedder)
+    generator = load_generator(settings)
+    history = History(Path(tempfile.mkdtemp()) / "history.db")
+    managers = {r: build_manager(settings.replace(reader=r), embedder=embedder,
+                                 generator=generator, history=history) for r in READERS}
+    managers["blocks"].warm_up()
+    keys = ("first", "done", "support", "prefilled", "f_first", "f_done", "f_prefilled")
+    rows = {r: {k: [] for k in keys} for r in READERS}
+    for question in asked:
+        for reader, manager in managers.items():
+            row = rows[reader]
+            turn, first, done = timed(manager, question)
+            row["first"].append(first)
+            row["done"].append(done)
+            row["support"].append(turn.timings().get("support_s", 0.0))
+            row["prefilled"].append(turn.timings().get("blocks_computed",
+                                                       turn.prompt.passages_used))
+            again, first, done = timed(manager, FOLLOW_UP, turn.conversation_id)
+            row["f_first"].append(first)
+            row["f_done"].append(done)
+            row["f_prefilled"].append(again.timings().get("blocks_computed",
+                                                          again.prompt.passages_used))
+    print(f"{len(asked)} questions of the tune split on the bundled Python reference, each "
+          f"followed by “{FOLLOW_UP}”; {args.model}, {generator.precision} on "
+          f"{generator.device}; the readers take turns question by question\n")
+    print("| passages | first token | complete text | support pass | passages prefilled | "
+          "follow-up: first token | complete text | passages prefilled |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    med = statistics.median
+    for reader in READERS:
+        r = rows[reader]
+        print(f"| {reader} | {med(r['first']):.2f} s | {med(r['done']):.2f} s | "
+              f"{med(r['support']):.2f} s | {med(r['prefilled']):.0f} | "
+              f"{med(r['f_first']):.2f} s | {med(r['f_done']):.2f} s | "
+              f"{med(r['f_prefilled']):.0f} |")
+    print("\n(medians over the questions)")
+
+
+if __name__ == "__main__":
+    main()
