@@ -420,3 +420,34 @@ def test_a_chat_model_can_still_read_passages_as_prompt_text(tmp_path, retriever
     list(turn)
     assert turn.status == "complete" and turn.support == [] and turn.sentence_weights == []
     assert "Source [1]" in turn.prompt.messages[-1]["content"]
+
+
+def test_chat_support_averages_the_layers_chosen_for_the_model(tmp_path, retriever,
+                                                               tiny_chat_generator, monkeypatch):
+    """A model with support layers chosen records only those (the pass stops after them) and
+    gets the same weights as a pass recording every layer, averaged over those layers' heads;
+    any other model averages every head of every layer."""
+    from assistant import chat_reader
+    from assistant.reader import support_weights
+
+    gen = tiny_chat_generator
+    hits = retriever.search("Which NFL team won Super Bowl 50?", k=3).hits
+    answer = "The Denver Broncos won. They beat Carolina."
+    everything = chat_reader.ChatReader(gen)
+    assert everything.layers == ()
+    prompt = everything.prompt("Which NFL team won Super Bowl 50?", hits, budget_tokens=6000)
+    weights, sentences = everything.support(prompt, hits, answer)
+    assert [text for text, _ in sentences] == ["The Denver Broncos won.", "They beat Carolina."]
+    api = gen.blocks
+    blocks = api.blocks(api.prefix(prompt.head), [(h.passage.id, t)
+                                                  for h, t in zip(hits, prompt.passages)])
+    parts = [api.tokens(p) for p in chat_reader.answer_sentences(answer)]
+    masses, _ = api.support_parts(api.prefix(prompt.head), blocks, prompt.tail, parts,
+                                  layout="end")
+    assert weights == pytest.approx(support_weights(masses), abs=1e-6)
+    monkeypatch.setitem(chat_reader.SUPPORT_LAYERS, gen.name, (0,))
+    chosen = chat_reader.ChatReader(gen)
+    first_layer, _ = chosen.support(prompt, hits, answer)
+    heads = [(0, h) for h in range(len(masses[0]))]
+    assert first_layer == pytest.approx(support_weights(masses, heads), abs=1e-6)
+    assert first_layer != pytest.approx(weights, abs=1e-6)
