@@ -33,7 +33,7 @@ from typing import Sequence
 from index.retrieval import Hit
 
 from .attribution import CITATION
-from .generation import Reply
+from .generation import Reply, labelled
 from .prompts import BlockPrompt, build_block_prompt
 from .reader import support_weights
 
@@ -59,6 +59,13 @@ def answer_sentences(text: str) -> list[str]:
     if at < len(text) and out:
         out[-1] += text[at:]
     return [s for s in out if s.strip()]
+
+
+def _per_source(masses: list) -> list:
+    """``masses[layer][head][segment]`` over label, passage, label, passage, ... as
+    ``masses[layer][head][passage]``, each label's mass added to its passage's."""
+    return [[[row[i] + row[i + 1] for i in range(0, len(row), 2)] for row in layer]
+            for layer in masses]
 
 
 class ChatReader:
@@ -97,9 +104,9 @@ class ChatReader:
         prompt = build_block_prompt("Warm up?", [], counter=self.generator,
                                     render=self.generator.render, budget_tokens=10**6)
         if prompt is not None:
-            self.generator.generate_over(prompt.head, [("warm-up", "Warm up.\n\n")],
-                                         prompt.tail, layout=self.layout,
-                                         max_new_tokens=2).text()
+            self.generator.generate_over(prompt.head, [("warm-up", "(warm up):\nWarm up.\n\n")],
+                                         prompt.tail, labels=["Source [1] "],
+                                         layout=self.layout, max_new_tokens=2).text()
 
     @staticmethod
     def _items(prompt: BlockPrompt, hits: Sequence[Hit]) -> list[tuple[object, str]]:
@@ -114,8 +121,8 @@ class ChatReader:
             GenerationError: the model cannot decode over blocks.
         """
         return self.generator.generate_over(
-            prompt.head, self._items(prompt, hits), prompt.tail, layout=self.layout,
-            max_new_tokens=max_new_tokens, temperature=temperature)
+            prompt.head, self._items(prompt, hits), prompt.tail, labels=prompt.labels,
+            layout=self.layout, max_new_tokens=max_new_tokens, temperature=temperature)
 
     def support(self, prompt: BlockPrompt, hits: Sequence[Hit], answer: str
                 ) -> tuple[list[float], list[tuple[str, list[float]]]]:
@@ -135,12 +142,15 @@ class ChatReader:
         blocks_api = self.generator.blocks
         prefix = blocks_api.prefix(prompt.head)
         blocks = blocks_api.blocks(prefix, self._items(prompt, hits))
+        segments = labelled(blocks_api, prefix, blocks, prompt.labels)
         parts = [blocks_api.tokens(piece) for piece in pieces]
         masses, per_part = blocks_api.support_parts(
-            prefix, blocks, prompt.tail, parts, layout=self.support_layout,
+            prefix, segments, prompt.tail, parts, layout=self.support_layout,
             layers=set(self.layers) or None)  # None: every layer
         if not masses:
             return [], []
+        if prompt.labels:  # a passage's share: its label's and its own
+            masses, per_part = _per_source(masses), [_per_source(m) for m in per_part]
         heads = [(layer, h) for layer in self.layers for h in range(len(masses[layer]))]
         sentences = [(" ".join(CITATION.sub("", piece).split()), support_weights(m, heads))
                      for piece, m in zip(pieces, per_part)]

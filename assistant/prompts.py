@@ -8,6 +8,7 @@ the last remaining passage is cut short.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -145,6 +146,9 @@ def build_prompt(
         texts = [format_passage(1, passages[0], " ".join(words) + " ...")] if words else []
 
 
+_LABEL = re.compile(r"[^\n(]*?\[\d+\] ?")
+"""A passage's number as ``passage.txt`` renders it (``Source [1] ``)."""
+
 PASSAGES_MARK = "\x00passages\x00"
 """Stands for the passages while a block prompt is rendered (never tokenised)."""
 
@@ -157,8 +161,11 @@ class BlockPrompt:
     Attributes:
         head: the rendered prompt up to the passages (the system text: the same for every
             question, so every passage's block can be reused by later turns).
-        passages: the passages' texts as the model reads them, numbered from 1, each ending
-            with a blank line.
+        labels: per passage, its number as the model reads it before the passage
+            (``Source [1] ``; kept apart so that a passage's block does not depend on its
+            number: a later turn that lists it under another number reuses the block).
+        passages: the passages' texts as the model reads them after their labels (the
+            source's name, then the text), each ending with a blank line.
         tail: the rest of the rendered prompt: earlier turns, the question, the opened
             assistant turn.
         messages: the chat messages, passages in the system message, for display.
@@ -166,6 +173,7 @@ class BlockPrompt:
     """
 
     head: str
+    labels: list[str]
     passages: list[str]
     tail: str
     messages: list[dict]
@@ -225,6 +233,12 @@ def build_block_prompt(
 
     texts = [format_passage(i, p) + "\n\n" for i, p in enumerate(passages, start=1)]
     words: list[str] | None = None
+
+    def labelled(texts: list[str]) -> tuple[list[str], list[str]]:
+        parts = [_LABEL.match(t) for t in texts]
+        return ([m.group() if m else "" for m in parts],
+                [t[m.end():] if m else t for m, t in zip(parts, texts)])
+
     while True:
         parts = split(len(texts))
         if parts is None:
@@ -233,8 +247,9 @@ def build_block_prompt(
         tokens = (counter.count_tokens(head) + counter.count_tokens(tail)
                   + sum(counter.count_tokens(t) for t in texts))
         if tokens <= budget_tokens or not texts:
-            return BlockPrompt(head, texts, tail, messages("".join(texts).rstrip(), len(texts)),
-                               tokens)
+            labels, bodies = labelled(texts)
+            return BlockPrompt(head, labels, bodies, tail,
+                               messages("".join(texts).rstrip(), len(texts)), tokens)
         if len(texts) > 1:
             texts.pop()
             continue

@@ -390,7 +390,6 @@ def test_a_chat_turn_attends_over_blocks_with_support_per_sentence(tmp_path, ret
     turn = m.ask("Which NFL team won Super Bowl 50?")
     answer = "".join(turn)
     assert turn.status == "complete" and answer == turn.answer and answer.strip()
-    assert gen.blocks.encoded - before == 3  # one block per passage
     assert turn.prompt.passages_used == 3 and "Source [3]" in turn.prompt.messages[0]["content"]
     assert [h.rank for h in turn.hits] == [1, 2, 3]  # retrieval order: not reranked
     assert len(turn.support) == 3 and sum(turn.support) == pytest.approx(1.0, abs=1e-6)
@@ -399,13 +398,14 @@ def test_a_chat_turn_attends_over_blocks_with_support_per_sentence(tmp_path, ret
         assert text and sum(weights) == pytest.approx(1.0, abs=1e-6)
     timings = turn.timings()
     assert timings["support_s"] > 0 and timings["prompt_tokens"] == turn.prompt.tokens
-    assert timings["blocks_computed"] == 3
+    assert timings["blocks_computed"] == 3  # one block per passage (their labels apart)
+    computed = gen.blocks.encoded
     row = history.turns(turn.conversation_id)[0]
     assert [s["support"] for s in row["sources"]] == [round(w, 4) for w in turn.support]
     # a follow-up over the same passages computes no block again
     again = m.ask("Which NFL team won Super Bowl 50?", conversation_id=turn.conversation_id)
     list(again)
-    assert again.status == "complete" and gen.blocks.encoded - before == 3
+    assert again.status == "complete" and gen.blocks.encoded == computed
     assert again.timings()["blocks_computed"] == 0
     assert "Which NFL team won Super Bowl 50?" in again.prompt.messages[1]["content"]
 
@@ -439,11 +439,14 @@ def test_chat_support_averages_the_layers_chosen_for_the_model(tmp_path, retriev
     weights, sentences = everything.support(prompt, hits, answer)
     assert [text for text, _ in sentences] == ["The Denver Broncos won.", "They beat Carolina."]
     api = gen.blocks
-    blocks = api.blocks(api.prefix(prompt.head), [(h.passage.id, t)
-                                                  for h, t in zip(hits, prompt.passages)])
+    prefix = api.prefix(prompt.head)
+    blocks = api.blocks(prefix, [(h.passage.id, t) for h, t in zip(hits, prompt.passages)])
+    segments = chat_reader.labelled(api, prefix, blocks, prompt.labels)
+    assert len(segments) == 6  # each passage after its label
     parts = [api.tokens(p) for p in chat_reader.answer_sentences(answer)]
-    masses, _ = api.support_parts(api.prefix(prompt.head), blocks, prompt.tail, parts,
-                                  layout="end")
+    masses, _ = api.support_parts(prefix, segments, prompt.tail, parts, layout="end")
+    masses = [[[row[i] + row[i + 1] for i in range(0, 6, 2)] for row in layer]
+              for layer in masses]  # a label's mass counts for its passage
     assert weights == pytest.approx(support_weights(masses), abs=1e-6)
     monkeypatch.setitem(chat_reader.SUPPORT_LAYERS, gen.name, (0,))
     chosen = chat_reader.ChatReader(gen)

@@ -492,6 +492,25 @@ def test_a_reply_over_blocks_reuses_them_whatever_their_order(tiny_chat):
     assert tiny_chat.blocks.encoded == computed
 
 
+def test_numbered_labels_apart_let_a_passage_block_serve_under_any_number(tiny_chat):
+    """With the numbers as label blocks of their own, a later turn listing the same passages
+    in another order computes no block again, passages' or labels'; the reply counts the
+    label tokens in its prompt and only the passages in ``blocks_computed``."""
+    bodies = [(i, text.split(" ", 2)[2]) for i, text in enumerate(SOURCES)]  # "(a.txt):..."
+    labels = ["Source [1] ", "Source [2] ", "Source [3] "]
+    first = tiny_chat.generate_over(HEAD, bodies, TAIL, labels=labels, max_new_tokens=6)
+    first.text()
+    assert first.stats.blocks_computed in (0, 3)  # 0: another test computed them already
+    computed = tiny_chat.blocks.encoded
+    again = tiny_chat.generate_over(HEAD, bodies[::-1], TAIL, labels=labels, max_new_tokens=6)
+    again.text()
+    assert tiny_chat.blocks.encoded == computed and again.stats.blocks_computed == 0
+    tokens = tiny_chat.blocks.tokens
+    assert again.stats.prompt_tokens == (len(tokens(HEAD)) + len(tokens(TAIL))
+                                         + sum(len(tokens(t)) for _, t in bodies)
+                                         + sum(len(tokens(label)) for label in labels))
+
+
 def test_a_reply_over_blocks_needs_the_direct_loop(tiny_chat, monkeypatch):
     from assistant.generation import GenerationError
 

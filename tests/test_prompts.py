@@ -58,12 +58,16 @@ def test_a_block_prompt_puts_the_passages_after_a_head_every_question_shares(squ
                                budget_tokens=10_000, form="explanation")
     assert prompt.head == other.head  # so a passage's block serves any later question
     assert prompt.head.endswith(load_template("system.txt") + "\n\n")
-    assert prompt.passages_used == 3 and prompt.passages[0].startswith("Source [1] (p0.md > Head):")
+    assert prompt.passages_used == 3 and prompt.labels == ["Source [1] ", "Source [2] ",
+                                                           "Source [3] "]
+    assert prompt.passages[0].startswith("(p0.md > Head):\n")  # the block has no number
     assert all(p.endswith("\n\n") for p in prompt.passages)
     # read in order, the pieces are the rendered messages
-    assert prompt.head + "".join(prompt.passages).rstrip() + prompt.tail == render(prompt.messages)
+    shown = "".join(label + text for label, text in zip(prompt.labels, prompt.passages))
+    assert prompt.head + shown.rstrip() + prompt.tail == render(prompt.messages)
     assert prompt.tail.index("Where was it played?") < prompt.tail.index("Who won?")
-    assert "Explain how or why" in other.tail and "Source [1]" in other.passages[0]
+    assert "Explain how or why" in other.tail and other.labels[0] == "Source [1] "
+    assert other.passages[0] == prompt.passages[1]  # the same block under another number
 
 
 def test_a_block_prompt_keeps_to_its_budget_and_needs_the_system_text_kept(squad_passages):

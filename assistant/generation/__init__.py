@@ -226,6 +226,19 @@ class Generator(Protocol):
         ...
 
 
+LABEL_ID = "label"
+"""The passage id under which passage labels (``Source [2] ``) are kept in the block LRU."""
+
+
+def labelled(reader, prefix, blocks: list, labels: Sequence[str]) -> list:
+    """``blocks`` with each one's label block (computed after ``prefix``, or from the LRU)
+    right before it; ``blocks`` as they are without labels."""
+    if not labels:
+        return list(blocks)
+    tags = reader.blocks(prefix, [(LABEL_ID, label) for label in labels])
+    return [segment for pair in zip(tags, blocks) for segment in pair]
+
+
 def copy_constraint(span_ids: Sequence[int], end_ids: Sequence[int]):
     """The allowed next tokens when an answer must copy a contiguous run of ``span_ids``.
 
@@ -551,7 +564,8 @@ class TransformersGenerator:
         return self._render(messages)
 
     def generate_over(self, head: str, passages: Sequence[tuple[object, str]], tail: str, *,
-                      layout: str = "end", max_new_tokens: int = 256, temperature: float = 0.0,
+                      labels: Sequence[str] = (), layout: str = "end",
+                      max_new_tokens: int = 256, temperature: float = 0.0,
                       stop: Sequence[str] = ()) -> Reply:
         """Stream a reply to a rendered prompt whose passages are key/value blocks: ``head``
         (the prompt up to the passages), then one block per ``(passage id, text)`` (from the
@@ -560,9 +574,12 @@ class TransformersGenerator:
         by ``layout`` (:meth:`BlockReader.place
         <assistant.generation.blocks.BlockReader.place>`), then ``tail`` (the rest of the
         prompt, up to where the reply starts), whose tokens and the reply's attend over the
-        head and every block at once. Blocks are computed on the thread that iterates the
-        reply, as the decoding is; the stream, stop strings and cancelling are
-        :meth:`generate`'s. ``stats.prompt_tokens`` counts head, blocks and tail.
+        head and every block at once. ``labels`` (one per passage, e.g. ``Source [2] ``) are
+        blocks of their own, computed after the head and placed right before their passages:
+        a passage's block then does not depend on its number. Blocks are computed on the
+        thread that iterates the reply, as the decoding is; the stream, stop strings and
+        cancelling are :meth:`generate`'s. ``stats.prompt_tokens`` counts head, labels,
+        blocks and tail; ``stats.blocks_computed`` the passages' blocks computed for it.
 
         Raises:
             GenerationError: the direct decoding loop is not available for this model or its
@@ -575,7 +592,7 @@ class TransformersGenerator:
         if layout not in ("start", "end", "sequence"):
             raise GenerationError(f"unknown block layout {layout!r} (start, end or sequence)")
         return self._stream(tail, max_new_tokens=max_new_tokens, temperature=temperature,
-                            stop=stop, over=(head, list(passages), layout))
+                            stop=stop, over=(head, list(passages), list(labels), layout))
 
     def complete(self, text: str, *, max_new_tokens: int = 32, temperature: float = 0.0,
                  stop: Sequence[str] = (), within: str | None = None,
@@ -773,7 +790,7 @@ class TransformersGenerator:
         """Text pieces of the reply, decoded in
         :meth:`BlockModel.steps <assistant.generation.blocks.BlockModel.steps>` on the calling
         thread: ``ids`` prefilled (after the cached ``prefix`` when given; with ``over``,
-        ``(head, passages, layout)``, after the head's cache and the passages' blocks, see
+        ``(head, passages, labels, layout)``, after the head's cache and the blocks, see
         :meth:`generate_over`), then each token detokenised as it is kept; fills ``stats``.
         Holds the model's lock while it runs."""
         import torch
@@ -796,16 +813,17 @@ class TransformersGenerator:
         context = [reader.prefix(prefix)] if prefix else []  # takes the lock itself
         rest, positions, draft = ids[prefix_tokens:], list(range(prefix_tokens, len(ids))), ids
         if over is not None:
-            head, passages, layout = over
+            head, passages, labels, layout = over
             context = [reader.prefix(head)]  # these take the lock themselves
             before = reader.encoded
             blocks = reader.blocks(context[0], passages)
             stats.blocks_computed = reader.encoded - before
-            placed, start = reader.place(blocks, layout) if blocks else ([], len(context[0]))
+            segments = labelled(reader, context[0], blocks, labels)
+            placed, start = reader.place(segments, layout) if segments else ([], len(context[0]))
             context += placed
             rest, positions = ids, list(range(start, start + len(ids)))
             draft = [t for b in blocks for t in b.ids] + ids
-            stats.prompt_tokens = len(context[0]) + sum(len(b) for b in blocks) + len(ids)
+            stats.prompt_tokens = len(context[0]) + sum(len(b) for b in segments) + len(ids)
         penalty = getattr(self.model.generation_config, "repetition_penalty", None) or 1.0
         text = Pieces(self.tokenizer)
         with self._lock:
