@@ -4,9 +4,10 @@ the attention support of the blocks.
 
 The prompt is :func:`~assistant.prompts.build_block_prompt`'s: the system text, then the
 passages (each a block computed once after that text, kept in the generator's block LRU, so a
-follow-up turn or a repeated question that retrieves a passage again with the same number
-does not prefill it again), then the earlier turns and the question, which attend over all
-the blocks at once. ``layout`` places the blocks (``BlockReader.place``): ``sequence`` (the
+follow-up turn or a repeated question that retrieves a passage again does not prefill it
+again; its number, ``Source [2] ``, is a tiny label block of its own placed right before it,
+so the passage's block serves under any number), then the earlier turns and the question,
+which attend over all the blocks at once. ``layout`` places the blocks (``BlockReader.place``): ``sequence`` (the
 default) one after another in retrieval order, keys re-rotated to the positions they would
 have in the text prompt (Block-Attention, Sun et al. 2024); ``start`` all at the same
 positions (Parallel Context Windows); ``end`` all ending right before the question. On the
@@ -45,13 +46,13 @@ of them with layer 18 (the best of its 30 layers), 0.60 with every head of every
 with every head in the ``sequence`` layout; citing the first source the answer cites 0.66,
 the top retrieved source 0.77 (BENCHMARKS.md)."""
 
-_SENTENCE = re.compile(r"\S.*?(?:[.!?](?=\s|$)|\n\n|$)", re.S)
+_SENTENCE = re.compile(r"\S.*?(?:[.!?](?:[ \t]*" + CITATION.pattern + r")*(?=\s|$)|\n\n|$)", re.S)
 
 
 def answer_sentences(text: str) -> list[str]:
     """``text`` cut into sentences that, joined, give ``text`` back (each keeps the white
-    space before it): a sentence ends at ``.``, ``!`` or ``?`` before white space, or at a
-    blank line."""
+    space before it): a sentence ends at ``.``, ``!`` or ``?`` before white space (with the
+    citations right after it: ``It is. [1]``), or at a blank line."""
     out, at = [], 0
     for match in _SENTENCE.finditer(text):
         out.append(text[at:match.end()])

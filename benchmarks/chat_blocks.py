@@ -15,8 +15,6 @@ follow-ups. Speed only; ``eval --questions`` scores the answers.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -25,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from assistant.config import Settings  # noqa: E402
+import common  # noqa: E402
 
 READERS = ("text", "blocks")
 FOLLOW_UP = "Can you say more about that?"
@@ -43,21 +41,11 @@ def timed(manager, question: str, conversation_id: str | None = None):
 
 
 def main() -> None:
-    from assistant.cli import build_manager, ensure_demo_index, load_embedder, load_generator
+    from assistant.cli import build_manager
     from assistant.history import History
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="SmolLM2-135M-Instruct")
-    parser.add_argument("-n", type=int, default=8)
-    args = parser.parse_args()
-    data = json.loads((Path(__file__).parent / "questions" / "real.json").read_text())
-    asked = [q["question"] for q in data["questions"]
-             if q.get("split") == "tune" and q.get("corpus", "python") == "python"
-             and q.get("answerable", True)][: args.n]
-    settings = Settings.load().replace(generator_model=args.model)
-    embedder = load_embedder(settings)
-    ensure_demo_index(settings, embedder)
-    generator = load_generator(settings)
+    args, asked, settings, embedder, generator = common.chat_setup(
+        __doc__.splitlines()[0], answerable_only=True)
     history = History(Path(tempfile.mkdtemp()) / "history.db")
     managers = {r: build_manager(settings.replace(reader=r), embedder=embedder,
                                  generator=generator, history=history) for r in READERS}

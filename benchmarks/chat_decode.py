@@ -14,8 +14,6 @@ text as generate()'s. The questions are the first ``-n`` of the question set's t
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -23,26 +21,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from assistant.config import Settings  # noqa: E402
+import common  # noqa: E402
 
 LOOPS = ("generate", "direct")
 
 
 def main() -> None:
-    from assistant.cli import build_manager, ensure_demo_index, load_embedder, load_generator
+    from assistant.cli import build_manager
     from assistant.history import History
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="SmolLM2-135M-Instruct")
-    parser.add_argument("-n", type=int, default=8)
-    args = parser.parse_args()
-    data = json.loads((Path(__file__).parent / "questions" / "real.json").read_text())
-    asked = [q["question"] for q in data["questions"]
-             if q.get("split") == "tune" and q.get("corpus", "python") == "python"][: args.n]
-    settings = Settings.load().replace(generator_model=args.model)
-    embedder = load_embedder(settings)
-    ensure_demo_index(settings, embedder)
-    generator = load_generator(settings)
+    args, asked, settings, embedder, generator = common.chat_setup(__doc__.splitlines()[0])
     manager = build_manager(settings, embedder=embedder, generator=generator,
                             history=History(Path(tempfile.mkdtemp()) / "history.db"))
     rows = {loop: {"first": [], "tps": [], "total": [], "same": 0} for loop in LOOPS}

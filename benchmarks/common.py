@@ -40,3 +40,31 @@ def retriever(settings: Settings, bench: Path):
     from assistant.cli import _bench_index, load_embedder
 
     return _bench_index(settings, bench, load_embedder(settings))[0]
+
+
+def chat_setup(description: str, *, answerable_only: bool = False):
+    """What the chat benchmarks share: ``--model`` (default SmolLM2-135M-Instruct) and ``-n``
+    (how many questions) parsed, the first ``n`` questions of the question set's tune split
+    about the bundled Python reference (only answerable ones with ``answerable_only``), and
+    the settings, embedder and generator loaded with the bundled reference indexed.
+
+    Returns:
+        ``(args, questions, settings, embedder, generator)``.
+    """
+    import argparse
+    import json
+
+    from assistant.cli import ensure_demo_index, load_embedder, load_generator
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default="SmolLM2-135M-Instruct")
+    parser.add_argument("-n", type=int, default=8)
+    args = parser.parse_args()
+    data = json.loads((Path(__file__).parent / "questions" / "real.json").read_text())
+    asked = [q["question"] for q in data["questions"]
+             if q.get("split") == "tune" and q.get("corpus", "python") == "python"
+             and (q.get("answerable", True) or not answerable_only)][: args.n]
+    settings = Settings.load().replace(generator_model=args.model)
+    embedder = load_embedder(settings)
+    ensure_demo_index(settings, embedder)
+    return args, asked, settings, embedder, load_generator(settings)
