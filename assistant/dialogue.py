@@ -238,7 +238,10 @@ class Turn:
                 self.answer_s = time.perf_counter() - self.started
                 if self.chat_support is not None and not self.cancelled and self.answer.strip():
                     started = time.perf_counter()
-                    self.support, self.sentence_weights = self.chat_support("".join(said))
+                    try:
+                        self.support, self.sentence_weights = self.chat_support("".join(said))
+                    except Exception:  # noqa: BLE001 - the answer stands without its weights
+                        self.support, self.sentence_weights = [], []
                     self.support_s = time.perf_counter() - started
             self.status = "cancelled" if self.cancelled else "complete"
         except GenerationError as exc:

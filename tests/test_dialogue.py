@@ -454,3 +454,20 @@ def test_chat_support_averages_the_layers_chosen_for_the_model(tmp_path, retriev
     heads = [(0, h) for h in range(len(masses[0]))]
     assert first_layer == pytest.approx(support_weights(masses, heads), abs=1e-6)
     assert first_layer != pytest.approx(weights, abs=1e-6)
+
+
+def test_a_failed_support_pass_leaves_the_chat_answer_complete(tmp_path, retriever,
+                                                               tiny_chat_generator):
+    m = DialogueManager(retriever=retriever, generator=tiny_chat_generator,
+                        history=History(tmp_path / "history.db"), top_k=3, max_new_tokens=8,
+                        context_tokens=6000)
+    turn = m.ask("Which NFL team won Super Bowl 50?")
+
+    def fails(text):
+        raise RuntimeError("out of memory")
+
+    turn.chat_support = fails
+    answer = "".join(turn)
+    assert turn.status == "complete" and answer and turn.support == []
+    row = m.history.turns(turn.conversation_id)[0]
+    assert row["status"] == "complete" and row["answer"] == answer
