@@ -136,7 +136,8 @@ class Settings:
 
     rerank_k: int = 5
     """The top passages re-ordered by the generator's likelihood of the question after each
-    (query-likelihood reranking, one prompt prefill per passage); 0 turns it off."""
+    (query-likelihood reranking, one prompt prefill per passage); 0 turns it off. A chat
+    model over passage blocks (``reader = "blocks"``) keeps the retrieval order."""
 
     read_k: int = 3
     """Extractive answers (base models): how many of the reranked top passages may be read;
