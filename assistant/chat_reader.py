@@ -102,8 +102,7 @@ class ChatReader:
     def warm_up(self) -> None:
         """Compute the head's key/value cache and answer two tokens over one tiny block
         (first-call kernel set-up), so that the first question pays for neither."""
-        prompt = build_block_prompt("Warm up?", [], counter=self.generator,
-                                    render=self.generator.render, budget_tokens=10**6)
+        prompt = self.prompt("Warm up?", [], budget_tokens=10**6)
         if prompt is not None:
             self.generator.generate_over(prompt.head, [("warm-up", "(warm up):\nWarm up.\n\n")],
                                          prompt.tail, labels=["Source [1] "],

@@ -130,20 +130,38 @@ def build_prompt(
         )
         return [system, *turns, {"role": "user", "content": body}]
 
-    texts = [format_passage(i, p) for i, p in enumerate(passages, start=1)]
+    def measure(texts: list[str]) -> tuple[list[dict], int]:
+        messages = render(texts)
+        return messages, counter.prompt_tokens(messages)
+
+    messages, tokens, texts = _fit(passages, measure, budget_tokens)
+    return Prompt(messages, len(texts), tokens)
+
+
+def _fit(passages: Sequence[_Passage], measure, budget_tokens: int, *, end: str = ""):
+    """The passages' texts (:func:`format_passage`, each followed by ``end``) that fit
+    ``budget_tokens``: the lowest-ranked dropped first, then the last one left cut short.
+
+    Args:
+        measure: ``measure(texts) -> (prompt, tokens)``, the prompt made with ``texts`` and
+            its size in tokens.
+
+    Returns:
+        ``(prompt, tokens, texts)`` for the texts kept (``measure``'s last result).
+    """
+    texts = [format_passage(i, p) + end for i, p in enumerate(passages, start=1)]
     words: list[str] | None = None  # words kept of passage 1 once it alone is too long
     while True:
-        messages = render(texts)
-        tokens = counter.prompt_tokens(messages)
+        prompt, tokens = measure(texts)
         if tokens <= budget_tokens or not texts:
-            return Prompt(messages, len(texts), tokens)
+            return prompt, tokens, texts
         if len(texts) > 1:
             texts.pop()
             continue
         # One passage left and still too long: keep its first part (a word is >= 1 token).
         words = (words if words is not None else passages[0].text.split())
         words = words[: max(0, len(words) - (tokens - budget_tokens) - 8)]
-        texts = [format_passage(1, passages[0], " ".join(words) + " ...")] if words else []
+        texts = [format_passage(1, passages[0], " ".join(words) + " ...") + end] if words else []
 
 
 _LABEL = re.compile(r"[^\n(]*?\[\d+\] ?")
@@ -231,28 +249,17 @@ def build_block_prompt(
         head, tail = rendered.split(PASSAGES_MARK)
         return head, tail
 
-    texts = [format_passage(i, p) + "\n\n" for i, p in enumerate(passages, start=1)]
-    words: list[str] | None = None
-
-    def labelled(texts: list[str]) -> tuple[list[str], list[str]]:
-        parts = [_LABEL.match(t) for t in texts]
-        return ([m.group() if m else "" for m in parts],
-                [t[m.end():] if m else t for m, t in zip(parts, texts)])
-
-    while True:
+    def measure(texts: list[str]) -> tuple[tuple[str, str] | None, int]:
         parts = split(len(texts))
-        if parts is None:
-            return None
-        head, tail = parts
-        tokens = (counter.count_tokens(head) + counter.count_tokens(tail)
-                  + sum(counter.count_tokens(t) for t in texts))
-        if tokens <= budget_tokens or not texts:
-            labels, bodies = labelled(texts)
-            return BlockPrompt(head, labels, bodies, tail,
-                               messages("".join(texts).rstrip(), len(texts)), tokens)
-        if len(texts) > 1:
-            texts.pop()
-            continue
-        words = (words if words is not None else passages[0].text.split())
-        words = words[: max(0, len(words) - (tokens - budget_tokens) - 8)]
-        texts = [format_passage(1, passages[0], " ".join(words) + " ...") + "\n\n"] if words else []
+        if parts is None:  # no budget to keep: the layout is impossible
+            return None, 0
+        return parts, (counter.count_tokens(parts[0]) + counter.count_tokens(parts[1])
+                       + sum(counter.count_tokens(t) for t in texts))
+
+    parts, tokens, texts = _fit(passages, measure, budget_tokens, end="\n\n")
+    if parts is None:
+        return None
+    numbers = [_LABEL.match(t) for t in texts]
+    return BlockPrompt(parts[0], [m.group() if m else "" for m in numbers],
+                       [t[m.end():] if m else t for m, t in zip(numbers, texts)], parts[1],
+                       messages("".join(texts).rstrip(), len(texts)), tokens)
