@@ -44,6 +44,19 @@ _EXPLANATION = re.compile(
 _DEFINITION = re.compile(
     r"^(what(?:'s| is| are| does)|define|meaning of)\s+(?P<term>(?:(?:a|an|the)\s+)?"
     r"[^?]{1,40}?)\s*(?:mean|do|stand for)?\s*\??$", re.I)
+_REQUEST = re.compile(
+    r"^(?:(?:can|could|would|will) you(?: please)?|please)\s+(?=(?:tell|explain|describe|list|"
+    r"name|give|show|summari[sz]e|sum up|compare|contrast|say|elaborate|expand|clarify|define|"
+    r"outline|go on|continue|walk me)\b)", re.I)
+"""A polite request's opening ("Can you", "Could you please", "Please") before what is asked
+for ("explain ...", "list ...", "say more ..."): not a yes/no question."""
+_TELL_ME = re.compile(r"^tell me\s+(?=(?:what|which|who|when|where|why|how)\b)", re.I)
+_EMBEDDED_WHAT = re.compile(r"^what (?P<term>[^?]{1,40}?) (?P<verb>is|are)\W*$", re.I)
+_MORE = re.compile(
+    r"^(?:(?:say|tell(?: me)?|explain|give(?: me)?|write|show(?: me)?)\s+(?:a (?:bit|little) |"
+    r"some(?:thing)? )?more\b|(?:go on|continue|elaborate|expand on (?:that|this|it)|"
+    r"more (?:details?|info(?:rmation)?|about (?:that|this|it))|tell me more)\b)", re.I)
+"""A request to say more about the previous answer ("say more about that", "go on")."""
 _QUESTION_WORDS = re.compile(r"\b(what|which|who|whom|whose|when|where|why|how|name of|"
                              r"number of|called)\b", re.I)
 
@@ -122,14 +135,23 @@ def classify(question: str, previous: str | None = None) -> str:
     """The form of ``question``: one of :data:`FORMS`.
 
     Follow-ups: a leading "and"/"but"/"so" is ignored, and a question with no verb of its
-    own ("and tuples?", "what about DRD?") keeps the ``previous`` turn's form.
+    own ("and tuples?", "what about DRD?") keeps the ``previous`` turn's form. A polite
+    request is read as what it asks for ("Can you explain how X works?": an explanation, not
+    a yes/no question; "tell me how X works" as "how X works"), and a request to say more
+    ("Can you say more about that?", "go on") keeps a previous form of several sentences,
+    else is an explanation.
     """
     q = _LEAD_IN.sub("", " ".join(question.split())).strip()
+    q = _REQUEST.sub("", q)
+    if _TELL_ME.match(q):  # "tell me what a tuple is": "what is a tuple"
+        q = _EMBEDDED_WHAT.sub(r"what \g<verb> \g<term>", _TELL_ME.sub("", q))
+    if _MORE.match(q):
+        return previous if previous not in (None, "factoid", "yesno") else "explanation"
+    if re.match(r"^why\b", q, re.I) or re.match(r"^(give|show) (me )?an? example", q, re.I):
+        return "explanation"
     if previous and (re.match(r"^(what|how) about\b", q, re.I) or (
             len(q.split()) <= 3 and not _YES_NO.match(q) and not _QUESTION_WORDS.search(q))):
         return previous
-    if re.match(r"^why\b", q, re.I) or re.match(r"^(give|show) (me )?an? example", q, re.I):
-        return "explanation"
     if _SUMMARY.search(q):
         return "summary"
     if _COMPARISON.search(q):

@@ -79,6 +79,29 @@ def test_a_follow_up_keeps_the_previous_form_or_takes_its_own():
     assert forms.classify("and tuples?") == "factoid"  # no previous turn: nothing to keep
 
 
+@pytest.mark.parametrize("question, previous, form", [
+    # a polite request is what it asks for, not a yes/no question
+    ("Could you please explain how the with statement works?", None, "explanation"),
+    ("Can you list the augmented assignment operators?", None, "list"),
+    ("Please summarize the import statement.", None, "summary"),
+    ("Can you compare lists and tuples?", None, "comparison"),
+    ("Can you tell me what a tuple is?", None, "definition"),
+    ("tell me how generators work", None, "explanation"),
+    ("Can you give an example?", "factoid", "explanation"),
+    # "you" as anyone: still a yes/no question
+    ("Can you use a list as a dictionary key?", None, "yesno"),
+    ("Can a lambda expression contain statements?", None, "yesno"),
+    # saying more keeps an answer of several sentences, else explains
+    ("Can you say more about that?", "comparison", "comparison"),
+    ("Can you say more about that?", "yesno", "explanation"),
+    ("Tell me more.", "factoid", "explanation"),
+    ("go on", "list", "list"),
+    ("Can you say more about that?", None, "explanation"),
+])
+def test_a_request_is_classified_by_what_it_asks(question, previous, form):
+    assert forms.classify(question, previous) == form
+
+
 @pytest.mark.parametrize("question, things", [
     ("What is the difference between a list and a tuple?", ("list", "tuple")),
     ("What is the difference between the and and or operators?", ("and", "or")),
