@@ -44,12 +44,13 @@ class Composer:
         self.most = most
 
     def compose(self, form: str, question: str, reading: Reading, *,
-                query: str | None = None) -> Reading:
+                query: str | None = None, said: str = "") -> Reading:
         """``reading`` with its answer text shaped for ``form`` (and, for a comparison, maybe
         one more hit at the end of ``hits``). Sentences are scored against ``query`` (the
         turn's search query: a follow-up's includes the question before it), default the
-        question. Factoid answers, abstentions and readings with no usable sentence are
-        returned as they are."""
+        question. ``said``: what earlier answers said (a request to say more): their
+        sentences are not quoted again while others are left. Factoid answers, abstentions
+        and readings with no usable sentence are returned as they are."""
         if form == "factoid" or reading.abstained or not reading.hits:
             return reading
         hits = list(reading.hits)
@@ -68,6 +69,10 @@ class Composer:
             hits.append(extra)
             candidates += (forms.heading_sentences(len(hits) - 1, extra.passage.heading, term)
                            + forms.sentences(len(hits) - 1, extra.passage.text))
+        if said:
+            spoken = _plain(said)
+            fresh = [c for c in candidates if _plain(c.text) not in spoken]
+            candidates = fresh or candidates
         if not candidates:
             return reading
         asks = [query or question] + [f"What is {t}?" for t in things]
@@ -144,6 +149,13 @@ class Composer:
                     named += said  # a later side it names needs no search of its own
                     break
         return found
+
+
+def _plain(text: str) -> str:
+    """``text`` lower-cased without citations, Markdown escapes and emphasis, with single
+    spaces: a quoted sentence compares equal to its passage's text."""
+    text = re.sub(r"\[\d+(?:\s*[,;-]\s*\d+)*\]", " ", text.replace("\\", ""))
+    return " ".join(text.replace("**", "").lower().split())
 
 
 def _anchor(reading: Reading, candidates: Sequence[forms.Sentence]) -> int | None:

@@ -20,7 +20,7 @@ from index.turns import answering
 from .attribution import CITATION, CitationShaper
 from .chat_reader import ChatReader
 from .composer import Composer
-from .forms import (classify, conversation_request, misspelt, names, recap,
+from .forms import (classify, conversation_request, misspelt, more_request, names, recap,
                     spelled_out)
 from .generation import GenerationError, GenerationStats, Generator, Reply
 from .history import History, SourceRecord
@@ -56,16 +56,45 @@ def cited_numbers(answer: str) -> list[int]:
     return list(seen)
 
 
+def _asked(history: Sequence[tuple[str, str]]) -> int | None:
+    """Index in ``history`` of the latest turn that asked something of its own (not a
+    request to say more or give an example, :func:`forms.more_request`), or None."""
+    return next((i for i in range(len(history) - 1, -1, -1)
+                 if more_request(history[i][0]) is None), None)
+
+
 def retrieval_query(question: str, history: Sequence[tuple[str, str]]) -> str:
     """The search query for a turn: the question, plus the previous question when this one
     reads as a follow-up (short, or leaning on a pronoun such as "it" or "the second one"),
-    so "and what about the second one?" still finds the passages the conversation is about."""
+    so "and what about the second one?" still finds the passages the conversation is about.
+
+    A request to say more ("Can you say more about that?") searches what the turn it is about
+    searched, so it finds the same passages; a request for an example adds its words to that
+    search. Either way the turn it is about is the latest that asked something of its own,
+    so "go on" after "give an example" still searches the topic."""
     if not history:
         return question
+    at = _asked(history)
+    if at is None:
+        return question
+    kind = more_request(question)
+    if kind is not None:
+        base = retrieval_query(history[at][0], history[:at])
+        return base if kind == "more" else f"{base} {question}"
     words = re.findall(r"\w+", question)
     if len(words) <= 4 or _FOLLOW_UP.search(question):
-        return f"{history[-1][0]} {question}"
+        return f"{history[at][0]} {question}"
     return question
+
+
+def reading_question(question: str, history: Sequence[tuple[str, str]]) -> str:
+    """The question an extractive reader answers for a turn: ``question`` itself, or for a
+    request to say more or give an example (:func:`forms.more_request`), the question of the
+    turn it is about. A base model reads one question beside one passage and sees no
+    conversation: "Can you say more about that?" asks it nothing, and its likelihood given a
+    passage says nothing about whether the passage holds the answer (it was abstained on)."""
+    at = _asked(history) if more_request(question) is not None else None
+    return question if at is None else history[at][0]
 
 
 _PIECE = re.compile(r".+?(?:\[\d+\](?=\s)|$)\s*", re.S)
@@ -487,17 +516,20 @@ class DialogueManager:
                                            unknown)
             if self.reads_blocks:
                 return self._ask_blocks(conversation_id, turn_id, question, query, result,
-                                        earlier)
+                                        earlier, asked=reading_question(question, earlier))
             if self.chats_over_blocks:
                 turn = self._ask_chat_blocks(conversation_id, turn_id, question, query, result,
                                              earlier)
                 if turn is not None:
                     return turn
             if self.reranks:
-                hits, ms = rerank(question, result.hits, self.generator, k=self.rerank_k)
+                hits, ms = rerank(reading_question(question, earlier) if
+                                  self.prompt_style == "extractive" else question,
+                                  result.hits, self.generator, k=self.rerank_k)
                 result = SearchResult(hits, result.milliseconds + ms)
             if self.prompt_style == "extractive":
-                return self._ask_extractive(conversation_id, turn_id, question, query, result)
+                return self._ask_extractive(conversation_id, turn_id, question, query, result,
+                                            asked=reading_question(question, earlier))
             form, evidence = self._evidence(question, query, earlier, list(result.hits))
             prompt = build_prompt(
                 question, [h.passage for h in result.hits], counter=self.generator,
@@ -522,7 +554,8 @@ class DialogueManager:
         to choose sentences with."""
         if not self.answer_forms or getattr(self.retriever, "embedder", None) is None:
             return "factoid"
-        return classify(question, classify(earlier[-1][0]) if earlier else None)
+        at = _asked(earlier)
+        return classify(question, None if at is None else classify(earlier[at][0]))
 
     def _evidence(self, question: str, query: str, earlier: Sequence[tuple[str, str]],
                   hits: list[Hit]) -> tuple[str, list[tuple[int, str]]]:
@@ -610,10 +643,18 @@ class DialogueManager:
             ChatReader(self.generator).warm_up()
 
     def _ask_blocks(self, conversation_id: str, turn_id: int, question: str, query: str,
-                    result, earlier: Sequence[tuple[str, str]] = ()) -> Turn:
+                    result, earlier: Sequence[tuple[str, str]] = (), *,
+                    asked: str | None = None) -> Turn:
+        """An extractive turn over passage blocks; ``asked`` is the question the reader
+        answers (:func:`reading_question`; default ``question``)."""
+        asked = asked or question
         hits = list(result.hits)
         if not hits:
             raise RuntimeError("no passage matches the question")
+        # "Can you say more about that?": what was said since the question it is about is
+        # not quoted again
+        at = _asked(earlier) if more_request(question) == "more" else None
+        said = " ".join(answer for _, answer in earlier[at:]) if at is not None else ""
         reader = self._reader()
         form = self._form(question, earlier)
         composer = None
@@ -624,12 +665,12 @@ class DialogueManager:
                         passages_used=len(hits), tokens=0)
 
         def job(cancelled: Callable[[], bool]) -> Reading:
-            reading = reader.read(question, hits, cancelled=cancelled, yes_no=form == "yesno",
+            reading = reader.read(asked, hits, cancelled=cancelled, yes_no=form == "yesno",
                                   support=False)
             if composer is None or cancelled():
                 return reading
             started = time.perf_counter()
-            reading = composer.compose(form, question, reading, query=query)
+            reading = composer.compose(form, asked, reading, query=query, said=said)
             return dataclasses.replace(reading, seconds={
                 **reading.seconds, "compose": time.perf_counter() - started})
 
@@ -641,7 +682,7 @@ class DialogueManager:
             # composed answers, and is for all 34 this way); else the span's.
             started = time.perf_counter()
             weights, masses, per_sentence = reader.support_of(
-                question, reading.hits, sentences=[text for _, text in reading.sentences],
+                asked, reading.hits, sentences=[text for _, text in reading.sentences],
                 ids=reading.ids)
             seconds = dict(reading.seconds)
             seconds["support"] = time.perf_counter() - started
@@ -693,7 +734,10 @@ class DialogueManager:
         return "reranked by the generator" if self.reranks else "retrieval order"
 
     def _ask_extractive(self, conversation_id: str, turn_id: int, question: str, query: str,
-                        result) -> Turn:
+                        result, *, asked: str | None = None) -> Turn:
+        """An extractive turn with the passages as prompt text; ``asked`` is the question the
+        reader answers (:func:`reading_question`; default ``question``)."""
+        asked = asked or question
         hits = list(result.hits)
         if not hits:
             raise RuntimeError("no passage matches the question")
@@ -704,11 +748,11 @@ class DialogueManager:
 
         def read(i: int, copy: bool) -> Reply:
             passage = hits[i].passage.text
-            return self.generator.complete(extractive_prompt(question, passage),
+            return self.generator.complete(extractive_prompt(asked, passage),
                                            within=passage if copy else None,
                                            shared_prefix=prefix, **options)
 
-        text = extractive_prompt(question, hits[0].passage.text)
+        text = extractive_prompt(asked, hits[0].passage.text)
         reply = read(0, False)
         prompt = Prompt([{"role": "user", "content": text}], passages_used=len(hits),
                         tokens=reply.stats.prompt_tokens)

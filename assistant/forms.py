@@ -131,6 +131,24 @@ def spelled_out(acronym: str, texts: Sequence[str]) -> str | None:
     return None
 
 
+_EXAMPLE = re.compile(r"^(?:give|show)(?: me)? (?:an?|some|another) (?:example|code example)s?\b",
+                      re.I)
+
+
+def more_request(question: str) -> str | None:
+    """``"more"`` when ``question`` only asks to say more about the previous answer ("Can you
+    say more about that?", "go on", "tell me more"), ``"example"`` when it asks for an example
+    of it ("Could you give an example?"), else None. Such a request has no topic of its own:
+    the turn it follows gives it (:func:`assistant.dialogue.retrieval_query`)."""
+    q = _LEAD_IN.sub("", " ".join(question.split())).strip()
+    q = _REQUEST.sub("", q)
+    if _MORE.match(q):
+        return "more"
+    if _EXAMPLE.match(q):
+        return "example"
+    return None
+
+
 def classify(question: str, previous: str | None = None) -> str:
     """The form of ``question``: one of :data:`FORMS`.
 

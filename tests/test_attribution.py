@@ -1,5 +1,5 @@
 from assistant.attribution import CitationShaper, best_source
-from assistant.dialogue import cited_numbers, retrieval_query
+from assistant.dialogue import cited_numbers, reading_question, retrieval_query
 
 
 def test_best_source_by_content_word_overlap(squad_passages):
@@ -34,6 +34,29 @@ def test_follow_up_queries_carry_the_previous_question():
     assert retrieval_query("Who founded the University of Paris in 1150?", history) == \
         "Who founded the University of Paris in 1150?"
     assert retrieval_query("anything", []) == "anything"
+
+
+def test_a_request_to_say_more_is_about_the_turn_that_asked_something():
+    asked = "What is the difference between a list and a tuple?"
+    history = [(asked, "Lists are mutable [1]. Tuples are immutable [2].")]
+    # the same search as the turn it is about: the same passages
+    assert retrieval_query("Can you say more about that?", history) == asked
+    assert retrieval_query("Could you give an example?", history) == \
+        f"{asked} Could you give an example?"
+    # a chain of requests keeps the topic, and so does a short follow-up after them
+    history += [("Can you say more about that?", "..."), ("Give me an example.", "...")]
+    assert retrieval_query("go on", history) == asked
+    assert retrieval_query("and sets?", history) == f"{asked} and sets?"
+    # the extractive reader answers the question they are about, not the request
+    assert reading_question("Tell me more.", history) == asked
+    assert reading_question("and sets?", history) == "and sets?"
+    assert reading_question("Can you say more about that?", []) == \
+        "Can you say more about that?"
+    # a follow-up of a follow-up: the search of the turn that asked
+    history = [("What did the Normans conquer?", "England [1]."),
+               ("when was it?", "1066 [1].")]
+    assert retrieval_query("Can you say more about that?", history) == \
+        "What did the Normans conquer? when was it?"
 
 
 def test_a_citation_the_model_writes_after_the_full_stop_is_not_doubled():

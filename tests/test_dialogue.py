@@ -241,6 +241,18 @@ def test_a_block_turn_reranks_cites_with_support_and_reuses_blocks(tmp_path, ret
     list(again)
     assert again.reading.encoded == 0 and again.timings()["blocks_computed"] == 0
     assert again.answer == turn.answer
+    # a request to say more searches and reads the question it is about: the same passages,
+    # no block computed again, the same span read; after a factoid, more is sentences
+    more = m.ask("Can you say more about that?", conversation_id=turn.conversation_id)
+    list(more)
+    assert more.query == turn.query and more.reading.encoded == 0
+    assert more.reading.raw_span == turn.reading.raw_span and more.form == "explanation"
+    assert more.question == "Can you say more about that?" and more.status == "complete"
+    # and saying more again quotes what was not said yet
+    again = m.ask("Go on.", conversation_id=turn.conversation_id)
+    list(again)
+    quoted = {text for _, text in more.reading.sentences}
+    assert again.reading.sentences and not quoted & {t for _, t in again.reading.sentences}
 
 
 def test_a_block_turn_shows_its_text_before_the_support_pass(tmp_path, retriever,
