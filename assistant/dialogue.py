@@ -514,22 +514,22 @@ class DialogueManager:
             if unknown:
                 return self._not_mentioned(conversation_id, turn_id, question, query, result,
                                            unknown)
+            asked = reading_question(question, earlier)  # what an extractive reader reads
             if self.reads_blocks:
                 return self._ask_blocks(conversation_id, turn_id, question, query, result,
-                                        earlier, asked=reading_question(question, earlier))
+                                        earlier, asked=asked)
             if self.chats_over_blocks:
                 turn = self._ask_chat_blocks(conversation_id, turn_id, question, query, result,
                                              earlier)
                 if turn is not None:
                     return turn
             if self.reranks:
-                hits, ms = rerank(reading_question(question, earlier) if
-                                  self.prompt_style == "extractive" else question,
+                hits, ms = rerank(asked if self.prompt_style == "extractive" else question,
                                   result.hits, self.generator, k=self.rerank_k)
                 result = SearchResult(hits, result.milliseconds + ms)
             if self.prompt_style == "extractive":
                 return self._ask_extractive(conversation_id, turn_id, question, query, result,
-                                            asked=reading_question(question, earlier))
+                                            asked=asked)
             form, evidence = self._evidence(question, query, earlier, list(result.hits))
             prompt = build_prompt(
                 question, [h.passage for h in result.hits], counter=self.generator,

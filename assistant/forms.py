@@ -54,9 +54,14 @@ _TELL_ME = re.compile(r"^tell me\s+(?=(?:what|which|who|when|where|why|how)\b)",
 _EMBEDDED_WHAT = re.compile(r"^what (?P<term>[^?]{1,40}?) (?P<verb>is|are)\W*$", re.I)
 _MORE = re.compile(
     r"^(?:(?:say|tell(?: me)?|explain|give(?: me)?|write|show(?: me)?)\s+(?:a (?:bit|little) |"
-    r"some(?:thing)? )?more\b|(?:go on|continue|elaborate|expand on (?:that|this|it)|"
-    r"more (?:details?|info(?:rmation)?|about (?:that|this|it))|tell me more)\b)", re.I)
-"""A request to say more about the previous answer ("say more about that", "go on")."""
+    r"some(?:thing)? )?more\b|(?:elaborate|expand) on (?:that|this|it)\b|more about "
+    r"(?:that|this|it)\b|(?:go on|continue|elaborate|more|more details?|more info(?:rmation)?)"
+    r"(?:,? please)?\W*$)", re.I)
+"""A request to say more about the previous answer ("say more about that", "go on"; "go on",
+"continue" and "more" only as the whole request: "continue statements" is a topic)."""
+_EXAMPLE = re.compile(r"^(?:give|show)(?: me)? (?:an?|some|another) (?:code )?examples?\b",
+                      re.I)
+"""A request for an example ("give me an example")."""
 _QUESTION_WORDS = re.compile(r"\b(what|which|who|whom|whose|when|where|why|how|name of|"
                              r"number of|called)\b", re.I)
 
@@ -131,10 +136,6 @@ def spelled_out(acronym: str, texts: Sequence[str]) -> str | None:
     return None
 
 
-_EXAMPLE = re.compile(r"^(?:give|show)(?: me)? (?:an?|some|another) (?:example|code example)s?\b",
-                      re.I)
-
-
 def more_request(question: str) -> str | None:
     """``"more"`` when ``question`` only asks to say more about the previous answer ("Can you
     say more about that?", "go on", "tell me more"), ``"example"`` when it asks for an example
@@ -163,9 +164,10 @@ def classify(question: str, previous: str | None = None) -> str:
     q = _REQUEST.sub("", q)
     if _TELL_ME.match(q):  # "tell me what a tuple is": "what is a tuple"
         q = _EMBEDDED_WHAT.sub(r"what \g<verb> \g<term>", _TELL_ME.sub("", q))
-    if _MORE.match(q):
+    kind = more_request(q)
+    if kind == "more":
         return previous if previous not in (None, "factoid", "yesno") else "explanation"
-    if re.match(r"^why\b", q, re.I) or re.match(r"^(give|show) (me )?an? example", q, re.I):
+    if kind == "example" or re.match(r"^why\b", q, re.I):
         return "explanation"
     if previous and (re.match(r"^(what|how) about\b", q, re.I) or (
             len(q.split()) <= 3 and not _YES_NO.match(q) and not _QUESTION_WORDS.search(q))):

@@ -97,6 +97,7 @@ def test_a_follow_up_keeps_the_previous_form_or_takes_its_own():
     ("Tell me more.", "factoid", "explanation"),
     ("go on", "list", "list"),
     ("Can you say more about that?", None, "explanation"),
+    ("continue statements in loops", "comparison", "factoid"),  # a topic, not "go on"
 ])
 def test_a_request_is_classified_by_what_it_asks(question, previous, form):
     assert forms.classify(question, previous) == form
