@@ -28,7 +28,7 @@ from .extractive import (ExtractiveAnswer, example_questions, extractive_prefix,
                          extractive_prompt, finish)
 from .prompts import Prompt, build_prompt
 from .question import check_question
-from .reader import NOT_FOUND, ExtractiveReader, Reading, question_text
+from .reader import NOT_FOUND, ExtractiveReader, Reading, Readings, question_text
 from .rerank import answer_value, rerank
 
 _FOLLOW_UP = re.compile(
@@ -437,6 +437,7 @@ class DialogueManager:
         self.answer_forms = answer_forms
         self.output_head = output_head
         self._lock = threading.Lock()
+        self._readings = Readings()
 
     @property
     def example_questions(self) -> list[str]:
@@ -664,9 +665,21 @@ class DialogueManager:
         prompt = Prompt([{"role": "user", "content": question_text(question)}],
                         passages_used=len(hits), tokens=0)
 
+        yes_no = form == "yesno"
+        key = Readings.key(asked, hits, setting=(
+            self.generator.name, yes_no, reader.rerank_k, reader.read_k, reader.read_mode,
+            reader.abstain_below, reader.max_new_tokens, reader.restrict_head))
+
         def job(cancelled: Callable[[], bool]) -> Reading:
-            reading = reader.read(asked, hits, cancelled=cancelled, yes_no=form == "yesno",
-                                  support=False)
+            reading = self._readings.get(key)
+            if reading is not None:  # read before ("say more", a repeated question)
+                reading = dataclasses.replace(reading, read=0, decoded=0, encoded=0, seconds={
+                    "encode": 0.0, "score": 0.0, "read": 0.0})
+            else:
+                reading = reader.read(asked, hits, cancelled=cancelled, yes_no=yes_no,
+                                      support=False)
+                if not cancelled():
+                    self._readings.put(key, reading)
             if composer is None or cancelled():
                 return reading
             started = time.perf_counter()

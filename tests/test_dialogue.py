@@ -241,12 +241,16 @@ def test_a_block_turn_reranks_cites_with_support_and_reuses_blocks(tmp_path, ret
     list(again)
     assert again.reading.encoded == 0 and again.timings()["blocks_computed"] == 0
     assert again.answer == turn.answer
+    # the same question over the same passages: the reading itself is not done again
+    assert turn.reading.read >= 1 and again.reading.read == 0
+    assert again.timings()["read_s"] == 0.0 and again.timings()["tokens_per_s"] is None
     # a request to say more searches and reads the question it is about: the same passages,
     # no block computed again, the same span read; after a factoid, more is sentences
     more = m.ask("Can you say more about that?", conversation_id=turn.conversation_id)
     list(more)
     assert more.query == turn.query and more.reading.encoded == 0
     assert more.reading.raw_span == turn.reading.raw_span and more.form == "explanation"
+    assert more.reading.read == 0  # the reading of the question it is about
     assert more.question == "Can you say more about that?" and more.status == "complete"
     # and saying more again quotes what was not said yet
     again = m.ask("Go on.", conversation_id=turn.conversation_id)
@@ -297,6 +301,10 @@ def test_cancelling_a_block_turn_stops_the_reading(tmp_path, retriever, tiny_gen
     assert turn.status == "cancelled"
     assert turn.reading.read == 1 and turn.reading.new_tokens <= 1
     assert turn.support == []
+    # a cancelled reading is not kept: asking again reads
+    again = m.ask("Which NFL team won Super Bowl 50?")
+    list(again)
+    assert again.status == "complete" and again.reading.read >= 1
 
 
 def test_a_how_question_gets_cited_sentences_streamed_one_by_one(tmp_path, retriever,
