@@ -124,6 +124,14 @@ class ChatReader:
             prompt.head, self._items(prompt, hits), prompt.tail, labels=prompt.labels,
             layout=self.layout, max_new_tokens=max_new_tokens, temperature=temperature)
 
+    def prepare(self, prompt: BlockPrompt, hits: Sequence[Hit]) -> int:
+        """Compute ahead of time the part of ``prompt`` after the blocks (``prepare_over``):
+        built for a follow-up with the conversation so far, its earlier turns are what a
+        follow-up over the same passages starts with, so that follow-up prefills only its
+        own message. Returns the tokens computed."""
+        return self.generator.prepare_over(prompt.head, self._items(prompt, hits), prompt.tail,
+                                           labels=prompt.labels, layout=self.layout)
+
     def support(self, prompt: BlockPrompt, hits: Sequence[Hit], answer: str
                 ) -> tuple[list[float], list[tuple[str, list[float]]]]:
         """The attention support of ``answer`` (the model's text) over the passages' blocks,

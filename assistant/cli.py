@@ -530,7 +530,8 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
     _print_turn(messages, as_json)
 
 
-def _turn_messages(manager, settings: Settings, request: dict, *, load_s: float = 0.0):
+def _turn_messages(manager, settings: Settings, request: dict, *, load_s: float = 0.0,
+                   prepare: bool = False):
     """Answer one `ask` request with ``manager``: yields ``{"fragment": str}`` as the answer
     streams, then ``{"end": {"json" or "sources", "status"}}``. Closing the generator early
     (the client left, Ctrl-C) cancels the turn, which is kept marked cancelled.
@@ -539,7 +540,7 @@ def _turn_messages(manager, settings: Settings, request: dict, *, load_s: float 
         UserError: a bad conversation id, or the question could not be answered.
     """
     from .generation import GenerationError
-    from .output import sources_text, turn_json
+    from .output import turn_json
 
     overrides = {"top_k": "top_k", "retrieval_mode": "mode", "max_new_tokens": "max_new_tokens"}
     saved = {attr: getattr(manager, attr) for attr in overrides.values()}
@@ -574,16 +575,26 @@ def _turn_messages(manager, settings: Settings, request: dict, *, load_s: float 
     if request.get("json"):
         yield {"end": {"json": turn_json(turn, model=settings.generator_model, load_s=load_s,
                                          device=device)}}
-        return
+    else:
+        yield {"end": _ending(turn, settings, device)}
+    if prepare:  # after the answer went out: a head start for a follow-up, or nothing
+        with contextlib.suppress(Exception):
+            manager.prepare_follow_up(turn)
+
+
+def _ending(turn, settings: Settings, device: str) -> dict:
+    """The end of a streamed answer: its sources and status line."""
+    from .output import sources_text
+
     t = turn.timings()
     ttft = f"{t['first_token_s']:.2f} s" if t["first_token_s"] is not None else "-"
     tps = f"{t['tokens_per_s']:.1f}" if t["tokens_per_s"] else "-"
     done = f" · answer in {t['answer_s']:.2f} s" if t.get("answer_s") is not None else ""
     grounding = f"{turn.grounding} · " if turn.grounding else ""
-    yield {"end": {"sources": sources_text(turn), "status": (
+    return {"sources": sources_text(turn), "status": (
         f"retrieval {t['retrieval_ms']:.0f} ms · first token {ttft} · {tps} tokens/s{done} · "
         f"{settings.generator_model} on {device} · {grounding}conversation "
-        f"{turn.conversation_id}")}}
+        f"{turn.conversation_id}")}
 
 
 def _print_turn(messages, as_json: bool) -> None:
@@ -625,7 +636,7 @@ def serve_handler(manager, settings: Settings):
 
     def handle(request: dict, send) -> None:
         with answering():
-            messages = _turn_messages(manager, settings, request)
+            messages = _turn_messages(manager, settings, request, prepare=True)
             try:
                 for message in messages:
                     send(message)

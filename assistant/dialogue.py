@@ -134,6 +134,9 @@ class Turn:
         support_job: ``support_job(reading)`` the reading with its attention support,
             run after the answer's text has been yielded (the text does not wait for it);
             ``support`` is set when iterating the turn ends.
+        prepare: for a chat turn over passage blocks, ``prepare()`` computes ahead of time
+            what a follow-up over the same passages starts with (see
+            :meth:`DialogueManager.prepare_follow_up`).
         chat_support: for a chat turn over passage blocks, ``chat_support(text)`` gives the
             attention support of the model's answer ``text``: ``(per source, [(sentence,
             per source), ...])`` (:meth:`~assistant.chat_reader.ChatReader.support`), run
@@ -172,6 +175,7 @@ class Turn:
     support_job: Callable[[Reading], Reading] | None = field(default=None, repr=False)
     chat_support: Callable[[str], tuple[list[float], list]] | None = field(default=None,
                                                                          repr=False)
+    prepare: Callable[[], int] | None = field(default=None, repr=False)
     sentence_weights: list = field(default_factory=list)
     support_s: float | None = None
     reading: Reading | None = field(default=None, repr=False)
@@ -730,11 +734,34 @@ class DialogueManager:
         reply = reader.start(prompt, hits, max_new_tokens=self.max_new_tokens,
                              temperature=self.temperature)
         shown = Prompt(prompt.messages, prompt.passages_used, prompt.tokens)
+
+        def prepare() -> int:
+            # the next turn's prompt over the same passages, up to its question: the
+            # conversation so far (this turn as history recorded it)
+            after = reader.prompt("", hits, budget_tokens=self.budget_tokens,
+                                  history=self.history.exchanges(conversation_id),
+                                  history_tokens=self.history_tokens)
+            if after is None or after.passages != prompt.passages:
+                return 0  # the longer history leaves fewer passages: nothing to reuse
+            return reader.prepare(after, hits)
+
         return Turn(conversation_id, turn_id, question, query, hits, result.milliseconds,
                     shown, reply, self.generator.name, self.history, form=form,
+                    prepare=prepare,
                     chat_support=lambda text: reader.support(prompt, hits, text),
                     grounding="retrieval order · cited by the model and word overlap, "
                               "support by attention")
+
+    def prepare_follow_up(self, turn: Turn) -> int:
+        """Once ``turn`` is complete and recorded, compute ahead of time (while the reader
+        reads the answer) what a follow-up over the same passages starts with: for a chat
+        answer over passage blocks, the conversation so far after the blocks. A follow-up
+        that retrieves the same passages in the same order (a request to say more does) then
+        prefills only its own message. The chat and the answer server call this between
+        turns; a one-shot ``ask`` does not. Returns the tokens computed (0: nothing to do)."""
+        if turn.status != "complete" or turn.prepare is None:
+            return 0
+        return turn.prepare()
 
     @property
     def reranks(self) -> bool:

@@ -8,7 +8,10 @@ reference) is asked, then a follow-up in the same conversation (``FOLLOW_UP``, w
 mostly the same passages). For each reader it prints the median over the questions of the time
 to first token (from the question, retrieval included), the time to the complete text, the
 support pass (blocks only) and the passages prefilled, for the questions and for the
-follow-ups. Speed only; ``eval --questions`` scores the answers.
+follow-ups. Between the two turns the manager prepares the follow-up as the chat app does
+while the answer is read (``DialogueManager.prepare_follow_up``: the conversation so far over
+the same blocks); its time is printed apart and is not in the follow-up's. Speed only;
+``eval --questions`` scores the answers.
 
     .venv/bin/python benchmarks/chat_blocks.py [--model SmolLM2-135M-Instruct] [-n 8]
 """
@@ -50,7 +53,8 @@ def main() -> None:
     managers = {r: build_manager(settings.replace(reader=r), embedder=embedder,
                                  generator=generator, history=history) for r in READERS}
     managers["blocks"].warm_up()
-    keys = ("first", "done", "support", "prefilled", "f_first", "f_done", "f_prefilled")
+    keys = ("first", "done", "support", "prefilled", "prepare", "f_first", "f_done",
+            "f_prefilled", "f_reused")
     rows = {r: {k: [] for k in keys} for r in READERS}
     for question in asked:
         for reader, manager in managers.items():
@@ -61,7 +65,11 @@ def main() -> None:
             row["support"].append(turn.timings().get("support_s", 0.0))
             row["prefilled"].append(turn.timings().get("blocks_computed",
                                                        turn.prompt.passages_used))
+            started = time.perf_counter()
+            manager.prepare_follow_up(turn)  # the chat does this while the answer is read
+            row["prepare"].append(time.perf_counter() - started)
             again, first, done = timed(manager, FOLLOW_UP, turn.conversation_id)
+            row["f_reused"].append(again.reply.stats.reused_tokens if again.reply else 0)
             row["f_first"].append(first)
             row["f_done"].append(done)
             row["f_prefilled"].append(again.timings().get("blocks_computed",
@@ -70,15 +78,17 @@ def main() -> None:
           f"followed by “{FOLLOW_UP}”; {args.model}, {generator.precision} on "
           f"{generator.device}; the readers take turns question by question\n")
     print("| passages | first token | complete text | support pass | passages prefilled | "
-          "follow-up: first token | complete text | passages prefilled |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "prepared between turns | follow-up: first token | complete text | "
+          "passages prefilled | prompt tokens reused |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     med = statistics.median
     for reader in READERS:
         r = rows[reader]
         print(f"| {reader} | {med(r['first']):.2f} s | {med(r['done']):.2f} s | "
               f"{med(r['support']):.2f} s | {med(r['prefilled']):.0f} | "
-              f"{med(r['f_first']):.2f} s | {med(r['f_done']):.2f} s | "
-              f"{med(r['f_prefilled']):.0f} |")
+              f"{med(r['prepare']):.2f} s | {med(r['f_first']):.2f} s | "
+              f"{med(r['f_done']):.2f} s | {med(r['f_prefilled']):.0f} | "
+              f"{med(r['f_reused']):.0f} |")
     print("\n(medians over the questions)")
 
 

@@ -428,6 +428,15 @@ def test_a_chat_turn_attends_over_blocks_with_support_per_sentence(tmp_path, ret
     assert again.status == "complete" and gen.blocks.encoded == computed
     assert again.timings()["blocks_computed"] == 0
     assert "Which NFL team won Super Bowl 50?" in again.prompt.messages[1]["content"]
+    # between turns the chat prepares the conversation so far over these passages: a
+    # request to say more (the same passages, in the same order) prefills only its message
+    assert m.prepare_follow_up(again) > 0
+    more = m.ask("Can you say more about that?", conversation_id=turn.conversation_id)
+    list(more)
+    assert more.status == "complete" and [h.passage.id for h in more.hits] == \
+        [h.passage.id for h in again.hits]
+    assert more.reply.stats.reused_tokens > 0 and more.timings()["blocks_computed"] == 0
+    assert m.prepare_follow_up(more) > 0
 
 
 def test_a_chat_model_can_still_read_passages_as_prompt_text(tmp_path, retriever,

@@ -511,6 +511,38 @@ def test_numbered_labels_apart_let_a_passage_block_serve_under_any_number(tiny_c
                                          + sum(len(tokens(label)) for label in labels))
 
 
+def test_a_prepared_conversation_is_reused_by_the_follow_up_over_the_same_blocks(tiny_chat):
+    """prepare_over computes the conversation so far; a follow-up over the same blocks
+    prefills only the rest, with the same reply (text, tokens, log-probability) as when it
+    prefills everything; over other blocks nothing is reused."""
+    items = [(i, text) for i, text in enumerate(SOURCES)]
+    earlier = "\n<bos>user: Who won Super Bowl 50?\n<bos>assistant: Denver.\n"
+    follow = earlier + "<bos>user: Where was it played?\n<bos>assistant:"
+    tiny_chat._prepared = None
+    fresh = tiny_chat.generate_over(HEAD, items, follow, layout="sequence", max_new_tokens=10)
+    text = fresh.text()
+    assert fresh.stats.reused_tokens == 0
+    computed = tiny_chat.prepare_over(HEAD, items, earlier, layout="sequence")
+    assert computed == len(tiny_chat.blocks.tokens(earlier)) > 5
+    again = tiny_chat.generate_over(HEAD, items, follow, layout="sequence", max_new_tokens=10)
+    assert again.text() == text and again.stats.new_tokens == fresh.stats.new_tokens
+    assert again.stats.logprob == pytest.approx(fresh.stats.logprob, abs=1e-4)
+    assert 0 < again.stats.reused_tokens <= computed
+    assert again.stats.prompt_tokens == fresh.stats.prompt_tokens
+    # other passages, or another layout: the prepared tokens are not theirs
+    other = tiny_chat.generate_over(HEAD, items[:2], follow, layout="sequence",
+                                    max_new_tokens=2)
+    other.text()
+    moved = tiny_chat.generate_over(HEAD, items, follow, layout="end", max_new_tokens=2)
+    moved.text()
+    assert other.stats.reused_tokens == 0 and moved.stats.reused_tokens == 0
+    # a prompt that is all prepared still prefills its last token (its logits are needed)
+    tiny_chat.prepare_over(HEAD, items, follow, layout="sequence")
+    whole = tiny_chat.generate_over(HEAD, items, follow, layout="sequence", max_new_tokens=10)
+    assert whole.text() == text
+    assert whole.stats.reused_tokens == len(tiny_chat.blocks.tokens(follow)) - 1
+
+
 def test_a_reply_over_blocks_needs_the_direct_loop(tiny_chat, monkeypatch):
     from assistant.generation import GenerationError
 

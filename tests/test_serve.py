@@ -74,6 +74,19 @@ def test_the_socket_is_owner_only_and_answers_stream_then_end(served):
     assert turns[-1]["status"] == "complete"
 
 
+def test_the_server_prepares_a_follow_up_after_the_answer_went_out(served):
+    settings, manager, _ = served
+    prepared = threading.Event()
+    seen = []
+    manager.prepare_follow_up = lambda turn: (seen.append((turn.question, turn.status)),
+                                              prepared.set())
+    with serve.connect(settings) as conn:
+        messages = list(serve.ask(conn, settings, {"question": "Who won Super Bowl 50?",
+                                                   "max_new_tokens": 3}))
+    assert "end" in messages[-1]
+    assert prepared.wait(10) and seen == [("Who won Super Bowl 50?", "complete")]
+
+
 def test_json_requests_get_the_turn_object(served):
     settings, manager, _ = served
     with serve.connect(settings) as conn:

@@ -82,12 +82,21 @@ async def test_loading_and_every_answer_run_on_one_models_thread(tmp_path):
 
     app.loader = loader
     app.index_progress = lambda: (time.sleep(0.3), "indexing")[1]
+    prepared = []
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.manager is not None)
-        for question in ("Who won Super Bowl 50?", "Where was it played?", "Who lost it?"):
+        # between turns the app gives a follow-up its head start, on the same thread
+        app.manager.prepare_follow_up = lambda turn: prepared.append(
+            (threading.current_thread().name, turn.question, turn.status))
+        for n, question in enumerate(("Who won Super Bowl 50?", "Where was it played?",
+                                      "Who lost it?"), start=1):
             await ask(pilot, question)
-            await wait_for(pilot, lambda: not app.busy)
+            await wait_for(pilot, lambda: not app.busy and len(prepared) == n)
     assert len(seen) == 4 and len(set(seen)) == 1 and seen[0].startswith("models"), seen
+    assert [(name, q) for name, q, _ in prepared] == [
+        (seen[0], "Who won Super Bowl 50?"), (seen[0], "Where was it played?"),
+        (seen[0], "Who lost it?")]
+    assert {status for _, _, status in prepared} == {"complete"}
 
 
 async def test_question_is_recorded_when_sent_even_while_loading(tmp_path):

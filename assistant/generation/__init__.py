@@ -128,6 +128,9 @@ class GenerationStats:
         blocks_computed: a reply over passage blocks (``generate_over``): how many of its
             passages' blocks were computed for it (the rest came from the block LRU); else
             None.
+        reused_tokens: a reply over passage blocks: the leading tokens of its prompt after
+            the blocks whose keys and values were computed before (``prepare_over``) instead
+            of prefilled; else 0.
     """
 
     prompt_tokens: int = 0
@@ -137,6 +140,7 @@ class GenerationStats:
     cancelled: bool = False
     logprob: float | None = None
     blocks_computed: int | None = None
+    reused_tokens: int = 0
 
     @property
     def mean_logprob(self) -> float | None:
@@ -198,7 +202,7 @@ class Generator(Protocol):
     has_blocks: bool
     """True when the generator offers passage blocks (``blocks``, ``bos``, ``end_ids()``:
     see :class:`~assistant.generation.blocks.BlockReader`; and for chat answers over them
-    ``direct_decoding()``, ``render`` and ``generate_over``, see
+    ``direct_decoding()``, ``render``, ``generate_over`` and ``prepare_over``, see
     :class:`TransformersGenerator`)."""
 
     def count_tokens(self, text: str) -> int:
@@ -228,6 +232,12 @@ class Generator(Protocol):
 
 LABEL_ID = "label"
 """The passage id under which passage labels (``Source [2] ``) are kept in the block LRU."""
+
+
+def _over_key(over: tuple) -> tuple:
+    """What a prompt over blocks is computed over: head, passages, labels and layout."""
+    head, passages, labels, layout = over
+    return (head, tuple((str(pid), text) for pid, text in passages), tuple(labels), layout)
 
 
 def labelled(reader, prefix, blocks: list, labels: Sequence[str]) -> list:
@@ -474,6 +484,7 @@ class TransformersGenerator:
         )
         self._lock = threading.Lock()  # one generation at a time per model
         self._blocks = None
+        self._prepared: tuple | None = None  # (blocks key, token ids, KV): prepare_over
         from .blocks import PrefixStore
 
         key = model_files_key(path, self.precision, self.device) if cache_dir else None
@@ -593,6 +604,68 @@ class TransformersGenerator:
             raise GenerationError(f"unknown block layout {layout!r} (start, end or sequence)")
         return self._stream(tail, max_new_tokens=max_new_tokens, temperature=temperature,
                             stop=stop, over=(head, list(passages), list(labels), layout))
+
+    def prepare_over(self, head: str, passages: Sequence[tuple[object, str]], tail: str, *,
+                     labels: Sequence[str] = (), layout: str = "end") -> int:
+        """Compute, ahead of time, the keys and values of ``tail`` over ``head`` and the
+        passage blocks placed as :meth:`generate_over` would place them, and keep them (the
+        latest only). A later :meth:`generate_over` over the same head, passages, labels and
+        layout whose prompt after the blocks starts with some of the same tokens reuses
+        them and prefills only the rest (``stats.reused_tokens``). The chat prepares the
+        conversation so far while the reader reads the answer, so that a follow-up over the
+        same passages prefills only its own message. Exact: a token's keys and values depend
+        only on what comes before it. Returns the tokens computed.
+
+        Raises:
+            GenerationError: as :meth:`generate_over`.
+        """
+        if not self.direct_decoding():
+            raise GenerationError(f"{self.name}: passage blocks need the direct decoding loop")
+        import torch
+
+        from .blocks import Row
+
+        over = (head, list(passages), list(labels), layout)
+        context, start, _, _ = self._over_context(over)
+        ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"]
+        if not ids:
+            return 0
+        with self._lock, torch.inference_mode():
+            _, new, _ = self.blocks.engine.run(
+                [Row(context, ids, list(range(start, start + len(ids))))])
+        self._prepared = (_over_key(over), ids, new[0])
+        return len(ids)
+
+    def _over_context(self, over: tuple, stats: "GenerationStats | None" = None):
+        """``(context, start, passage_ids, tokens)`` of a prompt over blocks (``over`` as
+        :meth:`generate_over` takes it): the head's cache and the placed label and passage
+        blocks, the position after them, the passages' token ids (prompt-lookup drafts) and
+        the tokens of head and blocks. Sets ``stats.blocks_computed``."""
+        head, passages, labels, layout = over
+        reader = self.blocks
+        context = [reader.prefix(head)]  # these take the lock themselves
+        before = reader.encoded
+        blocks = reader.blocks(context[0], passages)
+        if stats is not None:
+            stats.blocks_computed = reader.encoded - before
+        segments = labelled(reader, context[0], blocks, labels)
+        placed, start = reader.place(segments, layout) if segments else ([], len(context[0]))
+        return (context + placed, start, [t for b in blocks for t in b.ids],
+                len(context[0]) + sum(len(b) for b in segments))
+
+    def _prepared_part(self, over: tuple, ids: Sequence[int]):
+        """The prepared keys and values (:meth:`prepare_over`) of the longest run of
+        ``ids``' leading tokens, at most all but the last (whose logits are needed), when
+        they were prepared over the same blocks; else None."""
+        if self._prepared is None or self._prepared[0] != _over_key(over):
+            return None
+        _, done, kv = self._prepared
+        same = 0
+        for a, b in zip(done, ids[:-1]):
+            if a != b:
+                break
+            same += 1
+        return kv.head(same) if same else None
 
     def complete(self, text: str, *, max_new_tokens: int = 32, temperature: float = 0.0,
                  stop: Sequence[str] = (), within: str | None = None,
@@ -813,17 +886,15 @@ class TransformersGenerator:
         context = [reader.prefix(prefix)] if prefix else []  # takes the lock itself
         rest, positions, draft = ids[prefix_tokens:], list(range(prefix_tokens, len(ids))), ids
         if over is not None:
-            head, passages, labels, layout = over
-            context = [reader.prefix(head)]  # these take the lock themselves
-            before = reader.encoded
-            blocks = reader.blocks(context[0], passages)
-            stats.blocks_computed = reader.encoded - before
-            segments = labelled(reader, context[0], blocks, labels)
-            placed, start = reader.place(segments, layout) if segments else ([], len(context[0]))
-            context += placed
+            context, start, passage_ids, tokens = self._over_context(over, stats)
             rest, positions = ids, list(range(start, start + len(ids)))
-            draft = [t for b in blocks for t in b.ids] + ids
-            stats.prompt_tokens = len(context[0]) + sum(len(b) for b in segments) + len(ids)
+            draft = passage_ids + ids
+            stats.prompt_tokens = tokens + len(ids)
+            kept = self._prepared_part(over, ids)
+            if kept is not None:  # the conversation so far, computed ahead of time
+                context = context + [kept]
+                rest, positions = rest[len(kept):], positions[len(kept):]
+                stats.reused_tokens = len(kept)
         penalty = getattr(self.model.generation_config, "repetition_penalty", None) or 1.0
         text = Pieces(self.tokenizer)
         with self._lock:

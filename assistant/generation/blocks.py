@@ -66,6 +66,11 @@ class KV:
         """Memory held, in bytes."""
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
+    def head(self, n: int) -> "KV":
+        """The first ``n`` tokens' keys and values (views, not copies)."""
+        return KV([k[:, :n] for k in self.keys], [v[:, :n] for v in self.values],
+                  self.positions[:n], self.ids[:n])
+
 
 @dataclass
 class Row:

@@ -9,6 +9,7 @@ are written to the history the moment they are sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shlex
@@ -254,16 +255,27 @@ class ChatApp(App[None]):
 
     @work(thread=True, exit_on_error=False, group="answer")
     def _answer(self, question: str, turn_id: int, view: AnswerView) -> None:
-        self._models.submit(self._write_answer, question, turn_id, view).result()
+        turn = self._models.submit(self._write_answer, question, turn_id, view).result()
+        if turn is not None:  # while the answer is read: the next question waits behind it
+            self._models.submit(self._prepare, turn)
 
-    def _write_answer(self, question: str, turn_id: int, view: AnswerView) -> None:
+    def _prepare(self, turn: Any) -> None:
+        """Compute ahead of time what a follow-up over the same passages starts with
+        (:meth:`~assistant.dialogue.DialogueManager.prepare_follow_up`); a failure only
+        loses the head start."""
+        with contextlib.suppress(Exception):
+            self.manager.prepare_follow_up(turn)
+
+    def _write_answer(self, question: str, turn_id: int, view: AnswerView) -> Any:
+        """Answer ``question`` into ``view`` on the models' thread; the turn, or None when
+        it could not start."""
         try:
             try:
                 turn = self.manager.ask(question, conversation_id=self.conversation_id,
                                         turn_id=turn_id)
             except Exception as exc:  # recorded as an error turn by the manager
                 self.call_from_thread(self._failed, view, one_line(exc))
-                return
+                return None
             self.turn = turn
             self.call_from_thread(self._started, turn, view)
             fragments = iter(turn)
@@ -276,6 +288,7 @@ class ChatApp(App[None]):
             finally:
                 fragments.close()  # records the turn, as cancelled if we left early
             self.call_from_thread(self._finished, turn, view, error)
+            return turn
         finally:
             self.turn = None
             self._turn_done.set()
