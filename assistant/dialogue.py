@@ -19,7 +19,7 @@ from index.turns import answering
 
 from .attribution import CITATION, CitationShaper
 from .chat_reader import ChatReader
-from .composer import Composer
+from .composer import Composer, EmbeddingMemo
 from .forms import (classify, conversation_request, misspelt, more_request, names, recap,
                     spelled_out)
 from .generation import GenerationError, GenerationStats, Generator, Reply
@@ -442,6 +442,14 @@ class DialogueManager:
         self.output_head = output_head
         self._lock = threading.Lock()
         self._readings = Readings()
+        self._memo: EmbeddingMemo | None = None
+
+    def _embed(self, texts: Sequence[str]):
+        """The retriever's embedder, with the vectors of recent texts kept (the composer
+        embeds the same sentences again for a follow-up over the same passages)."""
+        if self._memo is None or self._memo.embed != self.retriever.embedder.embed:
+            self._memo = EmbeddingMemo(self.retriever.embedder.embed)
+        return self._memo(texts)
 
     @property
     def example_questions(self) -> list[str]:
@@ -571,7 +579,7 @@ class DialogueManager:
         if form == "factoid" or not hits:
             return form, []
         empty = Reading(hits, ExtractiveAnswer("", None, ""))
-        shaped = Composer(self.retriever.embedder.embed).compose(form, question, empty,
+        shaped = Composer(self._embed).compose(form, question, empty,
                                                                  query=query)
         return form, list(shaped.sentences)
 
@@ -664,7 +672,7 @@ class DialogueManager:
         form = self._form(question, earlier)
         composer = None
         if form != "factoid":
-            composer = Composer(self.retriever.embedder.embed, search=lambda q, k:
+            composer = Composer(self._embed, search=lambda q, k:
                                 self.retriever.search(q, k=k, mode=self.mode).hits)
         prompt = Prompt([{"role": "user", "content": question_text(question)}],
                         passages_used=len(hits), tokens=0)

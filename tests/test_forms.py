@@ -4,6 +4,7 @@ real passages with a real embedder, and the question-set metrics (assistant/ques
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from assistant import forms, question_set
@@ -246,6 +247,26 @@ OTHER = "The pass statement is a null operation. Nothing happens when it is exec
 
 def _reading(hits, span="mutable"):
     return Reading(list(hits), ExtractiveAnswer(span, 1, f"**{span}** [1]", True))
+
+
+def test_the_embedding_memo_embeds_each_text_once_and_gives_the_same_vectors(fake_embedder):
+    from assistant.composer import EmbeddingMemo
+
+    calls = []
+
+    def embed(texts):
+        calls.append(list(texts))
+        return fake_embedder.embed(texts)
+
+    memo = EmbeddingMemo(embed, size=3)
+    texts = [LISTS, TUPLES, LISTS]
+    assert np.array_equal(memo(texts), fake_embedder.embed(texts))
+    assert calls == [[LISTS, TUPLES]]  # each text once
+    assert np.array_equal(memo([TUPLES, OTHER]), fake_embedder.embed([TUPLES, OTHER]))
+    assert calls[-1] == [OTHER]
+    memo(["a", "b"])  # beyond the size: the oldest are dropped and embedded again
+    memo([LISTS])
+    assert calls[-1] == [LISTS] and memo([]).shape[0] == 0
 
 
 @pytest.mark.slow
