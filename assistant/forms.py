@@ -59,9 +59,10 @@ _MORE = re.compile(
     r"(?:,? please)?\W*$)", re.I)
 """A request to say more about the previous answer ("say more about that", "go on"; "go on",
 "continue" and "more" only as the whole request: "continue statements" is a topic)."""
-_EXAMPLE = re.compile(r"^(?:give|show)(?: me)? (?:an?|some|another) (?:code )?examples?\b",
-                      re.I)
-"""A request for an example ("give me an example")."""
+_EXAMPLE = re.compile(r"^(?:give|show)(?: me)? (?:an?|some|another) (?:code )?examples?"
+                      r"(?: of (?:that|this|it|them|those))?(?:,? please)?\W*$", re.I)
+"""A request for an example of what was said ("give me an example", "show an example of
+that"); "give an example of a decorator" has a topic of its own."""
 _QUESTION_WORDS = re.compile(r"\b(what|which|who|whom|whose|when|where|why|how|name of|"
                              r"number of|called)\b", re.I)
 
@@ -167,7 +168,8 @@ def classify(question: str, previous: str | None = None) -> str:
     kind = more_request(q)
     if kind == "more":
         return previous if previous not in (None, "factoid", "yesno") else "explanation"
-    if kind == "example" or re.match(r"^why\b", q, re.I):
+    if kind == "example" or re.match(r"^why\b|^(give|show) (me )?(an?|some) examples?", q,
+                                     re.I):
         return "explanation"
     if previous and (re.match(r"^(what|how) about\b", q, re.I) or (
             len(q.split()) <= 3 and not _YES_NO.match(q) and not _QUESTION_WORDS.search(q))):

@@ -99,9 +99,19 @@ def test_a_follow_up_keeps_the_previous_form_or_takes_its_own():
     ("go on", "list", "list"),
     ("Can you say more about that?", None, "explanation"),
     ("continue statements in loops", "comparison", "factoid"),  # a topic, not "go on"
+    ("Give me an example of a decorator.", "comparison", "explanation"),
 ])
 def test_a_request_is_classified_by_what_it_asks(question, previous, form):
     assert forms.classify(question, previous) == form
+
+
+def test_a_request_for_more_or_an_example_has_no_topic_of_its_own():
+    assert forms.more_request("Could you say a bit more about that?") == "more"
+    assert forms.more_request("Give me an example, please.") == "example"
+    assert forms.more_request("Can you show an example of that?") == "example"
+    assert forms.more_request("Give me an example of a decorator.") is None
+    assert forms.more_request("continue statements in loops") is None
+    assert forms.more_request("What is a tuple?") is None
 
 
 @pytest.mark.parametrize("question, things", [
