@@ -52,13 +52,17 @@ _REQUEST = re.compile(
 for ("explain ...", "list ...", "say more ..."): not a yes/no question."""
 _TELL_ME = re.compile(r"^tell me\s+(?=(?:what|which|who|when|where|why|how)\b)", re.I)
 _EMBEDDED_WHAT = re.compile(r"^what (?P<term>[^?]{1,40}?) (?P<verb>is|are)\W*$", re.I)
+_EMBEDDED_DOES = re.compile(r"^what (?P<term>[^?]{1,40}?) (?P<verb>does|do)\W*$", re.I)
 _MORE = re.compile(
     r"^(?:(?:say|tell(?: me)?|explain|give(?: me)?|write|show(?: me)?)\s+(?:a (?:bit|little) |"
     r"some(?:thing)? )?more\b|(?:elaborate|expand) on (?:that|this|it)\b|more about "
-    r"(?:that|this|it)\b|(?:go on|continue|elaborate|more|more details?|more info(?:rmation)?)"
+    r"(?:that|this|it)\b|(?:explain|clarify) (?:that|this|it)(?: (?:again|further|more "
+    r"simply|in simpler terms|in more detail))?\W*$|what do you mean\b|"
+    r"(?:go on|continue|elaborate|more|more details?|more info(?:rmation)?)"
     r"(?:,? please)?\W*$)", re.I)
-"""A request to say more about the previous answer ("say more about that", "go on"; "go on",
-"continue" and "more" only as the whole request: "continue statements" is a topic)."""
+"""A request to say more about the previous answer ("say more about that", "go on",
+"explain that", "what do you mean?"; "go on", "continue" and "more" only as the whole
+request: "continue statements" is a topic)."""
 _EXAMPLE = re.compile(r"^(?:give|show)(?: me)? (?:an?|some|another) (?:code )?examples?"
                       r"(?: of (?:that|this|it|them|those))?(?:,? please)?\W*$", re.I)
 """A request for an example of what was said ("give me an example", "show an example of
@@ -165,6 +169,7 @@ def classify(question: str, previous: str | None = None) -> str:
     q = _REQUEST.sub("", q)
     if _TELL_ME.match(q):  # "tell me what a tuple is": "what is a tuple"
         q = _EMBEDDED_WHAT.sub(r"what \g<verb> \g<term>", _TELL_ME.sub("", q))
+        q = _EMBEDDED_DOES.sub(r"what does \g<term> do", q)
     kind = more_request(q)
     if kind == "more":
         return previous if previous not in (None, "factoid", "yesno") else "explanation"

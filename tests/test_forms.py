@@ -100,6 +100,8 @@ def test_a_follow_up_keeps_the_previous_form_or_takes_its_own():
     ("Can you say more about that?", None, "explanation"),
     ("continue statements in loops", "comparison", "factoid"),  # a topic, not "go on"
     ("Give me an example of a decorator.", "comparison", "explanation"),
+    ("Can you tell me what the pass statement does?", None, "definition"),
+    ("Could you explain that in simpler terms?", "comparison", "comparison"),
 ])
 def test_a_request_is_classified_by_what_it_asks(question, previous, form):
     assert forms.classify(question, previous) == form
@@ -111,6 +113,9 @@ def test_a_request_for_more_or_an_example_has_no_topic_of_its_own():
     assert forms.more_request("Can you show an example of that?") == "example"
     assert forms.more_request("Give me an example of a decorator.") is None
     assert forms.more_request("continue statements in loops") is None
+    assert forms.more_request("Can you explain that?") == "more"
+    assert forms.more_request("What do you mean?") == "more"
+    assert forms.more_request("Explain the with statement.") is None
     assert forms.more_request("What is a tuple?") is None
 
 
