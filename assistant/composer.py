@@ -21,7 +21,9 @@ import numpy as np
 from index.retrieval import Hit
 
 from . import forms
+from .attribution import CITATION
 from .extractive import ExtractiveAnswer, markdown_escape
+from .output import plain
 from .reader import Reading
 
 
@@ -178,10 +180,9 @@ class Composer:
 
 
 def _plain(text: str) -> str:
-    """``text`` lower-cased without citations, Markdown escapes and emphasis, with single
-    spaces: a quoted sentence compares equal to its passage's text."""
-    text = re.sub(r"\[\d+(?:\s*[,;-]\s*\d+)*\]", " ", text.replace("\\", ""))
-    return " ".join(text.replace("**", "").lower().split())
+    """``text`` lower-cased without citations, Markdown escapes (:func:`output.plain`) and
+    emphasis, with single spaces: a quoted sentence compares equal to its passage's text."""
+    return " ".join(CITATION.sub(" ", plain(text)).replace("**", "").lower().split())
 
 
 def _anchor(reading: Reading, candidates: Sequence[forms.Sentence]) -> int | None:

@@ -579,8 +579,7 @@ class DialogueManager:
         if form == "factoid" or not hits:
             return form, []
         empty = Reading(hits, ExtractiveAnswer("", None, ""))
-        shaped = Composer(self._embed).compose(form, question, empty,
-                                                                 query=query)
+        shaped = Composer(self._embed).compose(form, question, empty, query=query)
         return form, list(shaped.sentences)
 
     def _unknown_names(self, question: str, hits: Sequence[Hit]) -> list[str]:
@@ -678,9 +677,7 @@ class DialogueManager:
                         passages_used=len(hits), tokens=0)
 
         yes_no = form == "yesno"
-        key = Readings.key(asked, hits, setting=(
-            self.generator.name, yes_no, reader.rerank_k, reader.read_k, reader.read_mode,
-            reader.abstain_below, reader.max_new_tokens, reader.restrict_head))
+        key = Readings.key(asked, hits, setting=(yes_no, *reader.setting))
 
         def job(cancelled: Callable[[], bool]) -> Reading:
             reading = self._readings.get(key)

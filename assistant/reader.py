@@ -217,6 +217,14 @@ class ExtractiveReader:
             heads = HEADS if getattr(generator, "name", "") == HEADS_MODEL else ()
         self.heads = tuple(heads)
 
+    @property
+    def setting(self) -> tuple:
+        """What a reading depends on besides the question and the passages: the model and
+        the options :meth:`read` uses (a key for :class:`Readings`)."""
+        return (getattr(self.generator, "name", ""), self.rerank_k, self.read_k,
+                self.read_mode, self.layout, self.abstain_below, self.max_new_tokens,
+                self.restrict_head)
+
     def warm_up(self) -> None:
         """Build the worked examples' cache and run one tiny block through scoring and a
         two-token reading (first-call kernel set-up)."""

@@ -627,7 +627,7 @@ class TransformersGenerator:
 
         over = (head, list(passages), list(labels), layout)
         context, start, _, _ = self._over_context(over)
-        ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"]
+        ids = self.blocks.tokens(tail)
         if not ids:
             return 0
         with self._lock, torch.inference_mode():
