@@ -32,17 +32,6 @@ READERS = ("text", "blocks")
 FOLLOW_UP = "Can you say more about that?"
 
 
-def timed(manager, question: str, conversation_id: str | None = None):
-    """``(turn, first token s, complete text s)`` from the question, retrieval included."""
-    started = time.perf_counter()
-    turn = manager.ask(question, conversation_id=conversation_id)
-    first = None
-    for _ in turn:
-        first = first or time.perf_counter() - started
-    done = turn.answer_s or time.perf_counter() - started
-    return turn, first or done, done
-
-
 def main() -> None:
     from assistant.cli import build_manager
     from assistant.history import History
@@ -59,7 +48,7 @@ def main() -> None:
     for question in asked:
         for reader, manager in managers.items():
             row = rows[reader]
-            turn, first, done = timed(manager, question)
+            turn, first, done = common.timed(manager, question)
             row["first"].append(first)
             row["done"].append(done)
             row["support"].append(turn.timings().get("support_s", 0.0))
@@ -68,7 +57,7 @@ def main() -> None:
             started = time.perf_counter()
             manager.prepare_follow_up(turn)  # the chat does this while the answer is read
             row["prepare"].append(time.perf_counter() - started)
-            again, first, done = timed(manager, FOLLOW_UP, turn.conversation_id)
+            again, first, done = common.timed(manager, FOLLOW_UP, turn.conversation_id)
             row["f_reused"].append(again.reply.stats.reused_tokens if again.reply else 0)
             row["f_first"].append(first)
             row["f_done"].append(done)

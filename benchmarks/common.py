@@ -1,9 +1,10 @@
 """What the benchmark scripts share: where the SQuAD set is, reading it with
 :func:`assistant.evaluate.read_jsonl`, and loading the configured generator and the benchmark
-retriever as ``assistant eval`` does."""
+retriever as ``assistant eval`` does, the chat benchmarks' set-up, and timing one turn."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from assistant.config import Settings
@@ -68,3 +69,15 @@ def chat_setup(description: str, *, answerable_only: bool = False):
     embedder = load_embedder(settings)
     ensure_demo_index(settings, embedder)
     return args, asked, settings, embedder, load_generator(settings)
+
+
+def timed(manager, question: str, conversation_id: str | None = None):
+    """``(turn, first token s, complete text s)`` of ``manager.ask(question)``, from the
+    question (retrieval included), the turn drained."""
+    started = time.perf_counter()
+    turn = manager.ask(question, conversation_id=conversation_id)
+    first = None
+    for _ in turn:
+        first = first or time.perf_counter() - started
+    done = turn.answer_s or time.perf_counter() - started
+    return turn, first or done, done

@@ -17,7 +17,6 @@ from __future__ import annotations
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -50,11 +49,7 @@ def main() -> None:
             generator._prepared = None  # nothing left from another conversation
             if prepared:
                 manager.prepare_follow_up(turns[prepared])
-            started = time.perf_counter()
-            again = manager.ask(MORE, conversation_id=turns[prepared].conversation_id)
-            seconds = None
-            for _ in again:
-                seconds = seconds or time.perf_counter() - started
+            again, seconds, _ = common.timed(manager, MORE, turns[prepared].conversation_id)
             first[prepared].append(seconds)
             texts[prepared] = again.answer
             print(f"| {question} | {'yes' if prepared else 'no'} | {seconds:.2f} s | "
