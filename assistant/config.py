@@ -33,6 +33,9 @@ REMOTE_PREFIX = "openai:"
 """A ``generator_model`` with this prefix is served remotely (``openai:NAME``: NAME as the
 OpenAI-compatible server at ``api_base`` calls it; :mod:`assistant.generation.remote`)."""
 
+OUTPUT_HEADS = ("full", "screened", "passages")
+"""How the extractive reader's free readings compute logits (see :attr:`Settings.output_head`)."""
+
 PRECISIONS = ("auto", "fp32", "fp16", "mixed", "bf16", "int8", "int4")
 """The generator precisions (see :attr:`Settings.precision`)."""
 
@@ -171,8 +174,11 @@ class Settings:
     reading, only the logits of tokens its passages and question contain (Gemma 3's head has
     262,144 rows, a reading ~1,000): faster decoding, but 8–16 % of answers on SQuAD dev
     changed (a free reading may write a token its passages lack; token F1 stayed level);
-    ``full`` computes the whole vocabulary's. A copy-constrained re-reading computes only
-    its passage's tokens either way (exactly the same answer)."""
+    ``full`` computes the whole vocabulary's; ``screened`` takes every step's logits from a
+    4-bit copy of the head and computes exactly the rows that could be chosen (the same
+    tokens as ``full``, the log-probability's normaliser approximate; on a CPU with the
+    PyTorch int4 kernel and a model cache folder, else ``full``). A copy-constrained
+    re-reading computes only its passage's tokens either way (exactly the same answer)."""
 
     chunk_tokens: int = 200
     """Passage size budget in embedder tokens (MiniLM reads at most 256)."""
@@ -292,8 +298,9 @@ class Settings:
                                   "e.g. --api-base http://127.0.0.1:8000/v1")
         if not 0 < self.api_timeout <= 3600 or not 0 <= self.api_retries <= 10:
             raise ConfigError("api_timeout must be 0..3600 seconds and api_retries 0..10")
-        if self.output_head not in ("passages", "full"):
-            raise ConfigError(f"output_head must be passages or full, not {self.output_head!r}")
+        if self.output_head not in OUTPUT_HEADS:
+            raise ConfigError(f"output_head must be {', '.join(OUTPUT_HEADS[:-1])} or "
+                              f"{OUTPUT_HEADS[-1]}, not {self.output_head!r}")
         if not 0 <= self.abstain_threshold <= 1:
             raise ConfigError("abstain_threshold must be between 0 and 1")
         if self.rerank_k < 0:

@@ -410,8 +410,9 @@ class DialogueManager:
         answer_forms: with ``blocks``: shape the answer for the question's form
             (:mod:`assistant.forms`, :mod:`assistant.composer`); False answers every question
             with a span.
-        output_head: with ``blocks``: ``passages`` (readings compute only the logits of
-            their passages' tokens) or ``full``.
+        output_head: with ``blocks``: ``full``, ``screened`` (readings take their logits
+            from an int4 copy of the head, exact near the top) or ``passages`` (readings
+            compute only the logits of their passages' tokens).
     """
 
     def __init__(self, *, retriever: _Retriever | None, generator: Generator, history: History,
@@ -641,7 +642,7 @@ class DialogueManager:
             self.generator, rerank_k=self.rerank_k, read_k=self.read_k,
             read_mode=self.read_mode, abstain_below=self.abstain_threshold,
             max_new_tokens=min(self.max_new_tokens, 48),
-            restrict_head=self.output_head == "passages")
+            output_head=self.output_head)
 
     def warm_up(self) -> None:
         """Run the models once on a tiny input, so that the first question does not pay for

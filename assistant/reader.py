@@ -196,15 +196,16 @@ class ExtractiveReader:
         max_new_tokens: longest answer in tokens.
         heads: (layer, head) pairs for support weights; default :data:`HEADS` for the model
             they were chosen for, else every head.
-        restrict_head: free readings compute only the logits of tokens in their prompt (see
-            :meth:`~assistant.generation.blocks.BlockReader.decode`; their log-probabilities
-            stay exact, over the whole vocabulary).
+        output_head: how free readings compute their logits: ``full``, ``screened`` (an int4
+            copy of the head, exact near the top: the same tokens) or ``passages`` (only the
+            tokens of their prompt), see
+            :meth:`~assistant.generation.blocks.BlockReader.decode`.
     """
 
     def __init__(self, generator, *, rerank_k: int = 5, read_k: int = 3,
                  read_mode: str = "each", layout: str = "end", abstain_below: float = 0.5,
                  max_new_tokens: int = 48, heads: Sequence[tuple[int, int]] | None = None,
-                 restrict_head: bool = False):
+                 output_head: str = "full"):
         self.generator = generator
         self.rerank_k = rerank_k
         self.read_k = max(1, read_k)
@@ -212,7 +213,7 @@ class ExtractiveReader:
         self.layout = layout
         self.abstain_below = abstain_below
         self.max_new_tokens = max_new_tokens
-        self.restrict_head = restrict_head
+        self.output_head = output_head
         if heads is None:
             heads = HEADS if getattr(generator, "name", "") == HEADS_MODEL else ()
         self.heads = tuple(heads)
@@ -223,7 +224,7 @@ class ExtractiveReader:
         the options :meth:`read` uses (a key for :class:`Readings`)."""
         return (getattr(self.generator, "name", ""), self.rerank_k, self.read_k,
                 self.read_mode, self.layout, self.abstain_below, self.max_new_tokens,
-                self.restrict_head)
+                self.output_head)
 
     def warm_up(self) -> None:
         """Build the worked examples' cache and run one tiny block through scoring and a
@@ -233,7 +234,7 @@ class ExtractiveReader:
         blocks = blocks_api.blocks(prefix, [("warm-up", block_text("Warm up."))])
         scored = blocks_api.score(prefix, blocks, lead=LEAD, target=" Warm?", tail=TAIL)
         blocks_api.decode(scored.states[0], max_new_tokens=2, end_ids=[],
-                          restrict=self.restrict_head)
+                          head=self.output_head)
 
     def read(self, question: str, hits: Sequence[Hit], *,
              cancelled: Callable[[], bool] = lambda: False, yes_no: bool = False,
@@ -275,7 +276,7 @@ class ExtractiveReader:
         at = time.perf_counter()
         ends = self.generator.end_ids()
         decode = dict(max_new_tokens=self.max_new_tokens, end_ids=ends, cancelled=cancelled,
-                      restrict=self.restrict_head)
+                      head=self.output_head)
         readable = min(self.read_k, len(hits)) if self.rerank_k > 1 else 1
         counts = {"read": 0, "decoded": 0}
 

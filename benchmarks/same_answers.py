@@ -12,9 +12,10 @@ builds the benchmark index).
 
     .venv/bin/python benchmarks/same_answers.py [-n 300] [--variants passages,int8]
 
-Variants: ``passages`` (readings compute only their prompt's tokens' logits, the default
-``output_head``), ``full`` (the reference), and ``<precision>`` or ``<precision>+passages``
-for the generator loaded with ``precision`` (``fp16``, ``bf16``, ``int8``, ``int4``).
+Variants: an ``output_head`` (``passages``: readings compute only their prompt's tokens'
+logits; ``screened``: an int4 copy of the head, exact near the top; ``full``: the reference),
+and ``<precision>`` or ``<precision>+<output_head>`` for the generator loaded with
+``precision`` (``fp16``, ``mixed``, ``bf16``, ``int8``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import statistics
 import time
 
 import common
-from assistant.config import Settings
+from assistant.config import OUTPUT_HEADS, Settings
 from assistant.evaluate import sample
 from assistant.extractive import example_questions
 from assistant.metrics import exact_match, token_f1
@@ -54,15 +55,14 @@ def main() -> None:
     chosen = sample(pool, args.n, args.seed)
 
     generators: dict[str, object] = {"fp32": common.generator(settings, precision="fp32")}
-    readers = {"full": ExtractiveReader(generators["fp32"], restrict_head=False)}
+    readers = {"full": ExtractiveReader(generators["fp32"], output_head="full")}
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
         precision, _, head = name.partition("+")
-        if precision in ("passages", "full"):
+        if precision in OUTPUT_HEADS:
             precision, head = "fp32", precision
         if precision not in generators:
             generators[precision] = common.generator(settings, precision=precision)
-        readers[name] = ExtractiveReader(generators[precision],
-                                         restrict_head=(head or "full") == "passages")
+        readers[name] = ExtractiveReader(generators[precision], output_head=head or "full")
 
     rows = {name: {"same": 0, "em": [], "f1": [], "seconds": []} for name in readers}
     for number, q in enumerate(chosen, 1):

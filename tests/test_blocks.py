@@ -395,6 +395,67 @@ def test_a_restricted_head_gives_the_greedy_tokens_when_they_are_in_it(kind, tin
     assert torch.allclose(head(hidden), full[:, head.ids], atol=1e-5)
 
 
+def test_an_int4_head_gives_the_exact_logits_where_they_can_be_chosen():
+    """The screened head's largest logit is the float head's; the others are exact or int4
+    values that stay below it."""
+    from assistant.generation.precision import Int4Head
+
+    torch.manual_seed(1)
+    for rows, hidden in [(1000, 64), (1003, 128)]:  # 1003: not a multiple of the kernel's 16
+        weight = (torch.randn(rows, hidden) * 0.05).half()
+        head = Int4Head.quantize(weight)
+        states = torch.randn(4, hidden) * 3
+        exact = states @ weight.float().t()
+        logits = head(states)
+        assert logits.shape == exact.shape
+        assert torch.equal(logits.argmax(-1), exact.argmax(-1))
+        best = exact.max(-1, keepdim=True).values
+        assert torch.allclose(logits.max(-1, keepdim=True).values, best, atol=1e-4)
+        off = (logits - exact).abs()
+        assert 0 < float(off.max()) < 0.1 * float(exact.abs().max())  # int4 rows ...
+        assert bool((logits[off > 1e-4] < best.expand_as(off)[off > 1e-4]).all())  # ... below
+        # stored and read back for the same weights; refused for others
+        again = Int4Head.from_tensors(weight, head.tensors())
+        assert torch.equal(again(states), logits)
+        assert Int4Head.from_tensors(weight[:-16], head.tensors()) is None
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "llama"])
+def test_a_screened_head_decodes_the_full_heads_tokens(kind, tiny_tokenizer, tmp_path):
+    from assistant.generation.blocks import PrefixStore
+    from assistant.generation.precision import Int4Head
+
+    model = tiny_model(kind, len(tiny_tokenizer), hidden_size=64)
+    reader = BlockReader(model, tiny_tokenizer, "cpu", name="tiny", max_bytes=10**9,
+                         lock=threading.Lock())
+    assert reader.screen() is None  # no folder to keep it in: not quantized in every process
+    store = PrefixStore(tmp_path / "prefixes", f"tiny-{kind}")
+    reader = BlockReader(model, tiny_tokenizer, "cpu", name="tiny", max_bytes=10**9,
+                         lock=threading.Lock(), prefixes=store)
+    prefix = reader.prefix(PREFIX)
+    blocks = reader.blocks(prefix, [(0, PASSAGES[0])])
+    state = reader.score(prefix, blocks, lead=LEAD, target=TARGET, tail=TAIL).states[0]
+    text, full = reader.decode(state, max_new_tokens=12, end_ids=[], drafts=False)
+    screened_text, screened = reader.decode(state, max_new_tokens=12, end_ids=[],
+                                            drafts=False, head="screened")
+    assert isinstance(reader.screen(), Int4Head)
+    assert screened.ids == full.ids and screened_text == text
+    assert screened.logprob == pytest.approx(full.logprob, abs=0.05 * len(full.ids))
+    # with drafts: several rows per pass, the same tokens
+    _, drafted = reader.decode(state, max_new_tokens=12, end_ids=[], head="screened")
+    assert drafted.ids == full.ids
+    # a new process reads the stored copy instead of quantizing again
+    stored = list(store.folder.glob("head-int4-*.safetensors"))
+    assert len(stored) == 1
+    fresh = BlockReader(model, tiny_tokenizer, "cpu", name="tiny", max_bytes=10**9,
+                        lock=threading.Lock(), prefixes=store)
+    assert torch.equal(fresh.screen().packed, reader.screen().packed)
+    stored[0].write_bytes(b"not a safetensors file")  # a damaged copy is quantized again
+    damaged = BlockReader(model, tiny_tokenizer, "cpu", name="tiny", max_bytes=10**9,
+                          lock=threading.Lock(), prefixes=store)
+    assert torch.equal(damaged.screen().packed, reader.screen().packed)
+
+
 def test_a_restricted_head_never_chooses_outside_it(tiny_tokenizer):
     _, reader, state = first_passage_prompt("gemma3", tiny_tokenizer)
     plain = reader.engine.decode(state.context, state.first_logits, max_new_tokens=6, end_ids=[])
@@ -409,7 +470,7 @@ def test_a_reading_restricted_to_its_prompt_copies_as_the_full_head_does(within,
     _, reader, state = first_passage_prompt("gemma3", tiny_tokenizer)
     text, full = reader.decode(state, max_new_tokens=8, end_ids=[], within=within)
     cut_text, cut = reader.decode(state, max_new_tokens=8, end_ids=[], within=within,
-                                  restrict=True)
+                                  head="passages")
     prompt = set(i for kv in state.context for i in kv.ids)
     assert set(cut.ids) <= prompt | set(reader.tokens(" " + " ".join(PASSAGES[0].split())))
     if within is not None:  # a copy is inside the head anyway: the same answer

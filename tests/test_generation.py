@@ -153,19 +153,19 @@ def test_int8_and_fp16_weights_give_the_float32_greedy_answer(tiny_gemma, tiny_g
     else:  # int8 keeps a base model's head in float32 (see precision.apply)
         assert any("quantized" in type(m).__module__ for m in int8.model.modules())
 
-    def answer(generator, restrict):
+    def answer(generator, head):
         blocks = generator.blocks
         prefix = blocks.prefix("<bos>Context: The game was in 2016.\nAnswer: 2016\n\n")
         block = blocks.blocks(prefix, [(0, "Context: Denver beat Carolina to win.\n")])
         state = blocks.score(prefix, block, lead=LEAD, target=" Who won?", tail=TAIL).states[0]
         return state.first_logits, blocks.decode(state, max_new_tokens=8, end_ids=[],
-                                                 restrict=restrict)[1].ids
+                                                 head=head)[1].ids
 
-    ref_logits, ref_ids = answer(tiny_gemma, False)
-    logits, ids = answer(int8, False)
+    ref_logits, ref_ids = answer(tiny_gemma, "full")
+    logits, ids = answer(int8, "full")
     assert ids == ref_ids
     assert torch.allclose(logits, ref_logits, atol=tolerance * float(ref_logits.abs().max()))
-    assert answer(int8, True)[1] == answer(tiny_gemma, True)[1]
+    assert answer(int8, "passages")[1] == answer(tiny_gemma, "passages")[1]
 
 
 def test_a_float16_embedding_gives_the_float32_rows_of_float16_weights():

@@ -29,10 +29,13 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Callable, Generator, Sequence
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
+
+if TYPE_CHECKING:
+    from .precision import Int4Head
 
 from . import cache_argument, cache_of
 
@@ -480,10 +483,11 @@ class BlockModel:
                    for b, (r, t) in enumerate(zip(rows, new_len))]
         return logits, new, (recorder.probs if record is not None else None)
 
-    def _step(self, ids, positions, masks, cache, head: "Head | None"):
+    def _step(self, ids, positions, masks, cache, head: "Head | None",
+              screen: "Int4Head | None" = None):
         """One decoding pass of ``ids`` ``(1, n)``: ``(logits, hidden)``, logits ``(n, vocab)``
-        through the model's own head, or ``(n, k)`` through ``head``, and the decoder's last
-        hidden states ``(n, hidden)``."""
+        through the model's own head (or through ``screen``, exact near the top), or
+        ``(n, k)`` through ``head``, and the decoder's last hidden states ``(n, hidden)``."""
         if self._direct is not None and getattr(_local, "recorder", None) is None:
             hidden = self._direct(ids, positions, masks, cache)[0]
         else:
@@ -491,7 +495,12 @@ class BlockModel:
                         use_cache=True)
             hidden = self.model.get_decoder()(**args, **{self._decoder_cache_arg: cache})
             hidden = hidden.last_hidden_state[0]  # (n, hidden)
-        return (head(hidden) if head is not None else self._full_logits(hidden)), hidden
+        if head is not None:
+            return head(hidden), hidden
+        logits = screen(hidden) if screen is not None else None
+        if logits is not None and self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return (logits if logits is not None else self._full_logits(hidden)), hidden
 
     def _full_logits(self, hidden: "torch.Tensor") -> "torch.Tensor":
         """Logits ``(n, vocab)`` float32 of hidden states ``(n, hidden)`` through the model's
@@ -518,7 +527,8 @@ class BlockModel:
               draft_from: Sequence[int] = (), draft: int = 6,
               vocab: Sequence[int] | None = None, sampler: "Sampler | None" = None,
               stop_loops: bool = True,
-              penalty: float = 1.0) -> "Generator[int, None, Decoded]":
+              penalty: float = 1.0,
+              screen: "Int4Head | None" = None) -> "Generator[int, None, Decoded]":
         """Greedy (or, with ``sampler``, sampled) decoding after ``context`` (the prompt's
         segments, already run), starting from ``first_logits`` ``(vocab,)`` (the logits after
         the prompt's last token).
@@ -562,6 +572,8 @@ class BlockModel:
             raise ValueError("sampling and repetition penalty need the whole output head")
         if sampler is not None:
             draft = 0
+        screening = (screen is not None and vocab is None and allowed is None
+                     and sampler is None and penalty == 1.0)
         head = self.head_rows([*vocab, *end_ids]) if vocab is not None else None
         column = head.index() if head is not None else None
         first_full = first_logits
@@ -635,7 +647,8 @@ class BlockModel:
                                 key_pos.shape[0] - len(run) + torch.arange(len(run)))
             with torch.inference_mode():
                 step_logits, step_hidden = self._step(torch.tensor([run], device=self.device),
-                                                      positions[None], masks, cache, head)
+                                                      positions[None], masks, cache, head,
+                                                      screen if screening else None)
             passes += 1
             position += len(run)
             accepted = 0
@@ -1037,18 +1050,43 @@ class PrefixStore:
     def save(self, kv: KV) -> None:
         """Store ``kv`` (best effort: a full or read-only disk leaves nothing behind)."""
         import json
+
+        tensors = {f"k{i}": k.contiguous() for i, k in enumerate(kv.keys)}
+        tensors.update({f"v{i}": v.contiguous() for i, v in enumerate(kv.values)})
+        tensors["positions"] = kv.positions.contiguous()
+        self._write(self.path(kv.ids), tensors, {"ids": json.dumps(list(kv.ids))})
+
+    def named_path(self, name: str):
+        digest = hashlib.sha256(f"{self.model_key}\n{name}".encode()).hexdigest()
+        return self.folder / f"{name}-{digest[:32]}.safetensors"
+
+    def load_named(self, name: str) -> dict | None:
+        """The tensors stored under ``name`` for this model (:meth:`save_named`), or None
+        (not stored, unreadable, or stored for other model files)."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.named_path(name)), framework="pt") as f:
+                if f.metadata().get("model") != self.model_key:
+                    return None
+                return {key: f.get_tensor(key) for key in f.keys()}
+        except Exception:  # missing, truncated or foreign: compute it again
+            return None
+
+    def save_named(self, name: str, tensors: dict) -> None:
+        """Store ``tensors`` under ``name`` for this model (best effort, as :meth:`save`)."""
+        self._write(self.named_path(name), {k: v.contiguous() for k, v in tensors.items()},
+                    {"model": self.model_key})
+
+    def _write(self, path, tensors: dict, metadata: dict) -> None:
         import os
 
         from safetensors.torch import save_file
 
-        path = self.path(kv.ids)
-        tensors = {f"k{i}": k.contiguous() for i, k in enumerate(kv.keys)}
-        tensors.update({f"v{i}": v.contiguous() for i, v in enumerate(kv.values)})
-        tensors["positions"] = kv.positions.contiguous()
         temporary = path.with_suffix(f".{os.getpid()}.tmp")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, str(temporary), metadata={"ids": json.dumps(list(kv.ids))})
+            save_file(tensors, str(temporary), metadata=metadata)
             os.replace(temporary, path)
         except OSError:
             temporary.unlink(missing_ok=True)
@@ -1076,6 +1114,7 @@ class BlockReader:
         self.cache = BlockCache(max_bytes)
         self.lock = lock
         self._prefix: tuple[str, KV] | None = None
+        self._screen: "Int4Head | None | bool" = False  # False: not looked for yet
         self.encoded = 0
         """Blocks computed (not served from the LRU) since this reader was made."""
 
@@ -1197,15 +1236,40 @@ class BlockReader:
             logits, new, _ = self.engine.run([row], logits_at=[len(ids) - 1])
         return State([prefix, *blocks, new[0]], logits[0, 0])
 
+    def screen(self) -> "Int4Head | None":
+        """The model's output head quantized to int4 for screening (see
+        :class:`~assistant.generation.precision.Int4Head`): read from :attr:`prefixes` when
+        stored there, else quantized (about 1.4 s for Gemma 3 270M's head) and stored. None
+        where it cannot run (see :func:`~assistant.generation.precision.int4_head_available`)
+        or without :attr:`prefixes` (quantizing in every process would cost more than it
+        saves a one-shot answer)."""
+        if self._screen is False:
+            from .precision import Int4Head, int4_head_available
+
+            weight, bias = self.engine._output_weight()
+            head = None
+            if self.prefixes is not None and int4_head_available(weight, bias,
+                                                                 self.engine.device):
+                stored = self.prefixes.load_named("head-int4")
+                head = Int4Head.from_tensors(weight, stored) if stored else None
+                if head is None:
+                    head = Int4Head.quantize(weight)
+                    self.prefixes.save_named("head-int4", head.tensors())
+            self._screen = head
+        return self._screen
+
     def decode(self, state: State, *, max_new_tokens: int, end_ids: Sequence[int],
                within: str | None = None, cancelled: Callable[[], bool] = lambda: False,
-               drafts: bool = True, restrict: bool = False):
+               drafts: bool = True, head: str = "full"):
         """Greedy answer after ``state``; with ``within``, constrained to copy a run of its
         tokens (as it follows a space). With ``drafts``, tokens are proposed from the blocks
-        of ``state`` (prompt lookup; the same answer in fewer passes). With ``restrict``, the
-        answer can only use tokens of the prompt (its blocks' passages as encoded and with
-        their words re-joined by single spaces, as an answer copies them, and the question),
-        and the output head computes only those logits (see :meth:`BlockModel.decode`). A
+        of ``state`` (prompt lookup; the same answer in fewer passes). ``head`` is how a free
+        reading computes its logits: ``full``, the model's own output head; ``screened``, the
+        int4 copy of :meth:`screen` with exact rows near the top (the same tokens; ``full``
+        where there is none); ``passages``, the answer can only use tokens of the prompt
+        (its blocks' passages as encoded and with their words re-joined by single spaces, as
+        an answer copies them, and the question), and the output head computes only those
+        logits (see :meth:`BlockModel.decode`). A
         copy (``within``) always computes only the logits of ``within``'s tokens and the end
         tokens: it can choose no other, so its tokens and log-probability are exactly those
         of the full head. Returns ``(text, Decoded)``."""
@@ -1220,7 +1284,7 @@ class BlockReader:
         vocab = None
         if within is not None:
             vocab = set(copied)
-        elif restrict:
+        elif head == "passages":
             text = self.tokenizer.decode(passages, skip_special_tokens=True)
             vocab = {*passages, *state.context[-1].ids, *copied,
                      *self.tokens(" " + " ".join(text.split()))}
@@ -1228,7 +1292,8 @@ class BlockReader:
             done = self.engine.decode(state.context, state.first_logits,
                                       max_new_tokens=max_new_tokens, end_ids=end_ids,
                                       allowed=allowed, cancelled=cancelled,
-                                      draft_from=draft_from, vocab=vocab)
+                                      draft_from=draft_from, vocab=vocab,
+                                      screen=self.screen() if head == "screened" else None)
         return self.tokenizer.decode(done.ids, skip_special_tokens=True), done
 
     def support(self, prefix: KV, blocks: Sequence[KV], text: str, answer: Sequence[int], *,
