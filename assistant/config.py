@@ -169,7 +169,7 @@ class Settings:
     who/when/which; cited sentences for how/why, definitions, comparisons, lists, yes/no
     and summaries, see ``assistant/forms.py``); false gives every question a span."""
 
-    output_head: str = "full"
+    output_head: str = "screened"
     """With ``reader = "blocks"``: ``passages`` computes, at each step of an extractive
     reading, only the logits of tokens its passages and question contain (Gemma 3's head has
     262,144 rows, a reading ~1,000): faster decoding, but 8–16 % of answers on SQuAD dev
@@ -177,8 +177,11 @@ class Settings:
     ``full`` computes the whole vocabulary's; ``screened`` takes every step's logits from a
     4-bit copy of the head and computes exactly the rows that could be chosen (the same
     tokens as ``full``, the log-probability's normaliser approximate; on a CPU with the
-    PyTorch int4 kernel and a model cache folder, else ``full``). A copy-constrained
-    re-reading computes only its passage's tokens either way (exactly the same answer)."""
+    PyTorch int4 kernel and a model cache folder, else ``full``; the default: the same
+    answers as ``full`` on 300 SQuAD dev questions and the question set's tune split, a
+    decoding step 17–20 % faster on this project's 2-core Xeon, BENCHMARKS.md "Round 7"). A
+    copy-constrained re-reading computes only its passage's tokens either way (exactly the
+    same answer)."""
 
     chunk_tokens: int = 200
     """Passage size budget in embedder tokens (MiniLM reads at most 256)."""

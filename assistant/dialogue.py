@@ -421,7 +421,7 @@ class DialogueManager:
                  prompt_style: str = "auto", rerank_k: int = 5, read_k: int = 3,
                  reader: str = "blocks", read_mode: str = "each",
                  abstain_threshold: float = 0.5, answer_forms: bool = True,
-                 output_head: str = "full"):
+                 output_head: str = "screened"):
         self.retriever = retriever
         self.generator = generator
         self.history = history

@@ -8,8 +8,10 @@ token, no drafts), and peak RSS (MiB). Every configuration runs in its own proce
 time and peak RSS are its own; the table prints each one's ratio to llama.cpp's.
 
 The project's rows run what ``assistant ask`` runs: :class:`BlockModel` passes over an explicit
-key/value cache, the full output head (``head``: full) or the head cut to the prompt's tokens
-(``head``: prompt, what an extractive reading computes). llama.cpp needs the optional ``bench``
+key/value cache, the full output head (``head``: full), the int4-screened head (``head``:
+screened, exact where a token can be chosen; its copy is read from the prefix-cache folder,
+or quantized into it the first time, within the load time) or the head cut to the prompt's tokens
+(``head``: prompt). llama.cpp needs the optional ``bench``
 extra (``pip install -e .[bench]``: it compiles llama.cpp once); without it its rows are
 skipped.
 
@@ -76,8 +78,12 @@ def run_project(name: str, precision: str, head: str, prompt: str, new_tokens: i
     path = generator_path(name, settings.models_dir)
     started = time.perf_counter()
     generator = TransformersGenerator(name, path, device="cpu", precision=precision,
+                                      cache_dir=Path(settings.models_dir) / "prefix-cache",
                                       plain_tokenizer=True)
     engine = generator.blocks.engine
+    screen = generator.blocks.screen() if head == "screened" else None
+    if head == "screened" and screen is None:
+        raise SystemExit("no int4 kernel here for the screened head")
     load_s = time.perf_counter() - started
     ids = generator.tokenizer(prompt)["input_ids"]
     vocab = sorted(set(ids)) if head == "prompt" else None
@@ -87,7 +93,8 @@ def run_project(name: str, precision: str, head: str, prompt: str, new_tokens: i
         logits, new, _ = engine.run([Row([], ids, list(range(len(ids))))],
                                     logits_at=[len(ids) - 1])
         prefill = time.perf_counter() - at
-        done = engine.decode(new, logits[0, 0], max_new_tokens=n_new, end_ids=[], vocab=vocab)
+        done = engine.decode(new, logits[0, 0], max_new_tokens=n_new, end_ids=[], vocab=vocab,
+                             screen=screen)
         return prefill, done
 
     once(2)  # first-call warm-up of every kernel

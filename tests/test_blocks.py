@@ -404,7 +404,7 @@ def test_an_int4_head_gives_the_exact_logits_where_they_can_be_chosen():
     for rows, hidden in [(1000, 64), (1003, 128)]:  # 1003: not a multiple of the kernel's 16
         weight = (torch.randn(rows, hidden) * 0.05).half()
         head = Int4Head.quantize(weight)
-        states = torch.randn(4, hidden) * 3
+        states = torch.randn(3, hidden) * 3
         exact = states @ weight.float().t()
         logits = head(states)
         assert logits.shape == exact.shape
@@ -412,12 +412,13 @@ def test_an_int4_head_gives_the_exact_logits_where_they_can_be_chosen():
         best = exact.max(-1, keepdim=True).values
         assert torch.allclose(logits.max(-1, keepdim=True).values, best, atol=1e-4)
         off = (logits - exact).abs()
-        assert 0 < float(off.max()) < 0.1 * float(exact.abs().max())  # int4 rows ...
+        assert 0 < float(off.max()) < 0.25 * float(exact.abs().max())  # int4 rows ...
         assert bool((logits[off > 1e-4] < best.expand_as(off)[off > 1e-4]).all())  # ... below
         # stored and read back for the same weights; refused for others
         again = Int4Head.from_tensors(weight, head.tensors())
         assert torch.equal(again(states), logits)
         assert Int4Head.from_tensors(weight[:-16], head.tensors()) is None
+        assert head(torch.randn(4, hidden)) is None  # more states: the whole head is faster
 
 
 @pytest.mark.parametrize("kind", ["gemma3", "llama"])

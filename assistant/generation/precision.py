@@ -282,6 +282,13 @@ logit plus this many deviations (and the bfloat16 rounding of the logit) reaches
 exact logit. The errors of Gemma 3 270M's head measured here reached 4.8 deviations over 33
 million logits (128 decoding steps × 262,144 rows), as a normal distribution would."""
 
+SCREEN_MAX_STATES = 3
+"""Hidden states per call up to which :class:`Int4Head` is faster than the float16-packed
+head: Gemma 3 270M's head on this project's 2-core Xeon, float16-packed / screened, ms: 1
+state 18.4 / 8.2, 2: 18.6 / 11.3, 3: 20.0 / 14.4, 4: 20.6 / 17.1, 5: 21.3 / 29.3, 7: 23.3 /
+31.8 (the int4 kernel's time grows with the rows; a decoding pass has more rows when it
+checks drafted tokens). Above it the caller uses the whole head."""
+
 SCREEN_ROWS = 4096
 """Above this many candidate rows for one hidden state, :class:`Int4Head` gives up (the
 caller computes the whole head): a flat distribution, where screening saves nothing."""
@@ -383,9 +390,12 @@ class Int4Head:
 
     def __call__(self, hidden: "torch.Tensor") -> "torch.Tensor | None":
         """Logits ``(n, vocab)`` float32 of hidden states ``(n, hidden)`` float32, exact for
-        every row that could be the largest (see the class); None when some hidden state
-        has more than :data:`SCREEN_ROWS` candidates."""
+        every row that could be the largest (see the class); None (the caller computes the
+        whole head) when ``n`` is above :data:`SCREEN_MAX_STATES` or some hidden state has
+        more than :data:`SCREEN_ROWS` candidates."""
         n, k = hidden.shape
+        if n > SCREEN_MAX_STATES:
+            return None
         with torch.inference_mode():
             rounded = hidden.to(torch.bfloat16)
             vocab = self.weight.shape[0]
