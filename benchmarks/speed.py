@@ -83,7 +83,8 @@ def run_project(name: str, precision: str, head: str, prompt: str, new_tokens: i
     engine = generator.blocks.engine
     screen = generator.blocks.screen() if head == "screened" else None
     if head == "screened" and screen is None:
-        raise SystemExit("no int4 kernel here for the screened head")
+        raise SystemExit("no screened head for this model here (see "
+                         "precision.int4_head_available)")
     load_s = time.perf_counter() - started
     ids = generator.tokenizer(prompt)["input_ids"]
     vocab = sorted(set(ids)) if head == "prompt" else None

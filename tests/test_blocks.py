@@ -422,15 +422,21 @@ def test_an_int4_head_gives_the_exact_logits_where_they_can_be_chosen():
 
 
 @pytest.mark.parametrize("kind", ["gemma3", "llama"])
-def test_a_screened_head_decodes_the_full_heads_tokens(kind, tiny_tokenizer, tmp_path):
+def test_a_screened_head_decodes_the_full_heads_tokens(kind, tiny_tokenizer, tmp_path,
+                                                      monkeypatch):
+    from assistant.generation import precision
     from assistant.generation.blocks import PrefixStore
     from assistant.generation.precision import Int4Head
 
     model = tiny_model(kind, len(tiny_tokenizer), hidden_size=64)
+    store = PrefixStore(tmp_path / "prefixes", f"tiny-{kind}")
+    small = BlockReader(model, tiny_tokenizer, "cpu", name="tiny", max_bytes=10**9,
+                        lock=threading.Lock(), prefixes=store)
+    assert small.screen() is None  # a head this small decodes as fast from float16
+    monkeypatch.setattr(precision, "SCREEN_MIN_WEIGHTS", 0)
     reader = BlockReader(model, tiny_tokenizer, "cpu", name="tiny", max_bytes=10**9,
                          lock=threading.Lock())
     assert reader.screen() is None  # no folder to keep it in: not quantized in every process
-    store = PrefixStore(tmp_path / "prefixes", f"tiny-{kind}")
     reader = BlockReader(model, tiny_tokenizer, "cpu", name="tiny", max_bytes=10**9,
                          lock=threading.Lock(), prefixes=store)
     prefix = reader.prefix(PREFIX)
