@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Callable, Generator, Sequence
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from . import cache_argument, cache_of
+
 if TYPE_CHECKING:
     from .precision import Int4Head
-
-from . import cache_argument, cache_of
 
 CAPTURE = "assistant_capture"
 """Name of the attention implementation registered by :func:`enable_capture`."""
@@ -1057,6 +1057,8 @@ class PrefixStore:
         self._write(self.path(kv.ids), tensors, {"ids": json.dumps(list(kv.ids))})
 
     def named_path(self, name: str):
+        """The file of the tensors stored under ``name`` for this model (``name``, then the
+        SHA-256 of the model key and the name)."""
         digest = hashlib.sha256(f"{self.model_key}\n{name}".encode()).hexdigest()
         return self.folder / f"{name}-{digest[:32]}.safetensors"
 
