@@ -139,7 +139,8 @@ def load_generator(settings: Settings, *, say=None, model_lock=None):
         return TransformersGenerator(settings.generator_model, path, device=settings.device,
                                      precision=settings.precision, model_lock=model_lock,
                                      cache_dir=Path(settings.models_dir) / "prefix-cache",
-                                     plain_tokenizer=is_embedded(settings.generator_model))
+                                     plain_tokenizer=is_embedded(settings.generator_model),
+                                     screen_head=settings.output_head == "screened")
     except (ModelNotFound, GenerationError) as exc:
         raise UserError(str(exc)) from None
 

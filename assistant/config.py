@@ -177,7 +177,8 @@ class Settings:
     ``full`` computes the whole vocabulary's; ``screened`` takes every step's logits from a
     4-bit copy of the head and computes exactly the rows that could be chosen (the same
     tokens as ``full``, the log-probability's normaliser approximate; on a CPU with the
-    PyTorch int4 kernel and a model cache folder, else ``full``; the default: the same
+    PyTorch int4 kernel, for heads of at least 64 M weights, else ``full``; a chat model's
+    greedy replies in the direct decoding loop use it too; the default: the same
     answers as ``full`` on 300 SQuAD dev questions and the question set's tune split, a
     decoding step 17–20 % faster on this project's 2-core Xeon, BENCHMARKS.md "Round 7"). A
     copy-constrained re-reading computes only its passage's tokens either way (exactly the

@@ -372,6 +372,38 @@ def test_the_direct_loop_answers_what_generate_answers(tiny_chat, penalty, monke
         assert "".join(stopped) == text[:text.index(cut)] and not stats.cancelled
 
 
+def test_a_screened_head_writes_the_same_chat_reply(tmp_path, tiny_tokenizer, monkeypatch):
+    """A chat model's greedy reply in the direct loop with the int4-screened output head:
+    the same text and token count as with the whole head; the copy is made once, in the
+    cache folder."""
+    from transformers import AutoTokenizer
+
+    from assistant.generation import TransformersGenerator, precision
+    from tests.conftest import tiny_model
+
+    monkeypatch.setattr(precision, "SCREEN_MIN_WEIGHTS", 0)  # a tiny head gains nothing
+    calls = []
+    screen = precision.Int4Head.__call__
+    monkeypatch.setattr(precision.Int4Head, "__call__",
+                        lambda self, hidden: calls.append(len(hidden)) or screen(self, hidden))
+    folder = tmp_path / "chat"
+    tiny_model("llama", len(tiny_tokenizer), hidden_size=64).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    replies = {}
+    for screened in (False, True):
+        generator = TransformersGenerator("tiny-llama", str(folder), device="cpu",
+                                          cache_dir=tmp_path / "cache", screen_head=screened)
+        replies[screened] = _reply(generator, "direct", monkeypatch, max_new_tokens=24)
+    (plain, plain_stats), (screened, screened_stats) = replies[False], replies[True]
+    assert "".join(screened) == "".join(plain) and len("".join(plain)) > 4
+    assert screened_stats.new_tokens == plain_stats.new_tokens
+    assert calls  # its steps went through the screen
+    assert len(list((tmp_path / "cache").glob("head-int4-*.safetensors"))) == 1
+
+
 def test_a_penalised_model_decodes_through_the_direct_loop_only_when_it_can(tiny_chat,
                                                                           monkeypatch):
     config = tiny_chat.model.generation_config

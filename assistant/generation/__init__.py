@@ -429,6 +429,10 @@ class TransformersGenerator:
             from a local directory. None: computed in every process.
         plain_tokenizer: load the tokenizer from ``tokenizer.json`` alone (see
             :func:`load_tokenizer`); for the embedded models' converted directories.
+        screen_head: greedy replies in the direct decoding loop take each step's logits
+            from the int4 copy of the output head, exact where a token can be chosen (see
+            :class:`~assistant.generation.precision.Int4Head`; only where it runs and gains:
+            a CPU, a head of at least 64 M weights, a ``cache_dir``).
 
     Raises:
         GenerationError: the model cannot be found or loaded, or the precision cannot run
@@ -437,7 +441,7 @@ class TransformersGenerator:
 
     def __init__(self, name: str, path: str, *, device: str = "auto", precision: str = "fp32",
                  model_lock=None, cache_dir: str | Path | None = None,
-                 plain_tokenizer: bool = False):
+                 plain_tokenizer: bool = False, screen_head: bool = False):
         quiet_hub()
         from concurrent.futures import ThreadPoolExecutor
 
@@ -446,6 +450,7 @@ class TransformersGenerator:
         from . import precision as precisions
 
         self.name = name
+        self.screen_head = screen_head
         self.device = pick_device(device)
         try:
             self.precision = precisions.resolve(precision, self.device)
@@ -905,7 +910,8 @@ class TransformersGenerator:
                 context + new, logits[0, 0], max_new_tokens=max_new_tokens,
                 end_ids=end_ids if end_ids is not None else self._eos_ids(), allowed=allowed,
                 cancelled=stopped, draft_from=draft, sampler=self._sampler(temperature),
-                penalty=float(penalty), stop_loops=False)
+                penalty=float(penalty), stop_loops=False,
+                screen=reader.screen() if self.screen_head else None)
             try:
                 while True:
                     token = next(steps)
