@@ -418,6 +418,7 @@ def test_an_int4_head_gives_the_exact_logits_where_they_can_be_chosen():
         again = Int4Head.from_tensors(weight, head.tensors())
         assert torch.equal(again(states), logits)
         assert Int4Head.from_tensors(weight[:-16], head.tensors()) is None
+        assert Int4Head.from_tensors(weight, {"packed": head.packed}) is None  # another layout
         assert head(torch.randn(4, hidden)) is None  # more states: the whole head is faster
 
 

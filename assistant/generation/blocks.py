@@ -498,17 +498,14 @@ class BlockModel:
         if head is not None:
             return head(hidden), hidden
         logits = screen(hidden) if screen is not None else None
-        if logits is not None and self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return (logits if logits is not None else self._full_logits(hidden)), hidden
+        if logits is not None:
+            return soft_capped(logits, self.softcap), hidden
+        return self._full_logits(hidden), hidden
 
     def _full_logits(self, hidden: "torch.Tensor") -> "torch.Tensor":
         """Logits ``(n, vocab)`` float32 of hidden states ``(n, hidden)`` through the model's
         own output head (float16-packed when the model is), soft-capping included."""
-        logits = self.model.get_output_embeddings()(hidden)
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits.float()
+        return soft_capped(self.model.get_output_embeddings()(hidden), self.softcap).float()
 
     # --- greedy decoding ----------------------------------------------------------------
     def decode(self, context: Sequence[KV], first_logits: "torch.Tensor", **options) -> "Decoded":
@@ -842,6 +839,12 @@ def _rms_weight(module) -> "tuple[torch.Tensor, float] | None":
     return None
 
 
+def soft_capped(logits: "torch.Tensor", cap: float | None) -> "torch.Tensor":
+    """``logits`` soft-capped as Gemma 2 does (``cap · tanh(logits / cap)``; the model's
+    ``final_logit_softcapping``), unchanged when ``cap`` is None or 0."""
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
 @dataclass
 class Head:
     """An output head restricted to some token ids (see :meth:`BlockModel.head_rows`).
@@ -861,9 +864,7 @@ class Head:
         """Logits ``(..., k)`` float32 of hidden states ``(..., hidden)``, as the model's own
         head computes them for these rows (soft-capping included)."""
         logits = torch.nn.functional.linear(hidden.to(self.weight.dtype), self.weight, self.bias)
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits.float()
+        return soft_capped(logits, self.softcap).float()
 
     def index(self) -> dict[int, int]:
         """Token id → its column in the restricted logits."""

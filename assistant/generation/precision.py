@@ -350,6 +350,7 @@ class Int4Head:
         self.weight, self.packed, self.scales = weight, packed, scales
         self.variance, self.rms = variance, rms
         self.group = weight.shape[1] // scales.shape[0]
+        self._mean_square = rms.pow(2)[None]  # (1, vocab), used at every step
 
     @classmethod
     def quantize(cls, weight: "torch.Tensor", group: int = INT4_GROUP,
@@ -384,9 +385,11 @@ class Int4Head:
 
     @classmethod
     def from_tensors(cls, weight: "torch.Tensor", tensors: dict) -> "Int4Head | None":
-        """The head stored by :meth:`tensors` for ``weight``, or None when the shapes do not
-        fit it."""
+        """The head stored by :meth:`tensors` for ``weight``, or None when a tensor is
+        missing or the shapes do not fit it."""
         n, k = weight.shape
+        if not {"packed", "scales", "variance", "rms"} <= tensors.keys():
+            return None
         head = cls(weight, tensors["packed"], tensors["scales"], tensors["variance"],
                    tensors["rms"])
         rows = -(-n // 16) * 16
@@ -411,7 +414,7 @@ class Int4Head:
             squares = hidden.view(n, k // self.group, self.group).pow(2).sum(-1)  # (n, G)
             off = (hidden - rounded.float()).pow(2).sum(-1, keepdim=True)  # (n, 1)
             spread = torch.addcmul(squares @ self.variance.t(), off,
-                                   self.rms.pow(2)[None]).sqrt_()  # (n, vocab)
+                                   self._mean_square).sqrt_()  # (n, vocab)
             upper = logits.abs().mul_(2.0 ** -8).add_(logits).add_(spread, alpha=SCREEN_Z)
             best = logits.argmax(-1)
             floor = (self.weight[best].float() * hidden).sum(-1)  # (n,) exact logit of best
