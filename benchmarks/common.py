@@ -31,7 +31,7 @@ def generator(settings: Settings, model: str | None = None, device: str = "cpu",
     from assistant.models import generator_path, is_embedded
 
     model = model or settings.generator_model
-    return TransformersGenerator(model, generator_path(model, Path(settings.data_dir) / "models"),
+    return TransformersGenerator(model, generator_path(model, settings.models_dir),
                                  device=device, precision=precision or settings.precision,
                                  cache_dir=Path(settings.models_dir) / "prefix-cache",
                                  plain_tokenizer=is_embedded(model))
