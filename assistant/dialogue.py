@@ -31,6 +31,12 @@ from .question import check_question
 from .reader import NOT_FOUND, ExtractiveReader, Reading, Readings, question_text
 from .rerank import answer_value, rerank
 
+ANCHOR_TOKENS = 16
+"""Longest reading, in tokens, for a composed answer (every form but a factoid): its span
+only anchors the sentence it came from, so decoding a whole 48-token sentence is wasted. On
+the question set's tune split 16 gave the same 43 answers as 48 in 18 % less time, and 8
+changed four of them (BENCHMARKS.md, answer forms, round 3)."""
+
 _FOLLOW_UP = re.compile(
     r"^(and|but|also|so|what about|how about|why|then)\b|\b(it|its|they|them|their|this|that|"
     r"these|those|he|she|his|her|one|ones|former|latter|same|there)\b",
@@ -637,11 +643,14 @@ class DialogueManager:
         return (self.prompt_style == "extractive" and self.reader == "blocks"
                 and self.generator.has_blocks)
 
-    def _reader(self) -> ExtractiveReader:
+    def _reader(self, form: str = "factoid") -> ExtractiveReader:
+        """The extractive reader for a question of ``form``: a composed answer (any form but
+        ``factoid``) quotes sentences, so its reading decodes at most :data:`ANCHOR_TOKENS`."""
+        longest = 48 if form == "factoid" else ANCHOR_TOKENS
         return ExtractiveReader(
             self.generator, rerank_k=self.rerank_k, read_k=self.read_k,
             read_mode=self.read_mode, abstain_below=self.abstain_threshold,
-            max_new_tokens=min(self.max_new_tokens, 48),
+            max_new_tokens=min(self.max_new_tokens, longest),
             output_head=self.output_head)
 
     def warm_up(self) -> None:
@@ -668,8 +677,8 @@ class DialogueManager:
         # not quoted again
         at = _asked(earlier) if more_request(question) == "more" else None
         said = " ".join(answer for _, answer in earlier[at:]) if at is not None else ""
-        reader = self._reader()
         form = self._form(question, earlier)
+        reader = self._reader(form)
         composer = None
         if form != "factoid":
             composer = Composer(self._embed, search=lambda q, k:
@@ -679,9 +688,13 @@ class DialogueManager:
 
         yes_no = form == "yesno"
         key = Readings.key(asked, hits, setting=(yes_no, *reader.setting))
+        # a composed answer can also take a factoid's longer reading of the same question
+        # (a request to say more after a factoid)
+        keys = [key] + ([Readings.key(asked, hits, setting=(
+            yes_no, *self._reader("factoid").setting))] if form != "factoid" else [])
 
         def job(cancelled: Callable[[], bool]) -> Reading:
-            reading = self._readings.get(key)
+            reading = next((r for r in map(self._readings.get, keys) if r is not None), None)
             if reading is not None:  # read before ("say more", a repeated question)
                 reading = dataclasses.replace(reading, read=0, decoded=0, encoded=0, seconds={
                     "encode": 0.0, "score": 0.0, "read": 0.0})

@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from assistant.dialogue import DialogueManager
+from assistant.dialogue import ANCHOR_TOKENS, DialogueManager
 from assistant.history import History
 from assistant.output import turn_json
 from index.ingest import Indexer
@@ -319,6 +319,8 @@ def test_a_how_question_gets_cited_sentences_streamed_one_by_one(tmp_path, retri
         assert piece.strip().endswith(f"[{number}]")  # each sentence streams with its source
         assert " ".join(sentence.split()[:3]) in turn.hits[number - 1].passage.text
     assert turn.short_answer == turn.reading.raw_span  # the span stays the short answer
+    # the span only anchors the quoted sentence: its reading stops early
+    assert 1 <= turn.reading.new_tokens <= ANCHOR_TOKENS
     # --json: each sentence with the citation that follows its full stop
     data = turn_json(turn, model="tiny")
     assert [s["cites"] for s in data["sentences"]] == [[n] for n, _ in turn.reading.sentences]
