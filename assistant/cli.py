@@ -585,7 +585,7 @@ def _turn_messages(manager, settings: Settings, request: dict, *, load_s: float 
 
 def _ending(turn, settings: Settings, device: str) -> dict:
     """The end of a streamed answer: its sources and status line."""
-    from .output import sources_text
+    from .output import search_figures, sources_text
 
     t = turn.timings()
     ttft = f"{t['first_token_s']:.2f} s" if t["first_token_s"] is not None else "-"
@@ -593,7 +593,7 @@ def _ending(turn, settings: Settings, device: str) -> dict:
     done = f" · answer in {t['answer_s']:.2f} s" if t.get("answer_s") is not None else ""
     grounding = f"{turn.grounding} · " if turn.grounding else ""
     return {"sources": sources_text(turn), "status": (
-        f"retrieval {t['retrieval_ms']:.0f} ms · first token {ttft} · {tps} tokens/s{done} · "
+        f"{' · '.join(search_figures(t))} · first token {ttft} · {tps} tokens/s{done} · "
         f"{settings.generator_model} on {device} · {grounding}conversation "
         f"{turn.conversation_id}")}
 

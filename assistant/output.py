@@ -61,6 +61,20 @@ def support_bar(support: float | None, width: int = 5) -> str:
     return f"{bar:<{width}} {100 * support:3.0f}%"
 
 
+def search_figures(timings: Mapping[str, Any]) -> list[str]:
+    """How long finding the passages took, as shown after an answer: ``["retrieval 8 ms",
+    "reranking 1.64 s"]`` when the turn reranked blocks (its ``encode_s`` and ``score_s``,
+    which ``retrieval_ms`` includes), else ``["retrieval 23 ms"]``; [] without
+    ``retrieval_ms``."""
+    if timings.get("retrieval_ms") is None:
+        return []
+    rerank_s = (timings.get("encode_s") or 0.0) + (timings.get("score_s") or 0.0)
+    if not rerank_s:
+        return [f"retrieval {timings['retrieval_ms']:.0f} ms"]
+    search_ms = max(timings["retrieval_ms"] - 1000 * rerank_s, 0.0)
+    return [f"retrieval {search_ms:.0f} ms", f"reranking {rerank_s:.2f} s"]
+
+
 def sources_text(turn) -> str:
     """The numbered sources of a turn, one per line; cited ones are marked with ``*``, and
     each shows its support (share of the answer's attention) when it was measured."""

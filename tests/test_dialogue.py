@@ -4,7 +4,7 @@ import pytest
 
 from assistant.dialogue import ANCHOR_TOKENS, DialogueManager
 from assistant.history import History
-from assistant.output import turn_json
+from assistant.output import search_figures, turn_json
 from index.ingest import Indexer
 from index.retrieval import Retriever
 from index.store import Store
@@ -233,6 +233,12 @@ def test_a_block_turn_reranks_cites_with_support_and_reuses_blocks(tmp_path, ret
     assert len(turn.support) == 3 and sum(turn.support) == pytest.approx(1.0, abs=1e-6)
     timings = turn.timings()
     assert timings["blocks_computed"] == 3 and timings["answer_s"] > 0
+    # what the status line shows: the search itself, then the reranking it includes
+    search, rerank = search_figures(timings)
+    rerank_s = timings["encode_s"] + timings["score_s"]
+    assert rerank == f"reranking {rerank_s:.2f} s"
+    assert search == f"retrieval {timings['retrieval_ms'] - 1000 * rerank_s:.0f} ms"
+    assert search_figures({"retrieval_ms": 23.4}) == ["retrieval 23 ms"]
     row = history.turns(turn.conversation_id)[0]
     assert [s["support"] for s in row["sources"]] == [round(w, 4) for w in turn.support]
     assert row["abstained"] == 0 and row["answer_s"] > 0

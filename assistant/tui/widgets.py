@@ -20,7 +20,7 @@ from textual.widgets.option_list import Option
 
 from ..attribution import CITATION, content_words
 from ..forms import sentences
-from ..output import location, support_bar, visible
+from ..output import location, search_figures, support_bar, visible
 from .keys import binding
 
 
@@ -342,11 +342,10 @@ class StatusLine(Static):
 
 
 def turn_figures(retrieved: int, timings: dict, grounding: str = "") -> str:
-    """``5 passages · retrieval 23 ms · first token 1.90 s · 20.4 tok/s`` (tokens per second),
-    then ``grounding`` (how sources were ranked and cited) when given."""
-    parts = [f"{retrieved} passage{'s' if retrieved != 1 else ''}"]
-    if timings.get("retrieval_ms") is not None:
-        parts.append(f"retrieval {timings['retrieval_ms']:.0f} ms")
+    """``5 passages · retrieval 23 ms · first token 1.90 s · 20.4 tok/s`` (tokens per second;
+    a reranked turn's ``reranking`` follows retrieval, see :func:`search_figures`), then
+    ``grounding`` (how sources were ranked and cited) when given."""
+    parts = [f"{retrieved} passage{'s' if retrieved != 1 else ''}", *search_figures(timings)]
     if timings.get("first_token_s") is not None:
         parts.append(f"first token {timings['first_token_s']:.2f} s")
     if timings.get("tokens_per_s"):
