@@ -34,7 +34,7 @@ from .rerank import answer_value, rerank
 ANCHOR_TOKENS = 16
 """Longest reading, in tokens, for a composed answer (every form but a factoid): its span
 only anchors the sentence it came from, so decoding a whole 48-token sentence is wasted. On
-the question set's tune split 16 gave the same 43 answers as 48 in 18 % less time, and 8
+the question set's tune split 16 gave the same 43 answers as 48 in 10–18 % less time, and 8
 changed four of them (BENCHMARKS.md, answer forms, round 3)."""
 
 _FOLLOW_UP = re.compile(
