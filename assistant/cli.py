@@ -138,7 +138,7 @@ def load_generator(settings: Settings, *, say=None, model_lock=None):
             path = generator_path(settings.generator_model, settings.models_dir, on_convert=say)
         return TransformersGenerator(settings.generator_model, path, device=settings.device,
                                      precision=settings.precision, model_lock=model_lock,
-                                     cache_dir=Path(settings.models_dir) / "prefix-cache",
+                                     cache_dir=settings.prefix_cache_dir,
                                      plain_tokenizer=is_embedded(settings.generator_model),
                                      screen_head=settings.output_head == "screened")
     except (ModelNotFound, GenerationError) as exc:

@@ -228,6 +228,12 @@ class Settings:
         """Converted (safetensors) copies of embedded models."""
         return Path(self.data_dir) / "models"
 
+    @property
+    def prefix_cache_dir(self) -> Path:
+        """Per-model files computed once and kept: the worked examples' key/value caches and
+        the int4 copy of an output head (see ``assistant.generation.blocks.PrefixStore``)."""
+        return self.models_dir / "prefix-cache"
+
     @classmethod
     def load(
         cls,

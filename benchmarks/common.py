@@ -33,7 +33,7 @@ def generator(settings: Settings, model: str | None = None, device: str = "cpu",
     model = model or settings.generator_model
     return TransformersGenerator(model, generator_path(model, settings.models_dir),
                                  device=device, precision=precision or settings.precision,
-                                 cache_dir=Path(settings.models_dir) / "prefix-cache",
+                                 cache_dir=settings.prefix_cache_dir,
                                  plain_tokenizer=is_embedded(model))
 
 

@@ -69,17 +69,13 @@ def peak_mib() -> float:
 def run_project(name: str, precision: str, head: str, prompt: str, new_tokens: int) -> dict:
     import torch
 
+    import common
     from assistant.config import Settings
-    from assistant.generation import TransformersGenerator
     from assistant.generation.blocks import Row
-    from assistant.models import generator_path
 
     settings = Settings.load()
-    path = generator_path(name, settings.models_dir)
     started = time.perf_counter()
-    generator = TransformersGenerator(name, path, device="cpu", precision=precision,
-                                      cache_dir=Path(settings.models_dir) / "prefix-cache",
-                                      plain_tokenizer=True)
+    generator = common.generator(settings, name, precision=precision)
     engine = generator.blocks.engine
     screen = generator.blocks.screen() if head == "screened" else None
     if head == "screened" and screen is None:
