@@ -234,8 +234,9 @@ def build_manager(settings: Settings, *, say=None, embedder=None, generator=None
         mode=settings.retrieval_mode, context_tokens=settings.context_tokens,
         history_tokens=settings.history_tokens, max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature, prompt_style=settings.prompt_style,
-        rerank_k=settings.rerank_k, read_k=settings.read_k, reader=settings.reader,
-        read_mode=settings.read_mode, abstain_threshold=settings.abstain_threshold,
+        rerank_k=settings.rerank_k, rerank_first=settings.rerank_first, read_k=settings.read_k,
+        reader=settings.reader, read_mode=settings.read_mode,
+        abstain_threshold=settings.abstain_threshold,
         answer_forms=settings.answer_forms, output_head=settings.output_head,
     )
 

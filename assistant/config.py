@@ -142,6 +142,15 @@ class Settings:
     (query-likelihood reranking, one prompt prefill per passage); 0 turns it off. A chat
     model over passage blocks (``reader = "blocks"``) keeps the retrieval order."""
 
+    rerank_first: int = 0
+    """With ``reader = "blocks"``, for a factoid (a span read from one passage): when above 0,
+    encode and score only this many top passages at first, and the rest of the top
+    ``rerank_k`` only when those explain the question poorly (see ``assistant/reader.py``,
+    ``RERANK_MORE_BELOW``). With 2, the median SQuAD dev answer took 1.33 s instead of 2.60 s
+    on a 2-core CPU, but token F1 was 1.0 lower on the reported 300 questions (0.5 higher on
+    150 others; BENCHMARKS.md), so 0 (all at once) stays the default. Other answer forms quote
+    sentences from several passages and always score all."""
+
     read_k: int = 3
     """Extractive answers (base models): how many of the reranked top passages may be read;
     the answer kept has the best reranked score plus answer confidence. 1 reads only the top
@@ -315,6 +324,8 @@ class Settings:
             raise ConfigError("abstain_threshold must be between 0 and 1")
         if self.rerank_k < 0:
             raise ConfigError("rerank_k must be 0 (off) or more")
+        if self.rerank_first < 0:
+            raise ConfigError("rerank_first must be 0 (all at once) or more")
         if self.read_k < 1:
             raise ConfigError("read_k must be at least 1")
         if not 1 <= self.top_k <= MAX_TOP_K:

@@ -399,6 +399,9 @@ class DialogueManager:
         rerank_k: the top passages re-ordered by the generator's likelihood of the question
             (:mod:`assistant.rerank`; needs a generator with ``score``); 0 or 1 turns it off.
             Its time counts in the turn's ``retrieval_ms``.
+        rerank_first: with ``blocks``, for factoids: only this many top passages are
+            scored at first, the rest when those explain the question poorly
+            (:class:`~assistant.reader.ExtractiveReader`); 0 scores all at once.
         read_k: extractive answers: how many of the reranked top passages may be read; the
             answer kept is the one with the best reranked score plus answer confidence
             (:meth:`Turn._read_passages`). 1 reads the top passage only; without reranking
@@ -424,8 +427,8 @@ class DialogueManager:
     def __init__(self, *, retriever: _Retriever | None, generator: Generator, history: History,
                  top_k: int = 5, mode: str = "convex", context_tokens: int = 2048,
                  history_tokens: int = 512, max_new_tokens: int = 256, temperature: float = 0.0,
-                 prompt_style: str = "auto", rerank_k: int = 5, read_k: int = 3,
-                 reader: str = "blocks", read_mode: str = "each",
+                 prompt_style: str = "auto", rerank_k: int = 5, rerank_first: int = 0,
+                 read_k: int = 3, reader: str = "blocks", read_mode: str = "each",
                  abstain_threshold: float = 0.5, answer_forms: bool = True,
                  output_head: str = "screened"):
         self.retriever = retriever
@@ -441,6 +444,7 @@ class DialogueManager:
             prompt_style = "chat" if getattr(generator, "has_chat_template", True) else "extractive"
         self.prompt_style = prompt_style
         self.rerank_k = rerank_k
+        self.rerank_first = rerank_first
         self.read_k = read_k
         self.reader = reader
         self.read_mode = read_mode
@@ -645,12 +649,15 @@ class DialogueManager:
 
     def _reader(self, form: str = "factoid") -> ExtractiveReader:
         """The extractive reader for a question of ``form``: a composed answer (any form but
-        ``factoid``) quotes sentences, so its reading decodes at most :data:`ANCHOR_TOKENS`."""
-        longest = 48 if form == "factoid" else ANCHOR_TOKENS
+        ``factoid``) quotes sentences, so its reading decodes at most :data:`ANCHOR_TOKENS`,
+        and quotes them from several passages, so all of them are scored at once (a factoid
+        scores ``rerank_first`` first)."""
+        factoid = form == "factoid"
         return ExtractiveReader(
-            self.generator, rerank_k=self.rerank_k, read_k=self.read_k,
+            self.generator, rerank_k=self.rerank_k,
+            rerank_first=self.rerank_first if factoid else 0, read_k=self.read_k,
             read_mode=self.read_mode, abstain_below=self.abstain_threshold,
-            max_new_tokens=min(self.max_new_tokens, longest),
+            max_new_tokens=min(self.max_new_tokens, 48 if factoid else ANCHOR_TOKENS),
             output_head=self.output_head)
 
     def warm_up(self) -> None:
@@ -717,8 +724,11 @@ class DialogueManager:
             # tune split the span's top source was not among the cited ones for 16 of 34
             # composed answers, and is for all 34 this way); else the span's.
             started = time.perf_counter()
+            # a factoid's passages past those scored have no block (and are not computed now)
+            shown = reading.hits[:reading.scored] if 0 < reading.scored < len(hits) else \
+                reading.hits
             weights, masses, per_sentence = reader.support_of(
-                asked, reading.hits, sentences=[text for _, text in reading.sentences],
+                asked, shown, sentences=[text for _, text in reading.sentences],
                 ids=reading.ids)
             seconds = dict(reading.seconds)
             seconds["support"] = time.perf_counter() - started

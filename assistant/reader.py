@@ -62,6 +62,25 @@ sample, 34 of them unanswerable (their articles left out of the index;
 questions abstained (token F1 44.8 -> 43.6)."""
 
 
+RERANK_MORE_BELOW = 1.0
+"""With ``rerank_first``: the rest of the passages are scored too when the best of the first
+ones explains the question by less than this many nats per question token (pointwise mutual
+information, see :class:`Reading`'s ``features``). Chosen on 300 SQuAD dev questions outside
+the reported sample (seed 3; BENCHMARKS.md) among 0.5-2.0: at 1.0, 35 of 300 questions were
+scored on all five passages."""
+
+RERANK_FIRST_MARGIN = 3.0
+"""With ``rerank_first``, when only the first passages were scored: the question's
+log-likelihood (nats, summed over its tokens) after a later passage must exceed that after
+retrieval's top passage by this much to put it first. Reranking's min-max scaling
+(:func:`~assistant.rerank.combine`) over five passages weighs how far apart their likelihoods
+are; over two it keeps only which is higher, and the second passage then won every time it
+was more likely at all. Chosen on the same 300 questions among 0-5 (the gold passage first
+for 252 of them, against 246 with no margin and 248 when all five were scored) and checked
+on 150 others (seed 31): token F1 39.7 against 39.2 scoring all five and 38.1 with no margin
+(BENCHMARKS.md)."""
+
+
 def block_text(passage: str) -> str:
     """A passage as it appears in the extractive prompt: ``Context: <text>\\n``."""
     return f"Context: {' '.join(passage.split())}\n"
@@ -91,6 +110,8 @@ class Reading:
         decoded: tokens decoded by all those readings together (``new_tokens`` counts the
             kept one's only).
         encoded: blocks computed for this question (the rest came from the block cache).
+        scored: how many of ``hits`` (the first ones) were scored and have a block; the
+            others were neither reranked nor read, and have no support weight.
         seconds: ``encode``, ``score``, ``read``, ``support`` wall times.
         raw_span: the span found, also when the reader then abstained.
         verdict: for a yes/no question, "Yes" or "No" when the model's first answer token
@@ -114,6 +135,7 @@ class Reading:
     decoded: int = 0
     encoded: int = 0
     seconds: dict = field(default_factory=dict)
+    scored: int = 0
     raw_span: str = ""
     verdict: str | None = None
     sentences: list = field(default_factory=list)
@@ -188,6 +210,14 @@ class ExtractiveReader:
     Args:
         generator: a generator with ``blocks`` (``BlockReader``), ``bos`` and ``end_ids()``.
         rerank_k: top hits reranked by query likelihood (< 2: retrieval order kept).
+        rerank_first: when above 0 (and ``rerank_k`` > 1), only this many top hits are
+            encoded and scored at first; the other hits only when the best of those explains
+            the question by less than :data:`RERANK_MORE_BELOW` nats per token (a span read
+            from one passage rarely needs the fourth or fifth: BENCHMARKS.md). 0: every hit.
+        more_below: that threshold (nats per question token; None: the constant).
+        first_margin: when only those first hits were scored, how many nats more likely
+            the question must be after a later one than after the top one for it to be put
+            first (None: :data:`RERANK_FIRST_MARGIN`).
         read_k: how many reranked passages may be read (``each``) or are read together
             (``fused``).
         read_mode: ``each`` or ``fused`` (see the module docstring).
@@ -202,12 +232,16 @@ class ExtractiveReader:
             :meth:`~assistant.generation.blocks.BlockReader.decode`.
     """
 
-    def __init__(self, generator, *, rerank_k: int = 5, read_k: int = 3,
+    def __init__(self, generator, *, rerank_k: int = 5, rerank_first: int = 0, read_k: int = 3,
                  read_mode: str = "each", layout: str = "end", abstain_below: float = 0.5,
                  max_new_tokens: int = 48, heads: Sequence[tuple[int, int]] | None = None,
-                 output_head: str = "full"):
+                 output_head: str = "full", more_below: float | None = None,
+                 first_margin: float | None = None):
         self.generator = generator
+        self.more_below = RERANK_MORE_BELOW if more_below is None else more_below
+        self.first_margin = RERANK_FIRST_MARGIN if first_margin is None else first_margin
         self.rerank_k = rerank_k
+        self.rerank_first = max(0, rerank_first)
         self.read_k = max(1, read_k)
         self.read_mode = read_mode
         self.layout = layout
@@ -222,7 +256,8 @@ class ExtractiveReader:
     def setting(self) -> tuple:
         """What a reading depends on besides the question and the passages: the model and
         the options :meth:`read` uses (a key for :class:`Readings`)."""
-        return (getattr(self.generator, "name", ""), self.rerank_k, self.read_k,
+        return (getattr(self.generator, "name", ""), self.rerank_k, self.rerank_first,
+                self.more_below, self.first_margin, self.read_k,
                 self.read_mode, self.layout, self.abstain_below, self.max_new_tokens,
                 self.output_head)
 
@@ -256,28 +291,50 @@ class ExtractiveReader:
         started = time.perf_counter()
         prefix = blocks_api.prefix(self.generator.bos + extractive_prefix())
         before = blocks_api.encoded
-        blocks = blocks_api.blocks(prefix, [(h.passage.id, block_text(h.passage.text))
-                                            for h in hits])
-        encoded = blocks_api.encoded - before
+        items = [(h.passage.id, block_text(h.passage.text)) for h in hits]
+        first = len(hits)
+        if self.rerank_first and self.rerank_k > 1:
+            first = min(self.rerank_first, len(hits))
+        blocks = blocks_api.blocks(prefix, items[:first])
         seconds["encode"] = time.perf_counter() - started
 
         at = time.perf_counter()
-        scored = blocks_api.score(prefix, blocks, lead=LEAD, target=" " + " ".join(
-            question.split()), tail=TAIL, null=True)
-        reranked = combine(hits, scored.loglik, k=self.rerank_k)
+        target = " " + " ".join(question.split())
+        scored = blocks_api.score(prefix, blocks, lead=LEAD, target=target, tail=TAIL,
+                                  null=True)
+        loglik, states = list(scored.loglik), list(scored.states)
+        tokens = max(scored.target_tokens, 1)
+        if first < len(hits) and (max(loglik) - scored.null_loglik) / tokens < self.more_below:
+            seconds["score"] = time.perf_counter() - at
+            at = time.perf_counter()
+            more = blocks_api.blocks(prefix, items[first:])
+            seconds["encode"] += time.perf_counter() - at
+            at = time.perf_counter()
+            rest = blocks_api.score(prefix, more, lead=LEAD, target=target, tail=TAIL)
+            blocks += more
+            loglik += rest.loglik
+            states += rest.states
+        encoded = blocks_api.encoded - before
+        count = len(blocks)
+        fit = loglik
+        if count < len(hits) and self.first_margin:
+            # min-max over two or three likelihoods keeps only their order: retrieval's
+            # top passage is overturned only by a likelihood higher by the margin
+            fit = [ll - (self.first_margin if i else 0.0) for i, ll in enumerate(loglik)]
+        reranked = combine(hits, fit, k=min(self.rerank_k, count))
         index_of = {h.passage.id: i for i, h in enumerate(hits)}
-        order = [index_of[r.passage.id] for r in reranked]
+        order = [index_of[r.passage.id] for r in reranked[:count]]
         hits = reranked
         blocks = [blocks[i] for i in order]
-        states = [scored.states[i] for i in order]
-        loglik = [scored.loglik[i] for i in order]
-        seconds["score"] = time.perf_counter() - at
+        states = [states[i] for i in order]
+        loglik = [loglik[i] for i in order]
+        seconds["score"] = seconds.get("score", 0.0) + time.perf_counter() - at
 
         at = time.perf_counter()
         ends = self.generator.end_ids()
         decode = dict(max_new_tokens=self.max_new_tokens, end_ids=ends, cancelled=cancelled,
                       head=self.output_head)
-        readable = min(self.read_k, len(hits)) if self.rerank_k > 1 else 1
+        readable = min(self.read_k, count) if self.rerank_k > 1 else 1
         counts = {"read": 0, "decoded": 0}
 
         def reading(state, **options):  # one decode, counted
@@ -324,7 +381,6 @@ class ExtractiveReader:
             question, prefix, blocks, [list(done.ids)])
         seconds["support"] = time.perf_counter() - at
 
-        tokens = max(scored.target_tokens, 1)
         features = {
             "pmi": (max(loglik) - scored.null_loglik) / tokens if scored.null_loglik is not None
             else 0.0,
@@ -345,7 +401,7 @@ class ExtractiveReader:
                 verdict = "Yes" if yes > no else "No"
         return Reading(hits, answer, weights, masses, abstained, features, list(done.ids),
                        done.logprob, len(done.ids), counts["read"], counts["decoded"], encoded,
-                       seconds, raw_span, verdict)
+                       seconds, count, raw_span, verdict)
 
     def support_of(self, question: str, hits: Sequence[Hit], *,
                    sentences: Sequence[str] = (), ids: Sequence[int] = ()

@@ -508,3 +508,55 @@ def test_a_failed_support_pass_leaves_the_chat_answer_complete(tmp_path, retriev
     assert turn.status == "complete" and answer and turn.support == []
     row = m.history.turns(turn.conversation_id)[0]
     assert row["status"] == "complete" and row["answer"] == answer
+
+
+def test_a_factoid_scores_its_top_passages_first_and_the_rest_when_they_explain_it_poorly(
+        retriever, tiny_generator):
+    from assistant.reader import ExtractiveReader
+
+    question = "Which NFL team won Super Bowl 50?"
+    hits = retriever.search(question, k=3, mode="convex").hits
+    options = dict(rerank_k=3, read_k=2, abstain_below=0)
+    every = ExtractiveReader(tiny_generator, **options).read(question, hits)
+    assert every.scored == 3 and len(every.support) == 3
+    # the first passage explains the question well enough: the others are not scored
+    one = ExtractiveReader(tiny_generator, rerank_first=1, more_below=float("-inf"),
+                           **options).read(question, hits)
+    assert one.scored == 1 and len(one.support) == 1 and one.answer.source in (1, None)
+    assert [h.passage.id for h in one.hits] == [h.passage.id for h in hits]
+    assert [h.rank for h in one.hits] == [1, 2, 3]
+    # ... and poorly: all are scored, and the reading is the one that scored all at once
+    more = ExtractiveReader(tiny_generator, rerank_first=1, more_below=float("inf"),
+                            **options).read(question, hits)
+    assert more.scored == 3 and more.encoded == 0  # the blocks came from the cache
+    assert [h.passage.id for h in more.hits] == [h.passage.id for h in every.hits]
+    assert more.raw_span == every.raw_span and more.ids == every.ids
+    assert more.features["pmi"] == pytest.approx(every.features["pmi"], abs=1e-3)
+    # with two scored, retrieval's top passage stays first unless the second passage makes
+    # the question more likely by the margin
+    ids = [h.passage.id for h in hits]
+    for margin, first in ((1e9, ids[0]), (-1e9, ids[1])):
+        two = ExtractiveReader(tiny_generator, rerank_first=2, more_below=float("-inf"),
+                               first_margin=margin, **options).read(question, hits)
+        assert two.scored == 2 and two.hits[0].passage.id == first
+        assert {h.passage.id for h in two.hits[:2]} == set(ids[:2])
+        assert two.hits[2].passage.id == ids[2]
+
+
+def test_a_factoid_turn_shows_support_only_for_the_passages_it_scored(
+        tmp_path, retriever, tiny_generator, monkeypatch):
+    import assistant.reader
+
+    monkeypatch.setattr(assistant.reader, "RERANK_MORE_BELOW", float("-inf"))
+    history = History(tmp_path / "history.db")
+    m = block_manager(history, retriever, tiny_generator, read_k=2, rerank_first=1)
+    turn = m.ask("Which NFL team won Super Bowl 50?")
+    list(turn)
+    assert turn.form == "factoid" and turn.reading.scored == 1 and turn.reading.encoded <= 1
+    assert len(turn.hits) == 3 and turn.support == [pytest.approx(1.0)]
+    row = history.turns(turn.conversation_id)[0]
+    assert [s["support"] is None for s in row["sources"]] == [False, True, True]
+    # an answer that quotes sentences scores every passage at once
+    how = m.ask("How did the Denver Broncos win Super Bowl 50?")
+    list(how)
+    assert how.form == "explanation" and how.reading.scored == 3 and len(how.support) == 3
