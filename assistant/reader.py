@@ -304,7 +304,11 @@ class ExtractiveReader:
                                   null=True)
         loglik, states = list(scored.loglik), list(scored.states)
         tokens = max(scored.target_tokens, 1)
-        if first < len(hits) and (max(loglik) - scored.null_loglik) / tokens < self.more_below:
+
+        def pmi(values: Sequence[float]) -> float:  # of the best passage, nats per token
+            return (max(values) - scored.null_loglik) / tokens
+
+        if first < len(hits) and pmi(loglik) < self.more_below:
             seconds["score"] = time.perf_counter() - at
             at = time.perf_counter()
             more = blocks_api.blocks(prefix, items[first:])
@@ -382,8 +386,7 @@ class ExtractiveReader:
         seconds["support"] = time.perf_counter() - at
 
         features = {
-            "pmi": (max(loglik) - scored.null_loglik) / tokens if scored.null_loglik is not None
-            else 0.0,
+            "pmi": pmi(loglik) if scored.null_loglik is not None else 0.0,
             "loglik": max(loglik) / tokens,
             "logprob": done.mean_logprob,
             "score": hits[0].score,
