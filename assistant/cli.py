@@ -122,11 +122,12 @@ def load_embedder(settings: Settings, *, for_index: bool = False):
                         f"({runtime}): {str(exc).splitlines()[0]}") from None
 
 
-def load_generator(settings: Settings, *, say=None, model_lock=None):
+def load_generator(settings: Settings, *, say=None, model_lock=None, prepacked=None):
     """The generator named in settings; converts an embedded GGUF on first use.
 
     ``model_lock``: held while a model is built (the one-time conversion, the weights); see
-    :func:`start_generator`."""
+    :func:`start_generator`. ``prepacked``: the weights of the model's folder being packed
+    (:func:`generation.start_prepack`)."""
     from .generation import GenerationError, TransformersGenerator
     from .models import ModelNotFound, generator_path, is_embedded
 
@@ -140,7 +141,9 @@ def load_generator(settings: Settings, *, say=None, model_lock=None):
                                      precision=settings.precision, model_lock=model_lock,
                                      cache_dir=settings.prefix_cache_dir,
                                      plain_tokenizer=is_embedded(settings.generator_model),
-                                     screen_head=settings.output_head == "screened")
+                                     screen_head=settings.output_head == "screened",
+                                     prepacked=prepacked if prepacked is not None
+                                     and prepacked.folder == Path(path) else None)
     except (ModelNotFound, GenerationError) as exc:
         raise UserError(str(exc)) from None
 
@@ -154,18 +157,19 @@ class GeneratorLoad:
             at once.
     """
 
-    def __init__(self, settings: Settings, say=None):
+    def __init__(self, settings: Settings, say=None, prepacked=None):
         import threading
 
         self.models = threading.Lock()
         self._box: dict = {}
-        self._thread = threading.Thread(target=self._run, args=(settings, say),
+        self._thread = threading.Thread(target=self._run, args=(settings, say, prepacked),
                                         name="load-generator", daemon=True)
         self._thread.start()
 
-    def _run(self, settings: Settings, say) -> None:
+    def _run(self, settings: Settings, say, prepacked) -> None:
         try:
-            self._box["generator"] = load_generator(settings, say=say, model_lock=self.models)
+            self._box["generator"] = load_generator(settings, say=say, model_lock=self.models,
+                                                    prepacked=prepacked)
         except BaseException as exc:  # re-raised on the calling thread by result()
             self._box["error"] = exc
 
@@ -183,15 +187,23 @@ def start_generator(settings: Settings, *, say=None) -> GeneratorLoad:
     embedder while holding the returned load's ``models`` lock; then call ``result()``.
 
     torch and transformers are imported here first, on the calling thread, so that the two
-    loads never import the same modules at once, and their progress bars are silenced."""
+    loads never import the same modules at once, and their progress bars are silenced. A
+    model already on disk starts packing its weights (float16 on a CPU) right after torch is
+    imported, beside the rest of the imports (:func:`generation.start_prepack`)."""
+    prepacked = None
     if not is_remote(settings.generator_model):
         import torch  # noqa: F401
-        import transformers  # noqa: F401
 
         from . import generation
+        from .models import ready_path
+
+        path = ready_path(settings.generator_model, settings.models_dir)
+        if path is not None:
+            prepacked = generation.start_prepack(path, settings.precision, settings.device)
+        import transformers  # noqa: F401
 
         generation.quiet_hub()  # before the embedder loads: no weight-loading bar of theirs
-    return GeneratorLoad(settings, say)
+    return GeneratorLoad(settings, say, prepacked)
 
 
 def _remote_generator(settings: Settings):

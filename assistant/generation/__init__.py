@@ -333,6 +333,26 @@ def pick_device(requested: str = "auto") -> str:
     raise GenerationError(f"unknown device {requested!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
+def start_prepack(path: str | Path, precision: str, device: str):
+    """Start packing the weights of the local model folder ``path`` in float16 on background
+    threads (:class:`~assistant.generation.precision.Prepack`) when ``precision`` on
+    ``device`` will pack them (``fp16`` or ``mixed`` on a CPU) and the folder has
+    safetensors files; else None. Call it as soon as torch is imported: the packing then runs
+    beside the imports of transformers and the model's code, which keep one core busy with
+    the GIL held (BENCHMARKS.md, "Loading")."""
+    from . import precision as precisions
+
+    if not any(Path(path).glob("*.safetensors")):
+        return None
+    try:
+        device = pick_device(device)
+        if device != "cpu" or precisions.resolve(precision, device) not in ("fp16", "mixed"):
+            return None
+    except (GenerationError, precisions.PrecisionError):
+        return None  # the load itself reports it
+    return precisions.Prepack(path)
+
+
 @contextlib.contextmanager
 def _no_gguf_progress_bar():
     """Silence transformers' plain-tqdm bar while de-quantising (it would draw over the chat
@@ -433,6 +453,8 @@ class TransformersGenerator:
             from the int4 copy of the output head, exact where a token can be chosen (see
             :class:`~assistant.generation.precision.Int4Head`; only where it runs and gains:
             a CPU, a head of at least 64 M weights, a ``cache_dir``).
+        prepacked: a :class:`~assistant.generation.precision.Prepack` of ``path`` started
+            before this (:func:`start_prepack`): its pieces replace packing the weights again.
 
     Raises:
         GenerationError: the model cannot be found or loaded, or the precision cannot run
@@ -441,7 +463,8 @@ class TransformersGenerator:
 
     def __init__(self, name: str, path: str, *, device: str = "auto", precision: str = "fp32",
                  model_lock=None, cache_dir: str | Path | None = None,
-                 plain_tokenizer: bool = False, screen_head: bool = False):
+                 plain_tokenizer: bool = False, screen_head: bool = False,
+                 prepacked=None):
         quiet_hub()
         from concurrent.futures import ThreadPoolExecutor
 
@@ -473,7 +496,7 @@ class TransformersGenerator:
                 model = self._build(path, dtype, model_lock)
             self.model = model.to(self.device)
             self.model = precisions.apply(self.model.eval(), self.precision, self.device,
-                                          head=self.has_chat_template)
+                                          head=self.has_chat_template, prepacked=prepacked)
         except precisions.PrecisionError as exc:
             raise GenerationError(str(exc)) from None
         except (OSError, ValueError) as exc:
