@@ -97,6 +97,7 @@ class Composer:
             hits.append(extra)
             candidates += (forms.heading_sentences(len(hits) - 1, extra.passage.heading, term)
                            + forms.sentences(len(hits) - 1, extra.passage.text))
+        candidates = forms.distinct(candidates)
         if said:
             spoken = _plain(said)
             fresh = [c for c in candidates if _plain(c.text) not in spoken]

@@ -368,6 +368,20 @@ def score_sentences(question: str, candidates: Sequence[Sentence], similarity: S
     return out
 
 
+def distinct(candidates: Sequence[Sentence]) -> list[Sentence]:
+    """``candidates`` without a sentence whose text (case and spacing aside) came before:
+    passages cut with an overlap repeat the end of the one before, and an answer must not
+    quote a sentence twice. The first (best-ranked passage's) copy is kept."""
+    seen: set[str] = set()
+    out = []
+    for candidate in candidates:
+        key = " ".join(candidate.text.lower().split())
+        if key not in seen:
+            seen.add(key)
+            out.append(candidate)
+    return out
+
+
 def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Sequence[float],
            *, most: int = 3, anchor: int | None = None, anchor_slack: float = 0.15,
            side_scores: Sequence[Sequence[float]] = (),

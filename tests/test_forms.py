@@ -423,6 +423,17 @@ def test_a_summary_opens_the_document_and_goes_on_in_its_next_passage():
                                      "Another sentence here."]
 
 
+def test_a_sentence_repeated_by_an_overlapping_passage_is_quoted_once():
+    c = _sentences((0, 0, "Assert statements insert checks:"), (0, 1, "They  are removed."),
+                   (1, 0, "they are removed."), (1, 1, "Another sentence here."))
+    kept = forms.distinct(c)
+    assert [(s.hit, s.index) for s in kept] == [(0, 0), (0, 1), (1, 1)]
+    got = forms.choose("summary", "Summarize the assert statement.", kept, [0.9, 0.5, 0.3],
+                       anchor=0, then=[1])
+    assert [s.text for s in got] == ["Assert statements insert checks:", "They  are removed.",
+                                     "Another sentence here."]
+
+
 def test_a_recap_names_each_turn_and_keeps_a_bare_verdict_with_its_reason():
     turns = [(1, "Are tuples immutable?", "**Yes.** Tuples are immutable sequences. [1] More."),
              (3, "What is a list?", "Lists are mutable sequences. [2] They hold items.")]
