@@ -28,7 +28,9 @@ float16 on a CPU keeps the arithmetic in float32 and only stores the Linear laye
 shaped stack of 126 Linear layers 42.4 → 22.2 ms per token, its 262,144-row head 54.0 → 15.2 ms,
 and a 800-token prefill of one layer 15.8 → 13.4 ms; the answers of 300 SQuAD dev questions
 were all the float32 ones. Packing the weights costs about 2 s per load (Gemma 3 270M, packed in
-pieces on two threads: fbgemm packs each piece on one). On CUDA ``fp16`` loads the whole model in float16.
+pieces on two threads: fbgemm packs each piece on one); :class:`Prepack` does it from the
+model's files while transformers is still being imported. On CUDA ``fp16`` loads the whole
+model in float16.
 
 This module imports torch; only :mod:`assistant.generation` imports it.
 """
