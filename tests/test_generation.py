@@ -255,6 +255,29 @@ def test_weights_packed_from_the_files_while_loading_are_used_only_where_they_ma
     assert start_prepack(tmp_path, "fp16", "cpu") is None  # no safetensors files
 
 
+def test_a_model_is_ready_to_prepack_only_when_its_folder_is_on_disk(tmp_path):
+    from assistant.models import ready_path
+
+    assert ready_path("gemma-3-270m", tmp_path) is None  # not converted yet
+    (tmp_path / "gemma-3-270m").mkdir()
+    (tmp_path / "gemma-3-270m" / "config.json").write_text("{}")
+    assert ready_path("gemma-3-270m", tmp_path) == str(tmp_path / "gemma-3-270m")
+    assert ready_path(str(tmp_path), tmp_path / "models") == str(tmp_path)  # a local folder
+    assert ready_path("google/gemma-3-270m", tmp_path) is None  # a hub id
+
+
+def test_an_unreadable_weights_file_leaves_the_layers_to_pack_themselves(tmp_path):
+    import torch
+
+    from assistant.generation import start_prepack
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    packed = start_prepack(tmp_path, "fp16", "cpu")
+    assert packed.pieces("model.embed_tokens.weight", torch.zeros(4, 4)) is None
+    assert packed.error is not None
+
+
 def test_the_prefix_cache_on_disk_is_keyed_by_the_model_files_and_precision(tiny_gemma_dir,
                                                                            tmp_path):
     from assistant.generation import TransformersGenerator, model_files_key
