@@ -62,10 +62,11 @@ def generator_path(name: str, models_dir: Path, *, on_convert=None) -> str:
     """
     if name not in EMBEDDED_GENERATORS:
         return name
+    converted = ready_path(name, models_dir)
+    if converted is not None:
+        return converted
     package, filename, spec = EMBEDDED_GENERATORS[name]
     out_dir = Path(models_dir) / name
-    if (out_dir / "config.json").is_file():
-        return str(out_dir)
     if package in _ASSEMBLED:
         gguf = _assemble(package, Path(models_dir) / filename)
     else:

@@ -254,9 +254,10 @@ def pack_fp16(model, threads: int | None = None, *, prefill_bf16: bool = False,
 
     linears = [(name, module) for name, module in model.named_modules()
                if type(module) is torch.nn.Linear]
-    names = {id(p): name for name, p in model.named_parameters()}  # a tied head: the embedding's
     pieces: dict[int, list] = {}
     if prepacked is not None:
+        # a parameter's first name: a tied head's weight is named as the embedding's
+        names = {id(p): name for name, p in model.named_parameters()}
         for i, (_, module) in enumerate(linears):
             found = prepacked.pieces(names.get(id(module.weight), ""), module.weight)
             if found is not None:
@@ -266,10 +267,9 @@ def pack_fp16(model, threads: int | None = None, *, prefill_bf16: bool = False,
         if i not in pieces:
             weight = module.weight.detach()
             for j, start in enumerate(range(0, weight.shape[0], PACK_ROWS)):
-                jobs.append((i, j, weight[start:start + PACK_ROWS].float().contiguous()))
+                jobs.append((i, j, weight[start:start + PACK_ROWS]))
     with ThreadPoolExecutor(max(1, threads or torch.get_num_threads())) as pool:
-        packed = list(pool.map(
-            lambda job: torch.ops.quantized.linear_prepack_fp16(job[2], None), jobs))
+        packed = list(pool.map(lambda job: _pack_rows(job[2]), jobs))
     for (i, j, _), piece in zip(jobs, packed):
         pieces.setdefault(i, []).append(piece)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -286,6 +286,12 @@ def pack_fp16(model, threads: int | None = None, *, prefill_bf16: bool = False,
             and not embedding.max_norm:
         model.set_input_embeddings(Fp16Embedding(embedding))
     return model
+
+
+def _pack_rows(rows: "torch.Tensor"):
+    """One piece of an :class:`Fp16Linear`: weight rows ``(n, in)`` (any float dtype, at most
+    :data:`PACK_ROWS`) in fbgemm's packed float16 layout."""
+    return torch.ops.quantized.linear_prepack_fp16(rows.float().contiguous(), None)
 
 
 class Prepack:
@@ -345,8 +351,7 @@ class Prepack:
 
         def pack(tensor, start: int):
             with self._gate:  # the rows are read here: a waiting piece holds no memory
-                rows = tensor[start:start + PACK_ROWS]
-                return torch.ops.quantized.linear_prepack_fp16(rows.float().contiguous(), None)
+                return _pack_rows(tensor[start:start + PACK_ROWS])
 
         try:
             with ThreadPoolExecutor(self.threads, thread_name_prefix="prepack",
