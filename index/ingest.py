@@ -18,8 +18,8 @@ from typing import Callable, Iterable, Iterator
 from .chunking import chunk_sections
 from .embedding import Embedder
 from .ignore import IgnoreRules, generated_reason, repository_folders, sphinx_folder_reason
-from .readers import SkipFile, kind_of, read_document
-from .store import Store, known_roots
+from .readers import SkipFile, kind_of, read_document, reader_version
+from .store import DUPLICATE, Store, known_roots
 
 SKIP_DIRS = {".git", ".hg", ".svn", ".venv", "venv", "node_modules", "__pycache__", ".tox",
              ".mypy_cache", ".pytest_cache", ".idea", ".vscode", "site-packages", ".cache"}
@@ -367,7 +367,12 @@ class Indexer:
 
     def _read_file(self, store: Store, c: Candidate, old: dict | None,
                    report: IndexReport) -> "_Pending | None":
-        """Read and chunk a changed file; None when unchanged or skipped (recorded in report)."""
+        """Read and chunk a changed file; None when unchanged or skipped (recorded in report).
+        A file read by older reading rules than today's for its kind is read again even when
+        unchanged."""
+        if old and old["kind"] != DUPLICATE \
+                and (old.get("reader") or 1) != reader_version(old["kind"]):
+            old = {**old, "size": None, "sha256": None}  # read by older rules: read it again
         if old and old["size"] == c.size and old["mtime_ns"] == c.mtime_ns:
             report.unchanged += 1
             return None
@@ -429,7 +434,8 @@ class Indexer:
                 report.updated += 1
             else:
                 report.added += 1
-            store.add_document(**fields, kind=p.kind, chunks=p.chunks)
+            store.add_document(**fields, kind=p.kind, chunks=p.chunks,
+                               reader=reader_version(p.kind))
             report.passages_added += len(p.chunks)
         pending.clear()
 

@@ -38,6 +38,17 @@ SUPPORTED_SUFFIXES = (TEXT_SUFFIXES | MARKDOWN_SUFFIXES | RST_SUFFIXES | HTML_SU
                       | PDF_SUFFIXES | CODE_SUFFIXES | NOTEBOOK_SUFFIXES)
 
 
+READER_VERSIONS = {"html": 2}
+"""The version of each kind's reading rules, raised when a change to them changes the passages
+a file gives (html 2: navigation and tables of contents left out). An index re-reads the
+documents that an older version read (:func:`reader_version`); a kind not listed is at 1."""
+
+
+def reader_version(kind: str) -> int:
+    """The version of the reading rules for ``kind`` (:data:`READER_VERSIONS`, else 1)."""
+    return READER_VERSIONS.get(kind, 1)
+
+
 class SkipFile(Exception):
     """A file that is not indexed; ``str(exc)`` is the one-line reason shown to the user."""
 
@@ -316,6 +327,8 @@ def read_html(text: str) -> tuple[str | None, list[Section]]:
         tag.decompose()
     for tag in root.find_all(class_=re.compile(r"headerlink|sphinxsidebar|related|footer")):
         tag.decompose()
+    for tag in root.find_all(_navigation):
+        tag.decompose()
     marker = "\x00"
     for tag in root.find_all(_HEADING):
         label = tag.get_text(" ", strip=True).replace("\u00b6", "").strip()
@@ -347,6 +360,21 @@ def read_html(text: str) -> tuple[str | None, list[Section]]:
     if title is None and path:
         title = path[0][1]
     return title, sections
+
+
+_NAVIGATION_CLASS = re.compile(r"^(?:nav|navheader|navfooter|breadcrumbs?|toc)$")
+_NAVIGATION_SUMMARY = re.compile(r"^navigation\b", re.I)
+
+
+def _navigation(tag) -> bool:
+    """True for a page's navigation rather than its content: a ``role="navigation"`` element,
+    DocBook's header and footer tables (``class="nav"``/``navheader``/``navfooter``, summary
+    "Navigation header"/"Navigation footer") and its chapter tables of contents
+    (``class="toc"``), breadcrumbs. Their text is other pages' titles: as passages they match
+    a question by those titles and hold no answer."""
+    if tag.get("role") == "navigation" or _NAVIGATION_SUMMARY.match(tag.get("summary") or ""):
+        return True
+    return any(_NAVIGATION_CLASS.match(name) for name in tag.get("class") or ())
 
 
 def _clean_extracted(text: str) -> str:

@@ -171,7 +171,7 @@ def _create_schema(db: sqlite_utils.Database) -> None:
         """CREATE TABLE documents (
             id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT UNIQUE NOT NULL, root TEXT,
             size INTEGER, mtime_ns INTEGER, sha256 TEXT, title TEXT, kind TEXT,
-            n_passages INTEGER, indexed_at REAL)"""
+            n_passages INTEGER, indexed_at REAL, reader INTEGER)"""
     )
     db.execute(
         """CREATE TABLE passages (
@@ -310,6 +310,8 @@ class Store:
                     )
                 _copy_database(old.db, gen_dir)
                 db = _connect(gen_dir / _DB)
+                if "reader" not in db["documents"].columns_dict:  # built before it was kept
+                    db.execute("ALTER TABLE documents ADD COLUMN reader INTEGER")
                 vectors = old.vectors  # the old store is dropped: no second copy in memory
                 old.close()
             else:
@@ -583,10 +585,13 @@ class Store:
     def add_document(
         self, *, path: str, root: str, size: int, mtime_ns: int, sha256: str, title: str,
         kind: str, chunks: Sequence[Chunk], vectors: np.ndarray | None = None,
+        reader: int = 1,
     ) -> int:
         """Insert a document with its passages and their embeddings ``(len(chunks), dim)``;
         returns the document id. Without ``vectors`` the passages are stored pending: BM25
         finds them at once, :meth:`pending_passages` hands them to the embedder later.
+        ``reader``: the version of the reading rules that made the passages
+        (:func:`index.readers.reader_version`), kept in the document's ``reader`` column.
 
         Raises:
             ValueError: ``vectors`` does not have one row per chunk.
@@ -597,6 +602,7 @@ class Store:
         doc_id = self.db["documents"].insert({
             "path": path, "root": root, "size": size, "mtime_ns": mtime_ns, "sha256": sha256,
             "title": title, "kind": kind, "n_passages": len(chunks), "indexed_at": time.time(),
+            "reader": reader,
         }).last_pk
         ids = []
         for ordinal, chunk in enumerate(chunks):

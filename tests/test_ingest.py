@@ -295,6 +295,41 @@ def test_another_embedding_runtime_reembeds_every_passage(tmp_path, corpus_dir, 
     store.close()
 
 
+def test_files_read_by_older_reading_rules_are_read_again(tmp_path, fake_embedder,
+                                                          monkeypatch):
+    """An index made before a kind's reading rules changed re-reads that kind's files, and only
+    those, on the next run, even though the files did not change; so does an index made before
+    the version was kept (no ``reader`` column: version 1)."""
+    import sqlite3
+
+    from index import readers
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "page.html").write_text(
+        "<html><body><table summary='Navigation header'><tr><th>The Manual</th></tr></table>"
+        "<h1>Halftime</h1><p>The halftime show was headlined by Coldplay.</p></body></html>")
+    (folder / "notes.md").write_text("# Notes\n\nBeyonce sang at the halftime show.\n")
+    monkeypatch.setattr(readers, "READER_VERSIONS", {"html": 1})
+    indexer = make_indexer(tmp_path, fake_embedder)
+    indexer.run([folder])
+    index = tmp_path / "index"
+    live = index / (index / "CURRENT").read_text().strip() / "passages.db"
+    with sqlite3.connect(live) as db:  # as an index built before the column existed
+        db.execute("ALTER TABLE documents DROP COLUMN reader")
+    assert indexer.run([folder]).unchanged == 2  # the same rules: nothing read again
+
+    monkeypatch.setattr(readers, "READER_VERSIONS", {"html": 2})
+    report = indexer.run([folder])
+    assert (report.updated, report.unchanged) == (1, 1)
+    assert fake_embedder.embedded[-1] == "Halftime\nThe halftime show was headlined by Coldplay."
+    assert indexer.run([folder]).unchanged == 2
+    store = Store.open(index)
+    assert {Path(p).name: row["reader"] or 1 for p, row in store.documents().items()} == {
+        "page.html": 2, "notes.md": 1}
+    store.close()
+
+
 def test_embedding_waits_while_another_process_is_answering(tmp_path, fake_embedder):
     import subprocess
     import sys

@@ -61,6 +61,26 @@ def test_html_sections_drop_scripts_and_navigation(tmp_path, squad_passages):
     assert document.sections[1].line_start == 4 and not document.sections[1].lines_exact
 
 
+def test_html_leaves_out_docbook_navigation_and_tables_of_contents(tmp_path):
+    """DocBook's navigation header and footer tables and a chapter's table of contents hold
+    other pages' titles: as passages they would match questions by those titles alone."""
+    html = """<html><head><title>1. Introduction</title></head><body>
+<div><table class="nav" summary="Navigation header"><tr><th>Valgrind User Manual</th></tr>
+</table></div>
+<div class="chapter"><h1>1. Introduction</h1>
+<div class="toc"><p><b>Table of Contents</b></p><dl><dt>1.1. An Overview</dt></dl></div>
+<h2>1.1. An Overview</h2><p>Valgrind is an instrumentation framework.</p></div>
+<div class="navfooter"><a href="next.html">2. Using the core</a></div>
+<div role="navigation"><a href="index.html">Home</a></div>
+<table summary="Navigation footer"><tr><td>Up</td></tr></table>
+</body></html>"""
+    path = tmp_path / "manual-intro.html"
+    path.write_text(html, encoding="utf-8")
+    document = doc(path)
+    assert [(s.heading, s.text) for s in document.sections] == [
+        ("1. Introduction > 1.1. An Overview", "Valgrind is an instrumentation framework.")]
+
+
 def test_pdf_pages(tmp_path):
     path = write_pdf(tmp_path / "a.pdf", [["Super Bowl 50 was an American football game."],
                                            ["The Normans were a people."]], title="Report")
