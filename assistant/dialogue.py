@@ -21,7 +21,7 @@ from .attribution import CITATION, CitationShaper
 from .chat_reader import ChatReader
 from .composer import Composer, EmbeddingMemo
 from .forms import (classify, conversation_request, misspelt, more_request, names, recap,
-                    spelled_out)
+                    search_text, spelled_out)
 from .generation import GenerationError, GenerationStats, Generator, Reply
 from .history import History, SourceRecord
 from .extractive import (ExtractiveAnswer, example_questions, extractive_prefix,
@@ -77,7 +77,10 @@ def retrieval_query(question: str, history: Sequence[tuple[str, str]]) -> str:
     A request to say more ("Can you say more about that?") searches what the turn it is about
     searched, so it finds the same passages; a request for an example adds its words to that
     search. Either way the turn it is about is the latest that asked something of its own,
-    so "go on" after "give an example" still searches the topic."""
+    so "go on" after "give an example" still searches the topic.
+
+    Words that only ask for a summary are left out (:func:`forms.search_text`)."""
+    question = search_text(question)
     if not history:
         return question
     at = _asked(history)
@@ -89,7 +92,7 @@ def retrieval_query(question: str, history: Sequence[tuple[str, str]]) -> str:
         return base if kind == "more" else f"{base} {question}"
     words = re.findall(r"\w+", question)
     if len(words) <= 4 or _FOLLOW_UP.search(question):
-        return f"{history[at][0]} {question}"
+        return f"{search_text(history[at][0])} {question}"
     return question
 
 

@@ -155,6 +155,16 @@ def more_request(question: str) -> str | None:
     return None
 
 
+def search_text(question: str) -> str:
+    """``question`` without the words that only ask for a summary ("Summarize what Valgrind
+    is." -> "what Valgrind is."; "Give an overview of the import statement." -> "the import
+    statement."), for retrieval: the documents do not say "summarize", and a section that does
+    ("Summarizing:") is no better a source for it. Unchanged when nothing else would be left."""
+    q = _REQUEST.sub("", _LEAD_IN.sub("", " ".join(question.split())).strip())
+    rest = re.sub(r"^(?:of|on|about)\s+", "", _SUMMARY.sub("", q, count=1).strip(" ,:"))
+    return rest if rest != q and re.search(r"\w", rest) else question
+
+
 def classify(question: str, previous: str | None = None) -> str:
     """The form of ``question``: one of :data:`FORMS`.
 

@@ -36,6 +36,18 @@ def test_follow_up_queries_carry_the_previous_question():
     assert retrieval_query("anything", []) == "anything"
 
 
+def test_words_that_only_ask_for_a_summary_are_not_searched():
+    """BM25 weighs a rare word most: "Summarize" found a grammar section that says
+    "Summarizing:" ahead of any passage about the thing to summarize."""
+    assert retrieval_query("Summarize what Valgrind is.", []) == "what Valgrind is."
+    assert retrieval_query("Can you give me a short overview of the import statement?",
+                           []) == "the import statement?"
+    assert retrieval_query("What is this document about?", []) == "What is this document about?"
+    assert retrieval_query("Summarize.", []) == "Summarize."  # nothing else to search
+    history = [("Summarize the yield statement.", "...")]
+    assert retrieval_query("and return?", history) == "the yield statement. and return?"
+
+
 def test_a_request_to_say_more_is_about_the_turn_that_asked_something():
     asked = "What is the difference between a list and a tuple?"
     history = [(asked, "Lists are mutable [1]. Tuples are immutable [2].")]
