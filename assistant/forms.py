@@ -252,6 +252,9 @@ class Sentence:
     label: str = ""
     """The signature a description stands under (``object.__enter__(self)``), for its first
     sentence; quoted before it, since the description alone does not name what it describes."""
+    item: bool = False
+    """True for the first sentence of a list item (a bullet, or a description under its
+    signature)."""
 
     @property
     def full(self) -> str:
@@ -283,7 +286,8 @@ def sentences(hit: int, text: str) -> list[Sentence]:
     it does not answer it), title-case lines (headings, tables of contents), fragments with
     no closing punctuation that are not list items (text cut by code or by the passage's
     end), pointers elsewhere ("For more information on context managers, see Context
-    Manager Types.") and pieces under four words."""
+    Manager Types.") and pieces under four words. A signature is the label of the description
+    under it, or, when the passage ends before its description, a list item of its own."""
     out: list[Sentence] = []
     blocks = re.split(r"\n\s*\n|\n(?=\s*(?:[*\-•]|\d+\.)\s)", text)
     signature = ""
@@ -310,8 +314,12 @@ def sentences(hit: int, text: str) -> list[Sentence]:
                     or piece.endswith("?") or _title_case(piece)
                     or not (closed or (item and n == len(pieces) - 1))):
                 continue
-            out.append(Sentence(hit, len(out), piece, label if indented else ""))
+            labelled = label if indented else ""
+            out.append(Sentence(hit, len(out), piece, labelled,
+                                bool(labelled) or (item and n == 0)))
             label = ""
+    if signature:  # the passage ends on a signature; its description is in the next one
+        out.append(Sentence(hit, len(out), signature, item=True))
     return out
 
 
@@ -405,7 +413,9 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
     - ``definition``, ``yesno``: the lead, and the next sentence of its passage when it
       scores within 0.1 of it or the lead introduces it (ends with ":");
     - ``explanation``, ``list``: the lead and the sentences after it in its passage, up to
-      ``most`` (a list of several items may take ``most + 2``); never ending on an intro;
+      ``most`` (a list of several items may take ``most + 2``: after an intro, and when the
+      run has reached a list's items, the first sentences of the next items, each within
+      three sentences of the one before); never ending on an intro;
     - ``summary``: the first sentences of the lead's passage (``anchor``'s when given: the
       caller picks the passage), then those of the passages ``then`` (hits that continue the
       same document), up to ``most``;
@@ -461,7 +471,16 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
             run.pop()
         return run
     if form == "list":
-        return run_from(best, most + 2 if best.intro else most)
+        run = run_from(best, most + 2 if best.intro else most)
+        # a run that reached a list's items goes on to the next ones, up to ``most + 2``,
+        # each by its first sentence: "__enter__()" without "__exit__()" is half the answer
+        while run and run[-1].item and len(run) < most + 2:
+            nxt = next((c for c in same if run[-1].index < c.index <= run[-1].index + 3
+                        and c.item), None)
+            if nxt is None:
+                break
+            run.append(nxt)
+        return run
     if form == "explanation":
         return run_from(best, most)
     if form == "comparison":

@@ -199,6 +199,29 @@ def test_a_description_is_labelled_with_the_signature_it_stands_under():
         "`object.__enter__(self)`: Enter the runtime context related to this object. [1]")
 
 
+def test_a_list_answer_goes_on_through_the_items_it_reached():
+    """A passage cut before a method's description still names the method; a list answer
+    that reached the first method's description goes on to the next method."""
+    text = ("A context manager defines the runtime context of a with statement.\n\n"
+            "Typical uses include locking and unlocking resources and closing files.\n\n"
+            "object.__enter__(self)\n\n"
+            "   Enter the runtime context related to this object. The \"with\"\n   statement "
+            "binds this method’s return value to the target.\n\n"
+            "object.__exit__(self, exc_type, exc_value, traceback)\n")
+    got = forms.sentences(0, text)
+    assert [(s.item, s.label, s.text[:24]) for s in got] == [
+        (False, "", "A context manager define"), (False, "", "Typical uses include loc"),
+        (True, "object.__enter__(self)", "Enter the runtime contex"),
+        (False, "", 'The "with" statement bin'),
+        (True, "", "object.__exit__(self, ex")]
+    picked = forms.choose("list", "Which methods must a context manager define?", got,
+                          [0.9, 0.8, 0.5, 0.4, 0.3], most=3)
+    assert [s.index for s in picked] == [0, 1, 2, 4]  # the rest of __enter__'s item skipped
+    # without items, a list answer stops at ``most`` sentences
+    plain = [forms.Sentence(0, i, f"Sentence number {i} is here.") for i in range(6)]
+    assert len(forms.choose("list", "Which?", plain, [0.9] + [0.1] * 5, most=3)) == 3
+
+
 def _sentences(*texts):
     return [forms.Sentence(hit, index, text) for hit, index, text in texts]
 
