@@ -108,7 +108,8 @@ class Composer:
         vectors = self.embed(asks + [c.full for c in candidates])  # (asks + n, dim)
         similarity = vectors[len(asks):] @ vectors[:len(asks)].T  # (n, asks) cosine
         scores = forms.score_sentences(query or question, candidates,
-                                       similarity[:, 0].tolist())
+                                       similarity[:, 0].tolist(),
+                                       rank_weight=forms.rank_weight(form))
         sides = [similarity[:, j + 1].tolist() for j in range(len(things))]
         then: list[int] = []
         if form == "summary":

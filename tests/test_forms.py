@@ -222,6 +222,19 @@ def test_a_list_answer_goes_on_through_the_items_it_reached():
     assert len(forms.choose("list", "Which?", plain, [0.9] + [0.1] * 5, most=3)) == 3
 
 
+def test_a_sentence_of_a_better_ranked_passage_wins_a_near_tie_except_in_a_comparison():
+    c = [forms.Sentence(0, 0, "A break in the first suite ends the loop, not the else clause."),
+         forms.Sentence(1, 0, "It ends the nearest loop, skipping the else clause.")]
+    q = "Why does a for loop have an else clause?"
+    similarity = [0.72, 0.82]  # the second passage's sentence is a little closer
+    explained = forms.score_sentences(q, c, similarity, rank_weight=forms.rank_weight(
+        "explanation"))
+    assert forms.choose("explanation", q, c, explained, most=1) == [c[0]]
+    compared = forms.score_sentences(q, c, similarity, rank_weight=forms.rank_weight(
+        "comparison"))
+    assert compared[1] > compared[0]  # each side of a comparison may be in another passage
+
+
 def _sentences(*texts):
     return [forms.Sentence(hit, index, text) for hit, index, text in texts]
 
