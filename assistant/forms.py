@@ -155,13 +155,21 @@ def more_request(question: str) -> str | None:
     return None
 
 
+_ASKS_DIFFERENCE = re.compile(
+    r"^(?:what(?:'s| is| are)|tell me|explain) the (?:main |key )?differences? between\s+"
+    r"|^(?:compare|contrast)\s+", re.I)
+
+
 def search_text(question: str) -> str:
-    """``question`` without the words that only ask for a summary ("Summarize what Valgrind
-    is." -> "what Valgrind is."; "Give an overview of the import statement." -> "the import
-    statement."), for retrieval: the documents do not say "summarize", and a section that does
-    ("Summarizing:") is no better a source for it. Unchanged when nothing else would be left."""
+    """``question`` without the words that only ask for a summary or a comparison, for
+    retrieval ("Summarize what Valgrind is." -> "what Valgrind is."; "Give an overview of the
+    import statement." -> "the import statement."; "What is the difference between a list
+    and a tuple?" -> "a list and a tuple?"): the documents do not say "summarize", and a
+    passage that does ("Summarizing:", "yields the difference of its arguments") is no
+    better a source for it. Unchanged when nothing else would be left."""
     q = _REQUEST.sub("", _LEAD_IN.sub("", " ".join(question.split())).strip())
     rest = re.sub(r"^(?:of|on|about)\s+", "", _SUMMARY.sub("", q, count=1).strip(" ,:"))
+    rest = _ASKS_DIFFERENCE.sub("", rest, count=1)
     return rest if rest != q and re.search(r"\w", rest) else question
 
 

@@ -36,13 +36,17 @@ def test_follow_up_queries_carry_the_previous_question():
     assert retrieval_query("anything", []) == "anything"
 
 
-def test_words_that_only_ask_for_a_summary_are_not_searched():
+def test_words_that_only_ask_for_a_summary_or_a_comparison_are_not_searched():
     """BM25 weighs a rare word most: "Summarize" found a grammar section that says
     "Summarizing:" ahead of any passage about the thing to summarize."""
     assert retrieval_query("Summarize what Valgrind is.", []) == "what Valgrind is."
     assert retrieval_query("Can you give me a short overview of the import statement?",
                            []) == "the import statement?"
     assert retrieval_query("What is this document about?", []) == "What is this document about?"
+    # nor those that only ask for a comparison: "the difference of its arguments" is about "-"
+    assert retrieval_query("What is the difference between the and and or operators?",
+                           []) == "the and and or operators?"
+    assert retrieval_query("Compare Memcheck and DRD.", []) == "Memcheck and DRD."
     assert retrieval_query("Summarize.", []) == "Summarize."  # nothing else to search
     history = [("Summarize the yield statement.", "...")]
     assert retrieval_query("and return?", history) == "the yield statement. and return?"
@@ -51,14 +55,16 @@ def test_words_that_only_ask_for_a_summary_are_not_searched():
 def test_a_request_to_say_more_is_about_the_turn_that_asked_something():
     asked = "What is the difference between a list and a tuple?"
     history = [(asked, "Lists are mutable [1]. Tuples are immutable [2].")]
+    searched = retrieval_query(asked, [])
+    assert searched == "a list and a tuple?"
     # the same search as the turn it is about: the same passages
-    assert retrieval_query("Can you say more about that?", history) == asked
+    assert retrieval_query("Can you say more about that?", history) == searched
     assert retrieval_query("Could you give an example?", history) == \
-        f"{asked} Could you give an example?"
+        f"{searched} Could you give an example?"
     # a chain of requests keeps the topic, and so does a short follow-up after them
     history += [("Can you say more about that?", "..."), ("Give me an example.", "...")]
-    assert retrieval_query("go on", history) == asked
-    assert retrieval_query("and sets?", history) == f"{asked} and sets?"
+    assert retrieval_query("go on", history) == searched
+    assert retrieval_query("and sets?", history) == f"{searched} and sets?"
     # the extractive reader answers the question they are about, not the request
     assert reading_question("Tell me more.", history) == asked
     assert reading_question("and sets?", history) == "and sets?"
