@@ -1,6 +1,7 @@
 """Question forms, sentence choice and answer rendering (assistant/forms.py), the composer over
 real passages with a real embedder, and the question-set metrics (assistant/question_set.py)."""
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -363,6 +364,28 @@ def test_each_missing_side_is_searched_for_quoted(real_embedder):
                         'How do the operator and the "==" operator differ?']
     assert len(out.hits) == 3 and "identity" in out.answer.text and "values" in out.answer.text
     assert "[2]" in out.answer.text and "[3]" in out.answer.text
+
+
+@pytest.mark.slow
+def test_a_yes_no_answer_says_no_when_the_evidence_does_and_never_a_bare_yes(real_embedder):
+    q = "Can a list be used as a dictionary key?"
+    keys = _hit(0, "Values that are not hashable, such as lists, may not be used as keys. "
+                   "Dictionaries map keys to values.")
+    composer = Composer(real_embedder.embed)
+    said_no = dataclasses.replace(_reading([keys], span="not hashable"), verdict="No")
+    assert composer.compose("yesno", q, said_no).answer.text.startswith("**No.** Values")
+    # the model's "Yes" against the same evidence, or beside a sentence that only shares
+    # the question's words, is not shown
+    said_yes = dataclasses.replace(said_no, verdict="Yes")
+    assert composer.compose("yesno", q, said_yes).answer.text.startswith("Values")
+    lists = _hit(0, "Return a list of all the keys used in the dictionary d. It is new.")
+    out = composer.compose("yesno", q, dataclasses.replace(_reading([lists], span="list"),
+                                                           verdict="Yes"))
+    assert not out.answer.text.startswith("**")
+    # "No" needs a negation in the evidence
+    out = composer.compose("yesno", q, dataclasses.replace(_reading([lists], span="list"),
+                                                           verdict="No"))
+    assert not out.answer.text.startswith("**")
 
 
 @pytest.mark.slow
