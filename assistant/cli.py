@@ -348,6 +348,11 @@ def _print_report(console, report) -> None:
     if report.reembedded:
         console.print("Every passage was embedded again: the index's vectors came from another "
                       "embedding runtime.", markup=False)
+    if report.reread:
+        kinds = ", ".join(f"{n} {kind.upper() if kind in ('html', 'pdf') else kind}"
+                          for kind, n in sorted(report.reread.items()))
+        console.print(f"Read again, unchanged: {kinds} file(s), because this version reads "
+                      f"them better.", markup=False)
     if report.skipped:
         console.print(f"[yellow]Skipped {len(report.skipped)} file(s):")
         for path, reason in report.skipped:

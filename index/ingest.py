@@ -45,6 +45,9 @@ class IndexReport:
             pending).
         reembedded: True when the index's vectors came from another embedding runtime and
             every passage was embedded again.
+        reread: ``{kind: files}`` read again although unchanged, because an older version
+            of that kind's reading rules read them (:data:`index.readers.READER_VERSIONS`);
+            they count as ``updated`` too.
         checkpoints: times the run published what it had so far.
         retrained: what happened when the vectors outgrew their FAISS index kind (one line
             each, e.g. ``vector index: flat (exact) -> IVF512,SQ8 (nprobe 64) for 100,001
@@ -73,6 +76,7 @@ class IndexReport:
     ignored: Counter = field(default_factory=Counter)
     embedded: int = 0
     reembedded: bool = False
+    reread: Counter = field(default_factory=Counter)
     checkpoints: int = 0
     retrained: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -372,6 +376,8 @@ class Indexer:
         unchanged."""
         if old and old["kind"] != DUPLICATE \
                 and (old.get("reader") or 1) != reader_version(old["kind"]):
+            if old["size"] == c.size and old["mtime_ns"] == c.mtime_ns:
+                report.reread[old["kind"]] += 1
             old = {**old, "size": None, "sha256": None}  # read by older rules: read it again
         if old and old["size"] == c.size and old["mtime_ns"] == c.mtime_ns:
             report.unchanged += 1

@@ -321,7 +321,7 @@ def test_files_read_by_older_reading_rules_are_read_again(tmp_path, fake_embedde
 
     monkeypatch.setattr(readers, "READER_VERSIONS", {"html": 2})
     report = indexer.run([folder])
-    assert (report.updated, report.unchanged) == (1, 1)
+    assert (report.updated, report.unchanged, report.reread) == (1, 1, {"html": 1})
     assert fake_embedder.embedded[-1] == "Halftime\nThe halftime show was headlined by Coldplay."
     assert indexer.run([folder]).unchanged == 2
     store = Store.open(index)
