@@ -79,7 +79,8 @@ def retrieval_query(question: str, history: Sequence[tuple[str, str]]) -> str:
     search. Either way the turn it is about is the latest that asked something of its own,
     so "go on" after "give an example" still searches the topic.
 
-    Words that only ask for a summary are left out (:func:`forms.search_text`)."""
+    Words that only ask for a summary or a comparison are left out
+    (:func:`forms.search_text`)."""
     question = search_text(question)
     if not history:
         return question

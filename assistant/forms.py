@@ -270,6 +270,12 @@ class Sentence:
         return f"{self.label}: {self.text}" if self.label else self.text
 
     @property
+    def bare(self) -> bool:
+        """True for a signature alone, its description cut off by the passage's end: a list
+        item, but no answer to quote on its own."""
+        return self.item and not self.label and bool(_SIGNATURE.match(self.text))
+
+    @property
     def intro(self) -> bool:
         """True for a sentence that introduces what follows ("... as follows:")."""
         return self.text.endswith(":")
@@ -457,7 +463,8 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
     if form == "summary" and anchor is not None:
         lead = anchor  # the passage to summarise, chosen by the caller
     elif form != "comparison":
-        leads = [i for i in order if not candidates[i].intro or form == "list"] or order
+        leads = [i for i in order if form == "list" or not (
+            candidates[i].intro or candidates[i].bare)] or order
         lead = leads[0]
         if anchor is not None and scores[anchor] >= scores[lead] - anchor_slack:
             lead = anchor
@@ -523,7 +530,8 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
                                                       text.startswith(key) else 0.0)
 
             named = [i for i in range(len(candidates)) if names_thing(candidates[i].full, key)
-                     and candidates[i] not in picked and not candidates[i].intro]
+                     and candidates[i] not in picked and not candidates[i].intro
+                     and not candidates[i].bare]
             if named:
                 # a sentence that says of this side what another sentence says of another
                 # side ("continue may only occur in a loop" beside "break may only occur in

@@ -218,6 +218,10 @@ def test_a_list_answer_goes_on_through_the_items_it_reached():
     picked = forms.choose("list", "Which methods must a context manager define?", got,
                           [0.9, 0.8, 0.5, 0.4, 0.3], most=3)
     assert [s.index for s in picked] == [0, 1, 2, 4]  # the rest of __enter__'s item skipped
+    # a signature alone is no answer to a question of another form
+    assert got[4].bare and not got[2].bare
+    assert forms.choose("definition", "What does __exit__ do?", got,
+                        [0.1, 0.1, 0.1, 0.1, 0.9])[0].index != 4
     # without items, a list answer stops at ``most`` sentences
     plain = [forms.Sentence(0, i, f"Sentence number {i} is here.") for i in range(6)]
     assert len(forms.choose("list", "Which?", plain, [0.9] + [0.1] * 5, most=3)) == 3
