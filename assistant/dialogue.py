@@ -81,20 +81,22 @@ def retrieval_query(question: str, history: Sequence[tuple[str, str]]) -> str:
 
     Words that only ask for a summary or a comparison are left out
     (:func:`forms.search_text`)."""
-    question = search_text(question)
+    searched = search_text(question)
     if not history:
-        return question
+        return searched
     at = _asked(history)
     if at is None:
-        return question
+        return searched
     kind = more_request(question)
     if kind is not None:
         base = retrieval_query(history[at][0], history[:at])
-        return base if kind == "more" else f"{base} {question}"
+        return base if kind == "more" else f"{base} {searched}"
+    # whether it is a follow-up is told by the question as asked: "What is the difference
+    # between lists and tuples?" is not short for having its request words left out
     words = re.findall(r"\w+", question)
     if len(words) <= 4 or _FOLLOW_UP.search(question):
-        return f"{search_text(history[at][0])} {question}"
-    return question
+        return f"{search_text(history[at][0])} {searched}"
+    return searched
 
 
 def reading_question(question: str, history: Sequence[tuple[str, str]]) -> str:

@@ -50,6 +50,9 @@ def test_words_that_only_ask_for_a_summary_or_a_comparison_are_not_searched():
     assert retrieval_query("Summarize.", []) == "Summarize."  # nothing else to search
     history = [("Summarize the yield statement.", "...")]
     assert retrieval_query("and return?", history) == "the yield statement. and return?"
+    # a question is a follow-up by its words as asked, not by what is left to search
+    assert retrieval_query("What is the difference between lists and tuples?", history) == \
+        "lists and tuples?"
 
 
 def test_a_request_to_say_more_is_about_the_turn_that_asked_something():
