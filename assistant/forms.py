@@ -141,13 +141,18 @@ def spelled_out(acronym: str, texts: Sequence[str]) -> str | None:
     return None
 
 
+def _asked_for(question: str) -> str:
+    """``question`` with its white space collapsed, a leading "and"/"so"/"well" and a polite
+    "Can you"/"please" left out: what it asks ("Can you explain X?" -> "explain X?")."""
+    return _REQUEST.sub("", _LEAD_IN.sub("", " ".join(question.split())).strip())
+
+
 def more_request(question: str) -> str | None:
     """``"more"`` when ``question`` only asks to say more about the previous answer ("Can you
     say more about that?", "go on", "tell me more"), ``"example"`` when it asks for an example
     of it ("Could you give an example?"), else None. Such a request has no topic of its own:
     the turn it follows gives it (:func:`assistant.dialogue.retrieval_query`)."""
-    q = _LEAD_IN.sub("", " ".join(question.split())).strip()
-    q = _REQUEST.sub("", q)
+    q = _asked_for(question)
     if _MORE.match(q):
         return "more"
     if _EXAMPLE.match(q):
@@ -167,7 +172,7 @@ def search_text(question: str) -> str:
     and a tuple?" -> "a list and a tuple?"): the documents do not say "summarize", and a
     passage that does ("Summarizing:", "yields the difference of its arguments") is no
     better a source for it. Unchanged when nothing else would be left."""
-    q = _REQUEST.sub("", _LEAD_IN.sub("", " ".join(question.split())).strip())
+    q = _asked_for(question)
     rest = re.sub(r"^(?:of|on|about)\s+", "", _SUMMARY.sub("", q, count=1).strip(" ,:"))
     rest = _ASKS_DIFFERENCE.sub("", rest, count=1)
     return rest if rest != q and re.search(r"\w", rest) else question
@@ -183,8 +188,7 @@ def classify(question: str, previous: str | None = None) -> str:
     ("Can you say more about that?", "go on") keeps a previous form of several sentences,
     else is an explanation.
     """
-    q = _LEAD_IN.sub("", " ".join(question.split())).strip()
-    q = _REQUEST.sub("", q)
+    q = _asked_for(question)
     if _TELL_ME.match(q):  # "tell me what a tuple is": "what is a tuple"
         q = _EMBEDDED_WHAT.sub(r"what \g<verb> \g<term>", _TELL_ME.sub("", q))
         q = _EMBEDDED_DOES.sub(r"what does \g<term> do", q)
