@@ -19,7 +19,7 @@ from .chunking import chunk_sections
 from .embedding import Embedder
 from .ignore import IgnoreRules, generated_reason, repository_folders, sphinx_folder_reason
 from .readers import SkipFile, kind_of, read_document, reader_version
-from .store import DUPLICATE, Store, known_roots
+from .store import Store, known_roots
 
 SKIP_DIRS = {".git", ".hg", ".svn", ".venv", "venv", "node_modules", "__pycache__", ".tox",
              ".mypy_cache", ".pytest_cache", ".idea", ".vscode", "site-packages", ".cache"}
@@ -374,14 +374,13 @@ class Indexer:
         """Read and chunk a changed file; None when unchanged or skipped (recorded in report).
         A file read by older reading rules than today's for its kind is read again even when
         unchanged."""
-        if old and old["kind"] != DUPLICATE \
-                and (old.get("reader") or 1) != reader_version(old["kind"]):
-            if old["size"] == c.size and old["mtime_ns"] == c.mtime_ns:
-                report.reread[old["kind"]] += 1
-            old = {**old, "size": None, "sha256": None}  # read by older rules: read it again
+        # a duplicate's row has no reader version (1) and its kind no rules of its own (1)
+        current = old is not None and (old.get("reader") or 1) == reader_version(old["kind"])
         if old and old["size"] == c.size and old["mtime_ns"] == c.mtime_ns:
-            report.unchanged += 1
-            return None
+            if current:
+                report.unchanged += 1
+                return None
+            report.reread[old["kind"]] += 1
         if c.size > self.max_file_bytes:
             report.skipped.append((str(c.path), f"too large ({c.size / 2**20:.1f} MiB > "
                                                 f"{self.max_file_bytes / 2**20:.0f} MiB)"))
@@ -392,7 +391,7 @@ class Indexer:
             report.skipped.append((str(c.path), f"cannot read ({exc.strerror or exc})"))
             return None
         digest = hashlib.sha256(data).hexdigest()
-        if old and old["sha256"] == digest:
+        if current and old["sha256"] == digest:
             store.touch_document(old["id"], size=c.size, mtime_ns=c.mtime_ns)
             report.unchanged += 1
             return None
