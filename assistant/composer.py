@@ -59,15 +59,20 @@ class Composer:
     Args:
         embed: ``embed(texts) -> (n, dim)`` L2-normalised float32 (the retriever's embedder).
         search: ``search(query, k) -> list[Hit]`` for a comparison's missing side, or None.
+        opening: ``opening(document_id) -> list[Hit]``: a document's first passages, where
+            a summary of it starts; or None (a summary then starts at the earliest passage
+            retrieved).
         passages: how many of the top reranked passages sentences are drawn from.
         most: most sentences in an answer.
     """
 
     def __init__(self, embed: Callable[[Sequence[str]], np.ndarray],
                  search: Callable[[str, int], list[Hit]] | None = None, *,
+                 opening: Callable[[int], list[Hit]] | None = None,
                  passages: int = 3, most: int = 3):
         self.embed = embed
         self.search = search
+        self.opening = opening
         self.passages = passages
         self.most = most
 
@@ -89,14 +94,25 @@ class Composer:
                       forms.heading_sentences(i, h.passage.heading, term)
                       + forms.sentences(i, h.passage.text)]
         extras: list[Hit] = []
-        if form == "comparison" and self.search is not None:
+        later: list[int] = []  # hits past ``used`` whose sentences are candidates too
+        summed = _summarised(query or question, used) if form == "summary" else 0
+        if form == "summary" and self.opening is not None:
+            at = {h.passage.id: i for i, h in enumerate(hits)}
+            for hit in self.opening(used[summed].passage.document_id):
+                if hit.passage.id not in at:
+                    extras.append(hit)
+                elif at[hit.passage.id] >= len(used):
+                    later.append(at[hit.passage.id])
+        elif form == "comparison" and self.search is not None:
             extras = self._missing_sides(question, things, candidates, hits)
         elif form == "definition" and self.search is not None:
             extras = [h for h in [self._definition(term, candidates, hits)] if h is not None]
         for extra in extras:
             hits.append(extra)
-            candidates += (forms.heading_sentences(len(hits) - 1, extra.passage.heading, term)
-                           + forms.sentences(len(hits) - 1, extra.passage.text))
+            later.append(len(hits) - 1)
+        for i in later:
+            candidates += (forms.heading_sentences(i, hits[i].passage.heading, term)
+                           + forms.sentences(i, hits[i].passage.text))
         candidates = forms.distinct(candidates)
         if said:
             spoken = _plain(said)
@@ -113,7 +129,7 @@ class Composer:
         sides = [similarity[:, j + 1].tolist() for j in range(len(things))]
         then: list[int] = []
         if form == "summary":
-            anchor, then = _opening(hits[: len(used)], candidates)
+            anchor, then = _opening(hits, candidates, summed)
         else:
             anchor = _anchor(reading, candidates)
         picked = forms.choose(form, question, candidates, scores, most=self.most,
@@ -200,13 +216,30 @@ def _anchor(reading: Reading, candidates: Sequence[forms.Sentence]) -> int | Non
                  if c.hit == source - 1 and span in c.text.lower()), None)
 
 
-def _opening(hits: Sequence[Hit],
-             candidates: Sequence[forms.Sentence]) -> tuple[int | None, list[int]]:
+def _summarised(query: str, hits: Sequence[Hit]) -> int:
+    """Index of the hit whose document a summary is about: the best-ranked one whose
+    document title holds the largest share of the query's content words ("the raise
+    statement" is 'The "raise" statement', not 'The "try" statement' ranked above it)."""
+    words = forms.content_words(query)
+    if not words:
+        return 0
+    share = [len(words & forms.content_words(h.passage.title or h.passage.heading))
+             for h in hits]
+    return max(range(len(hits)), key=lambda i: (share[i], -i))
+
+
+def _opening(hits: Sequence[Hit], candidates: Sequence[forms.Sentence],
+             top: int = 0) -> tuple[int | None, list[int]]:
     """For a summary: the index of the first sentence of the earliest passage (by line) of
-    the top hit's file among ``hits`` (a document is summed up from its opening), or None;
-    and the hits of that file after it, in line order (where the summary goes on)."""
-    top = hits[0].passage
-    same = sorted((i for i, h in enumerate(hits) if h.passage.path == top.path),
-                  key=lambda i: (hits[i].passage.line_start or 0, i))
+    the file of ``hits[top]`` among ``hits`` (a document is summed up from its opening), or
+    None; and the hits of that file after it, in line order (where the summary goes on;
+    passages on the same line, as an HTML file's often are, by id: the order they were
+    stored in). Only hits with a sentence among ``candidates`` count."""
+    path = hits[top].passage.path
+    quoted = {c.hit for c in candidates}
+    same = sorted((i for i, h in enumerate(hits) if h.passage.path == path and i in quoted),
+                  key=lambda i: (hits[i].passage.line_start or 0, hits[i].passage.id))
+    if not same:
+        return None, []
     first = next((k for k, c in enumerate(candidates) if c.hit == same[0]), None)
     return first, same[1:]

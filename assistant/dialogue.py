@@ -47,6 +47,8 @@ _FOLLOW_UP = re.compile(
 class _Retriever(Protocol):
     def search(self, query: str, *, k: int = 5, mode: str = "convex"): ...
 
+    def opening(self, document_id: int, n: int = 2): ...
+
 
 def cited_numbers(answer: str) -> list[int]:
     """Source numbers cited in ``answer`` as ``[n]``, ``[n, m]`` or ``[n-m]``, in first-seen order."""
@@ -695,7 +697,8 @@ class DialogueManager:
         composer = None
         if form != "factoid":
             composer = Composer(self._embed, search=lambda q, k:
-                                self.retriever.search(q, k=k, mode=self.mode).hits)
+                                self.retriever.search(q, k=k, mode=self.mode).hits,
+                                opening=self.retriever.opening)
         prompt = Prompt([{"role": "user", "content": question_text(question)}],
                         passages_used=len(hits), tokens=0)
 

@@ -293,7 +293,9 @@ _SIGNATURE = re.compile(r"^(?:class |async def |def )?[A-Za-z_][\w.]*\(.{0,80}\)
 _POINTER = re.compile(
     r"^(?:for (?:more|further|additional|full) (?:information|details|discussion)\b"
     r"|see (?:also\b|the (?:section|chapter|documentation)\b|section\b|chapter\b)"
-    r"|refer to\b|more (?:information|details) (?:on|about|can be found)\b)", re.I)
+    r"|refer to\b|more (?:information|details) (?:on|about|can be found)\b"
+    r"|(?:additional|more|further) (?:information|details)\b.{0,80}\b(?:can|may) be found\b)",
+    re.I)
 
 
 def sentences(hit: int, text: str) -> list[Sentence]:
@@ -361,7 +363,7 @@ def _title_case(text: str) -> bool:
 
 
 _BACK_REFERENCE = re.compile(r"^(therefore|thus|hence|so|this|these|that|those|it|they|its|"
-                             r"their|however|but|also|then|otherwise|instead|in short)\b",
+                             r"their|however|but|also|then|otherwise|instead|in short|such)\b",
                              re.I)
 
 

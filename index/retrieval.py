@@ -176,3 +176,9 @@ class Retriever:
         hits = [Hit(passages[pid], score, rank, dense_rank.get(pid), bm25_rank.get(pid))
                 for rank, (pid, score) in enumerate(kept, start=1)]
         return SearchResult(hits, (time.perf_counter() - started) * 1000)
+
+    def opening(self, document_id: int, n: int = 2) -> list[Hit]:
+        """The first ``n`` passages of a document as hits (score 0, rank 0: not found by a
+        search), for a summary of the document, which starts where the document does."""
+        self.store = self.store.refreshed()
+        return [Hit(p, 0.0, 0) for p in self.store.opening(document_id, n)]

@@ -538,6 +538,14 @@ class Store:
         by_id = {r[0]: Passage(*r) for r in rows}
         return [by_id[i] for i in ids if i in by_id]
 
+    def opening(self, document_id: int, n: int) -> list[Passage]:
+        """The first ``n`` passages of a document, in order (fewer when it has fewer; none
+        for an unknown id)."""
+        ids = [r[0] for r in self.db.execute(
+            "SELECT id FROM passages WHERE document_id = ? ORDER BY ordinal LIMIT ?",
+            [int(document_id), int(n)])]
+        return self.passages(ids)
+
     def dense_search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
         """Inner-product search: ``query`` (dim,) unit vector -> ``[(passage id, cosine)]``,
         best first, at most ``k``."""

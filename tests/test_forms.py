@@ -164,9 +164,18 @@ def test_pointers_elsewhere_are_not_sentences_to_quote():
     text = ("A context manager defines __enter__() and __exit__(). For more information on "
             "context managers, see Context Manager Types.\n\nSee also: PEP 343, the with "
             "statement. See section 3.3.9 for how methods are looked up. Refer to the library "
-            "reference for details.")
+            "reference for details. Additional information on exceptions can be found in "
+            "section Exceptions.")
     assert [s.text for s in forms.sentences(0, text)] == [
         "A context manager defines __enter__() and __exit__()."]
+
+
+def test_a_sentence_about_such_a_thing_leans_on_the_one_before():
+    said = forms.sentences(0, 'A function defined with "async def" is a coroutine function. '
+                              "Such a function returns a coroutine object when called.")
+    assert [forms.leans_back(s) for s in said] == [False, True]
+    got = forms.choose("definition", "What is a coroutine function?", said, [0.5, 0.9])
+    assert [s.index for s in got] == [0, 1]
 
 
 def test_an_indented_description_is_prose_and_indented_code_is_not():
@@ -474,6 +483,39 @@ def test_a_definition_searches_once_more_for_a_sentence_saying_what_it_is(real_e
     assert searched == ["Cachegrind is"]
     assert out.answer.text.startswith("Cachegrind is a cache and branch-prediction profiler. [2]")
     assert "It helps you make programs faster. [2]" in out.answer.text  # leans back: kept
+
+
+def test_a_summary_starts_at_the_opening_of_the_document_its_title_names(fake_embedder):
+    try_ = _hit(0, "Additional notes on the try statement and exceptions. The raise statement "
+                   "raises them here.", "try.rst")
+    later = _hit(1, "Exception chaining can be suppressed with from None in a raise.",
+                 "raise.rst")
+    opening = dataclasses.replace(later, passage=dataclasses.replace(
+        later.passage, id=7, line_start=1, text="The raise statement raises an exception. "
+                                                "Without an expression it re-raises one."),
+        score=0.0, rank=0)
+    later = dataclasses.replace(later, passage=dataclasses.replace(later.passage, line_start=40,
+                                                                   title='The "raise" statement'))
+    opening = dataclasses.replace(opening, passage=dataclasses.replace(
+        opening.passage, title='The "raise" statement'))
+    asked = []
+
+    def first_passages(document_id):
+        asked.append(document_id)
+        return [opening, later]  # the second is retrieved already: not added again
+
+    composer = Composer(fake_embedder.embed, opening=first_passages)
+    out = composer.compose("summary", "Summarize the raise statement.", _reading([try_, later]),
+                           query="the raise statement.")
+    assert asked == [later.passage.document_id]
+    assert [h.passage.id for h in out.hits] == [0, 1, 7]
+    assert out.answer.text.startswith("The raise statement raises an exception. [3] Without an "
+                                      "expression it re-raises one. [3] Exception chaining")
+    # without the document's opening at hand, the summary starts at its earliest passage found
+    plain = Composer(fake_embedder.embed).compose("summary", "Summarize the raise statement.",
+                                                  _reading([try_, later]),
+                                                  query="the raise statement.")
+    assert plain.answer.text.startswith("Exception chaining can be suppressed")
 
 
 def test_a_summary_opens_the_document_and_goes_on_in_its_next_passage():
