@@ -13,7 +13,7 @@ This module is plain Python: the scores come from the caller (the embedder and t
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from .attribution import CITATION
@@ -267,11 +267,15 @@ class Sentence:
     item: bool = False
     """True for the first sentence of a list item (a bullet, or a description under its
     signature)."""
+    code: str = ""
+    """The one-line command or code an introducing sentence leads to ("start Valgrind like
+    this:" ``valgrind --vgdb=yes --vgdb-error=0 prog``), quoted after it."""
 
     @property
     def full(self) -> str:
-        """The text with its label, as it is scored and shown."""
-        return f"{self.label}: {self.text}" if self.label else self.text
+        """The text with its label and code, as it is scored and shown."""
+        text = f"{self.text} {self.code}" if self.code else self.text
+        return f"{self.label}: {text}" if self.label else text
 
     @property
     def bare(self) -> bool:
@@ -281,8 +285,9 @@ class Sentence:
 
     @property
     def intro(self) -> bool:
-        """True for a sentence that introduces what follows ("... as follows:")."""
-        return self.text.endswith(":")
+        """True for a sentence that introduces what follows ("... as follows:") and does not
+        have it with it (a ``code`` line)."""
+        return self.text.endswith(":") and not self.code
 
 
 _SPLIT = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9\"*])")
@@ -307,7 +312,9 @@ def sentences(hit: int, text: str) -> list[Sentence]:
     no closing punctuation that are not list items (text cut by code or by the passage's
     end), pointers elsewhere ("For more information on context managers, see Context
     Manager Types.") and pieces under four words. A signature is the label of the description
-    under it, or, when the passage ends before its description, a list item of its own."""
+    under it, or, when the passage ends before its description, a list item of its own. A
+    one-line command or line of code after a sentence that introduces it ("start Valgrind
+    like this:") is that sentence's ``code``."""
     out: list[Sentence] = []
     blocks = re.split(r"\n\s*\n|\n(?=\s*(?:[*\-•]|\d+\.)\s)", text)
     signature = ""
@@ -318,6 +325,9 @@ def sentences(hit: int, text: str) -> list[Sentence]:
             continue
         if len(lines) == 1 and _SIGNATURE.match(lines[0].strip()):
             signature = lines[0].strip()  # the next block, indented, describes it
+            continue
+        if out and out[-1].intro and len(lines) == 1 and _COMMAND.match(lines[0].strip()):
+            out[-1] = replace(out[-1], code=lines[0].strip())
             continue
         indented = all(line.startswith("   ") for line in lines)
         if indented and len(lines) > 1 and not _prose(lines):
@@ -341,6 +351,13 @@ def sentences(hit: int, text: str) -> list[Sentence]:
     if signature:  # the passage ends on a signature; its description is in the next one
         out.append(Sentence(hit, len(out), signature, item=True))
     return out
+
+
+_COMMAND = re.compile(r"^(?=.{3,80}$)(?!\d+\.\s)[a-z_$(./]\S*(?: \S+){1,7}$(?<![.!?;:,])")
+"""A line of two to eight words that starts in lower case or with a symbol and has no closing
+punctuation: a command or a line of code (``valgrind --leak-check=yes myprog``, ``gdb
+prog``, ``(gdb) target remote | vgdb``), as a block of its own; not a list item, not a
+sentence cut short ("The simple form, "assert expression", is equivalent to")."""
 
 
 def _prose(lines: Sequence[str]) -> bool:
@@ -629,8 +646,8 @@ def render(picked: Sequence[Sentence], number: Callable[[int], int], *, form: st
     """The answer in Markdown: the sentences with their source numbers (``number(hit)``),
     as one paragraph, or as bullets for a ``list`` of three or more; a yes/no ``verdict``
     ("Yes"/"No") first in bold."""
-    parts = [(f"`{s.label}`: " if s.label else "") + f"{escape(s.text)} [{number(s.hit)}]"
-             for s in picked]
+    parts = [(f"`{s.label}`: " if s.label else "") + escape(s.text)
+             + (f" {_code(s.code)}" if s.code else "") + f" [{number(s.hit)}]" for s in picked]
     if form == "list" and len(parts) >= 3:
         body = "\n".join(f"- {p}" for p in parts)
     else:
@@ -638,6 +655,11 @@ def render(picked: Sequence[Sentence], number: Callable[[int], int], *, form: st
     if verdict:
         return f"**{verdict}.** {body}"
     return body
+
+
+def _code(text: str) -> str:
+    """``text`` as Markdown inline code (fenced with two backticks when it holds one)."""
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
 
 
 _RECAP = re.compile(

@@ -559,3 +559,29 @@ def test_a_split_with_no_answerable_question_has_no_recall():
     s = question_set.summary([no])
     assert s["key_fact_recall"] is None and s["gold_cited"] is None
     assert s["abstention_f1"] == 100.0
+
+
+def test_a_command_after_the_sentence_that_introduces_it_is_quoted_with_it():
+    text = ("If you want to debug a program with GDB, start Valgrind like this:\n\n"
+            "valgrind --vgdb=yes --vgdb-error=0 prog\n\nIn another shell, start GDB:\n\n"
+            "gdb prog\n\nThe next step is as follows:\n\nThis line is prose, not a command.")
+    said = forms.sentences(0, text)
+    assert [(s.text, s.code, s.intro) for s in said] == [
+        ("If you want to debug a program with GDB, start Valgrind like this:",
+         "valgrind --vgdb=yes --vgdb-error=0 prog", False),
+        ("In another shell, start GDB:", "gdb prog", False),
+        ("The next step is as follows:", "", True),
+        ("This line is prose, not a command.", "", False)]
+    assert forms.render(said[:2], lambda hit: hit + 1, form="explanation") == (
+        "If you want to debug a program with GDB, start Valgrind like this: "
+        "`valgrind --vgdb=yes --vgdb-error=0 prog` [1] In another shell, start GDB: "
+        "`gdb prog` [1]")
+
+
+def test_list_items_signatures_and_cut_sentences_are_not_taken_for_commands():
+    text = ("Here are the objects considered false:\n\n* constants defined to be false: None\n\n"
+            "Slice objects support one method:\n\nslice.indices(self, length)\n\n"
+            "   Computes the slice's start and stop for a sequence of that length.\n\n"
+            "It runs in two steps:\n\n1. find a module, loading it if necessary\n\n"
+            "Assert statements insert checks:\n\nThe simple form, \"assert x\", is equivalent to")
+    assert [s.code for s in forms.sentences(0, text)] == [""] * len(forms.sentences(0, text))
