@@ -90,3 +90,24 @@ def test_a_running_retriever_picks_up_a_newer_index(tmp_path, fake_embedder, squ
     assert retriever.store.gen_dir != first and retriever.store.stats()["documents"] == 2
     (tmp_path / "i" / "CURRENT").write_text("junk")  # a damaged newer index is not taken
     assert retriever.search("zebra crossing", k=1, mode="bm25").hits
+
+
+def test_the_opening_of_a_document_is_its_first_passages_in_order(tmp_path, fake_embedder):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    paragraphs = [f"Paragraph {n} says something about topic {n} in several plain words. " * 12
+                  for n in range(6)]
+    (docs / "long.txt").write_text("\n\n".join(paragraphs))
+    (docs / "other.txt").write_text("Another document about something else entirely.")
+    Indexer(tmp_path / "i", fake_embedder, chunk_tokens=120, chunk_overlap=0).run([docs])
+    store = Store.open(tmp_path / "i")
+    retriever = Retriever(store, fake_embedder)
+    hit = retriever.search("topic 5", k=1, mode="bm25").hits[0]
+    assert hit.passage.path.endswith("long.txt")
+    first = retriever.opening(hit.passage.document_id, 2)
+    assert first[0].passage.text.startswith("Paragraph 0") and len(first) == 2
+    assert first[0].passage.id < first[1].passage.id  # in the document's order
+    assert not any("Paragraph 5" in h.passage.text for h in first)
+    assert [h.passage.document_id for h in first] == [hit.passage.document_id] * 2
+    assert len(retriever.opening(hit.passage.document_id, 50)) < 50  # as many as there are
+    assert retriever.opening(10_000, 2) == []
