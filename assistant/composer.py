@@ -125,7 +125,9 @@ class Composer:
         similarity = vectors[len(asks):] @ vectors[:len(asks)].T  # (n, asks) cosine
         scores = forms.score_sentences(query or question, candidates,
                                        similarity[:, 0].tolist(),
-                                       rank_weight=forms.rank_weight(form))
+                                       rank_weight=forms.rank_weight(form),
+                                       headings=[f"{h.passage.title} > {h.passage.heading}"
+                                                 for h in hits])
         sides = [similarity[:, j + 1].tolist() for j in range(len(things))]
         then: list[int] = []
         if form == "summary":

@@ -426,17 +426,29 @@ def rank_weight(form: str) -> float:
     return COMPARISON_RANK_WEIGHT if form == "comparison" else RANK_WEIGHT
 
 
+HEADING_WEIGHT = 0.1
+"""Score a sentence gains (× the share of the question's content words) for its passage's
+heading: a sentence under 'The "del" statement' is about the del statement, one under
+"Special method names" that mentions ``del x`` is not (see :func:`score_sentences`)."""
+
+
 def score_sentences(question: str, candidates: Sequence[Sentence], similarity: Sequence[float],
-                    *, rank_weight: float = RANK_WEIGHT,
-                    overlap_weight: float = 0.3) -> list[float]:
+                    *, rank_weight: float = RANK_WEIGHT, overlap_weight: float = 0.3,
+                    headings: Sequence[str] = (),
+                    heading_weight: float = HEADING_WEIGHT) -> list[float]:
     """Per sentence: its embedding ``similarity`` to the question (cosine, -1..1) plus
-    ``overlap_weight`` × the share of the question's content words it holds, minus
-    ``rank_weight`` per rank of its passage (the reranked order)."""
+    ``overlap_weight`` × the share of the question's content words it holds, plus
+    ``heading_weight`` × the share its passage's heading holds (``headings[hit]``: title
+    and heading path; none when not given), minus ``rank_weight`` per rank of its passage
+    (the reranked order)."""
     words = content_words(question)
+    heads = [len(words & content_words(h)) / len(words) if words else 0.0 for h in headings]
     out = []
     for sentence, sim in zip(candidates, similarity):
         overlap = len(words & content_words(sentence.full)) / len(words) if words else 0.0
-        out.append(sim + overlap_weight * overlap - rank_weight * sentence.hit)
+        head = heads[sentence.hit] if sentence.hit < len(heads) else 0.0
+        out.append(sim + overlap_weight * overlap + heading_weight * head
+                   - rank_weight * sentence.hit)
     return out
 
 

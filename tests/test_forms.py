@@ -585,3 +585,15 @@ def test_list_items_signatures_and_cut_sentences_are_not_taken_for_commands():
             "It runs in two steps:\n\n1. find a module, loading it if necessary\n\n"
             "Assert statements insert checks:\n\nThe simple form, \"assert x\", is equivalent to")
     assert [s.code for s in forms.sentences(0, text)] == [""] * len(forms.sentences(0, text))
+
+
+def test_a_sentence_under_a_heading_naming_the_question_scores_higher():
+    c = _sentences((0, 0, "Deletion of a name removes its binding."), (1, 0, "Deletion here."))
+    plain = forms.score_sentences("How does the del statement work?", c, [0.5, 0.5],
+                                  rank_weight=0.0)
+    headed = forms.score_sentences("How does the del statement work?", c, [0.5, 0.5],
+                                   rank_weight=0.0, headings=['The "del" statement',
+                                                              "Special method names"])
+    assert plain[0] == plain[1]
+    assert headed[0] == pytest.approx(plain[0] + forms.HEADING_WEIGHT * 2 / 3)
+    assert headed[1] == plain[1]
