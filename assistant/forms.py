@@ -281,7 +281,7 @@ class Sentence:
     def bare(self) -> bool:
         """True for a signature alone, its description cut off by the passage's end: a list
         item, but no answer to quote on its own."""
-        return self.item and not self.label and bool(_SIGNATURE.match(self.text))
+        return self.item and not self.label and _labels(self.text)
 
     @property
     def intro(self) -> bool:
@@ -295,6 +295,17 @@ _JUNK = re.compile(r"^[*=~^#\-_]{3,}$|::=|^\s*>>>|^\s*\.\.\.\s|\+-{3,}|\|.*\|")
 _ABBREVIATION = re.compile(r"\b(?:e\.g|eg|i\.e|ie|cf|etc|vs|viz|approx|no|fig|sec)\. ", re.I)
 _BULLET = re.compile(r"^(?:[*\-•]|\d+\.|\(\w\))\s+")
 _SIGNATURE = re.compile(r"^(?:class |async def |def )?[A-Za-z_][\w.]*\(.{0,80}\)(?: -> \S.*)?$")
+_OPTION = re.compile(r"^--?[A-Za-z][\w-]*(?:=\S+)?(?:,? --?[A-Za-z][\w-]*(?:=\S+)?)*"
+                     r"(?: \[default: [^\]]{1,40}\])?$")
+"""A command-line option as a manual lists it, alone on its line above its description
+(``--track-origins=<yes|no> [default: no]``, ``-z --zero``)."""
+
+
+def _labels(line: str) -> bool:
+    """True for a line that names what the block under it describes: a signature
+    (``object.__enter__(self)``) or a command-line option (:data:`_OPTION`)."""
+    return bool(_SIGNATURE.match(line) or _OPTION.match(line))
+
 _POINTER = re.compile(
     r"^(?:for (?:more|further|additional|full) (?:information|details|discussion)\b"
     r"|see (?:also\b|the (?:section|chapter|documentation)\b|section\b|chapter\b)"
@@ -311,8 +322,9 @@ def sentences(hit: int, text: str) -> list[Sentence]:
     it does not answer it), title-case lines (headings, tables of contents), fragments with
     no closing punctuation that are not list items (text cut by code or by the passage's
     end), pointers elsewhere ("For more information on context managers, see Context
-    Manager Types.") and pieces under four words. A signature is the label of the description
-    under it, or, when the passage ends before its description, a list item of its own. A
+    Manager Types.") and pieces under four words. A signature or a command-line option alone
+    on its line is the label of the description under it, or, when the passage ends before
+    its description, a list item of its own. A
     one-line command or line of code after a sentence that introduces it ("start Valgrind
     like this:") is that sentence's ``code``."""
     out: list[Sentence] = []
@@ -323,8 +335,8 @@ def sentences(hit: int, text: str) -> list[Sentence]:
         label, signature = signature, ""
         if not lines or any(_JUNK.search(line.strip()) for line in lines[:1]):
             continue
-        if len(lines) == 1 and _SIGNATURE.match(lines[0].strip()):
-            signature = lines[0].strip()  # the next block, indented, describes it
+        if len(lines) == 1 and _labels(lines[0].strip()):
+            signature = lines[0].strip()  # the next block describes it
             continue
         if out and out[-1].intro and len(lines) == 1 and _COMMAND.match(lines[0].strip()):
             out[-1] = replace(out[-1], code=lines[0].strip())
@@ -344,7 +356,8 @@ def sentences(hit: int, text: str) -> list[Sentence]:
                     or piece.endswith("?") or _title_case(piece)
                     or not (closed or (item and n == len(pieces) - 1))):
                 continue
-            labelled = label if indented else ""
+            # Sphinx indents a signature's description; a manual need not indent an option's
+            labelled = label if indented or _OPTION.match(label) else ""
             out.append(Sentence(hit, len(out), piece, labelled,
                                 bool(labelled) or (item and n == 0)))
             label = ""

@@ -597,3 +597,19 @@ def test_a_sentence_under_a_heading_naming_the_question_scores_higher():
     assert plain[0] == plain[1]
     assert headed[0] == pytest.approx(plain[0] + forms.HEADING_WEIGHT * 2 / 3)
     assert headed[1] == plain[1]
+
+
+def test_a_command_line_option_labels_the_description_under_it():
+    text = ("--track-origins=<yes|no> [default: no]\n\nControls whether Memcheck tracks the "
+            "origin of uninitialised values. By default, it does not.\n\n-z --zero\n\n"
+            "Zero all event counters.\n\n--num-callers=<number> [default: 12]")
+    said = forms.sentences(0, text)
+    assert [(s.label, s.text, s.item, s.bare) for s in said] == [
+        ("--track-origins=<yes|no> [default: no]",
+         "Controls whether Memcheck tracks the origin of uninitialised values.", True, False),
+        ("", "By default, it does not.", False, False),
+        ("-z --zero", "Zero all event counters.", True, False),
+        ("", "--num-callers=<number> [default: 12]", True, True)]  # cut off: not quoted alone
+    assert forms.render(said[:1], lambda hit: hit + 1, form="definition") == (
+        "`--track-origins=<yes|no> [default: no]`: Controls whether Memcheck tracks the origin "
+        "of uninitialised values. [1]")
