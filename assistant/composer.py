@@ -90,8 +90,9 @@ class Composer:
         used = hits[: (len(hits) if form == "comparison" else self.passages)]
         term = forms.defined_term(question) if form == "definition" else ""
         things = (forms.compared(question) or ()) if form == "comparison" else ()
+        terms = list(things) if form == "comparison" else [term]  # said in headings
         candidates = [s for i, h in enumerate(used) for s in
-                      forms.heading_sentences(i, h.passage.heading, term)
+                      forms.heading_sentences(i, h.passage.heading, terms)
                       + forms.sentences(i, h.passage.text)]
         extras: list[Hit] = []
         later: list[int] = []  # hits past ``used`` whose sentences are candidates too
@@ -111,7 +112,7 @@ class Composer:
             hits.append(extra)
             later.append(len(hits) - 1)
         for i in later:
-            candidates += (forms.heading_sentences(i, hits[i].passage.heading, term)
+            candidates += (forms.heading_sentences(i, hits[i].passage.heading, terms)
                            + forms.sentences(i, hits[i].passage.text))
         candidates = forms.distinct(candidates)
         if said:

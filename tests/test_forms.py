@@ -613,3 +613,20 @@ def test_a_command_line_option_labels_the_description_under_it():
     assert forms.render(said[:1], lambda hit: hit + 1, form="definition") == (
         "`--track-origins=<yes|no> [default: no]`: Controls whether Memcheck tracks the origin "
         "of uninitialised values. [1]")
+
+
+def test_a_comparison_takes_what_each_side_is_from_chapter_titles():
+    heading = "9.\xa0Massif: a heap profiler > 9.2.\xa0Using Massif"
+    titled = forms.heading_sentences(0, heading, ["Massif", "DHAT"])
+    assert [(s.hit, s.index, s.text) for s in titled] == [(0, -1, "Massif: a heap profiler")]
+    assert forms.heading_sentences(1, "10. DHAT: a dynamic heap analysis tool", ["", "DHAT"])[
+        0].text == "DHAT: a dynamic heap analysis tool"
+    c = titled + _sentences(
+        (0, 0, "Massif does not have a massif.h file, but it implements two requests."),
+        (1, -1, "DHAT: a dynamic heap analysis tool"),
+        (1, 0, "DHAT been thoroughly overhauled, improved, and given a GUI."))
+    got = forms.choose("comparison", "What is the difference between Massif and DHAT?", c,
+                       [0.52, 0.657, 0.466, 0.508],  # as measured on the Valgrind manual
+                       side_scores=[[0.455, 0.673, 0.3, 0.3], [0.3, 0.3, 0.346, 0.656]])
+    assert [s.text for s in got] == ["Massif: a heap profiler",
+                                     "DHAT: a dynamic heap analysis tool"]
