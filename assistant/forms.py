@@ -479,6 +479,11 @@ def distinct(candidates: Sequence[Sentence]) -> list[Sentence]:
     return out
 
 
+ASIDE_GAP = 0.3
+"""An explanation's run of sentences passes over one that scores this much below its lead
+(an aside, a sentence about something else), see :func:`choose`."""
+
+
 def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Sequence[float],
            *, most: int = 3, anchor: int | None = None, anchor_slack: float = 0.15,
            side_scores: Sequence[Sequence[float]] = (),
@@ -492,7 +497,10 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
     - ``definition``, ``yesno``: the lead, and the next sentence of its passage when it
       scores within 0.1 of it or the lead introduces it (ends with ":");
     - ``explanation``, ``list``: the lead and the sentences after it in its passage, up to
-      ``most`` (a list of several items may take ``most + 2``: after an intro, and when the
+      ``most`` (an explanation passes over a sentence scoring :data:`ASIDE_GAP` below the
+      lead unless it leans on the one before, and stops at one leaning on a sentence passed
+      over; a list of several items may take ``most + 2``:
+      after an intro, and when the
       run has reached a list's items, the first sentences of the next items, each within
       three sentences of the one before); never ending on an intro;
     - ``summary``: the first sentences of the lead's passage (``anchor``'s when given: the
@@ -523,8 +531,22 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
     if form != "summary" and before is not None and leans_back(best) and not before.intro:
         best = before  # "Therefore ..." needs the sentence it follows from
 
-    def run_from(start: Sentence, n: int) -> list[Sentence]:
-        run = [c for c in same if start.index <= c.index < start.index + n]
+    score_of = {id(c): scores[i] for i, c in enumerate(candidates)}
+
+    def run_from(start: Sentence, n: int, floor: float | None = None) -> list[Sentence]:
+        run: list[Sentence] = []
+        skipped = False
+        for c in (c for c in same if c.index >= start.index):
+            if len(run) == n:
+                break
+            if leans_back(c):
+                if skipped:
+                    break  # it leans on the sentence left out
+            elif run and floor is not None and score_of[id(c)] < floor and not c.intro:
+                skipped = True  # an aside ("Rather than spelling it out, here are hints.")
+                continue
+            run.append(c)
+            skipped = False
         if run and run[-1].intro:  # "... as follows:" takes the items after it
             run += [c for c in same if run[-1].index < c.index <= run[-1].index + 2]
         while len(run) > 1 and run[-1].intro:
@@ -563,7 +585,7 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
             run.append(nxt)
         return run
     if form == "explanation":
-        return run_from(best, most)
+        return run_from(best, most, floor=scores[lead] - ASIDE_GAP)
     if form == "comparison":
         things = compared(question) or ()
         picked: list[Sentence] = []

@@ -630,3 +630,14 @@ def test_a_comparison_takes_what_each_side_is_from_chapter_titles():
                        side_scores=[[0.455, 0.673, 0.3, 0.3], [0.3, 0.3, 0.346, 0.656]])
     assert [s.text for s in got] == ["Massif: a heap profiler",
                                      "DHAT: a dynamic heap analysis tool"]
+
+
+def test_an_explanation_passes_over_an_aside_and_stops_at_what_leans_on_it():
+    c = _sentences((0, 0, "Deletion is defined like assignment."),
+                   (0, 1, "Rather than spelling it out, here are some hints."),
+                   (0, 2, "Deletion of a name removes its binding from the namespace."),
+                   (0, 3, "It raises NameError for an unbound name."))
+    got = forms.choose("explanation", "How does del work?", c, [0.63, 0.09, 0.62, 0.14])
+    assert [s.index for s in got] == [0, 2, 3]  # the aside left out; "It ..." follows its own
+    got = forms.choose("explanation", "How does del work?", c, [0.63, 0.6, 0.1, 0.14])
+    assert [s.index for s in got] == [0, 1]  # "It ..." would lean on the sentence passed over
