@@ -279,8 +279,8 @@ class Sentence:
 
     @property
     def bare(self) -> bool:
-        """True for a signature alone, its description cut off by the passage's end: a list
-        item, but no answer to quote on its own."""
+        """True for a signature or an option alone, its description cut off by the passage's
+        end: a list item, but no answer to quote on its own."""
         return self.item and not self.label and _labels(self.text)
 
     @property
@@ -324,9 +324,8 @@ def sentences(hit: int, text: str) -> list[Sentence]:
     end), pointers elsewhere ("For more information on context managers, see Context
     Manager Types.") and pieces under four words. A signature or a command-line option alone
     on its line is the label of the description under it, or, when the passage ends before
-    its description, a list item of its own. A
-    one-line command or line of code after a sentence that introduces it ("start Valgrind
-    like this:") is that sentence's ``code``."""
+    its description, a list item of its own. A one-line command or line of code after a
+    sentence that introduces it ("start Valgrind like this:") is that sentence's ``code``."""
     out: list[Sentence] = []
     blocks = re.split(r"\n\s*\n|\n(?=\s*(?:[*\-•]|\d+\.)\s)", text)
     signature = ""
@@ -499,10 +498,9 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
     - ``explanation``, ``list``: the lead and the sentences after it in its passage, up to
       ``most`` (an explanation passes over a sentence scoring :data:`ASIDE_GAP` below the
       lead unless it leans on the one before, and stops at one leaning on a sentence passed
-      over; a list of several items may take ``most + 2``:
-      after an intro, and when the
-      run has reached a list's items, the first sentences of the next items, each within
-      three sentences of the one before); never ending on an intro;
+      over; a list of several items may take ``most + 2``: after an intro, and when the run
+      has reached a list's items, the first sentences of the next items, each within three
+      sentences of the one before); never ending on an intro;
     - ``summary``: the first sentences of the lead's passage (``anchor``'s when given: the
       caller picks the passage), then those of the passages ``then`` (hits that continue the
       same document), up to ``most``;
