@@ -38,9 +38,10 @@ SUPPORTED_SUFFIXES = (TEXT_SUFFIXES | MARKDOWN_SUFFIXES | RST_SUFFIXES | HTML_SU
                       | PDF_SUFFIXES | CODE_SUFFIXES | NOTEBOOK_SUFFIXES)
 
 
-READER_VERSIONS = {"html": 2}
+READER_VERSIONS = {"html": 3}
 """The version of each kind's reading rules, raised when a change to them changes the passages
-a file gives (html 2: navigation and tables of contents left out). An index re-reads the
+a file gives (html 2: navigation and tables of contents left out; 3: title-page release,
+copyright and legal notices and page footers too). An index re-reads the
 documents that an older version read (:func:`reader_version`); a kind not listed is at 1."""
 
 
@@ -362,17 +363,23 @@ def read_html(text: str) -> tuple[str | None, list[Section]]:
     return title, sections
 
 
-_NAVIGATION_CLASS = re.compile(r"^(?:nav|navheader|navfooter|breadcrumbs?|toc)$")
+_NAVIGATION_CLASS = re.compile(r"^(?:nav|navheader|navfooter|breadcrumbs?|toc|releaseinfo|"
+                               r"copyright|legalnotice|pubdate|revhistory|footer)$")
 _NAVIGATION_SUMMARY = re.compile(r"^navigation\b", re.I)
 
 
 def _navigation(tag) -> bool:
-    """True for a page's navigation rather than its content: a ``role="navigation"`` element,
-    DocBook's header and footer tables (``class="nav"``/``navheader``/``navfooter``, summary
-    "Navigation header"/"Navigation footer") and its chapter tables of contents
-    (``class="toc"``), breadcrumbs. Their text is other pages' titles: as passages they match
-    a question by those titles and hold no answer."""
-    if tag.get("role") == "navigation" or _NAVIGATION_SUMMARY.match(tag.get("summary") or ""):
+    """True for a page's navigation and furniture rather than its content: a
+    ``role="navigation"`` or ``"contentinfo"`` element, DocBook's header and footer tables
+    (``class="nav"``/``navheader``/``navfooter``, summary "Navigation header"/"Navigation
+    footer") and its chapter tables of contents (``class="toc"``), breadcrumbs, a title
+    page's release, copyright and legal notices (``releaseinfo``, ``copyright``,
+    ``legalnotice``, ``pubdate``, ``revhistory``) and a page footer (``class="footer"``, as
+    Sphinx writes it). Their text is other pages' titles or the same notice on every page: as
+    passages they match a question by those words and hold no answer ("Release 3.19.0 …
+    Copyright © 2000-2022 Valgrind Developers" ranked first for "What is Valgrind?")."""
+    if tag.get("role") in ("navigation", "contentinfo") or _NAVIGATION_SUMMARY.match(
+            tag.get("summary") or ""):
         return True
     return any(_NAVIGATION_CLASS.match(name) for name in tag.get("class") or ())
 

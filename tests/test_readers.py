@@ -63,7 +63,8 @@ def test_html_sections_drop_scripts_and_navigation(tmp_path, squad_passages):
 
 def test_html_leaves_out_docbook_navigation_and_tables_of_contents(tmp_path):
     """DocBook's navigation header and footer tables and a chapter's table of contents hold
-    other pages' titles: as passages they would match questions by those titles alone."""
+    other pages' titles, title pages and footers the same notices on every page: as passages
+    they would match questions by those words alone."""
     html = """<html><head><title>1. Introduction</title></head><body>
 <div><table class="nav" summary="Navigation header"><tr><th>Valgrind User Manual</th></tr>
 </table></div>
@@ -73,6 +74,10 @@ def test_html_leaves_out_docbook_navigation_and_tables_of_contents(tmp_path):
 <div class="navfooter"><a href="next.html">2. Using the core</a></div>
 <div role="navigation"><a href="index.html">Home</a></div>
 <table summary="Navigation footer"><tr><td>Up</td></tr></table>
+<div class="titlepage"><div><p class="releaseinfo">Release 3.19.0 11 Apr 2022</p></div>
+<div><p class="copyright">Copyright 2000-2022 Valgrind Developers</p></div>
+<div class="legalnotice"><p>Email: valgrind@valgrind.org</p></div></div>
+<div class="footer">Last updated on Apr 11, 2022. Created using Sphinx.</div>
 </body></html>"""
     path = tmp_path / "manual-intro.html"
     path.write_text(html, encoding="utf-8")
