@@ -2,7 +2,8 @@
 
 A file is re-read only when its size or mtime changed, and re-embedded only when its content
 hash (SHA-256) changed too; documents under a scanned root that no longer exist are removed.
-Unreadable, binary, empty, undecodable, oversized and unparsable files are skipped and reported.
+Unreadable, binary, empty, undecodable, oversized and unparsable files are skipped and reported;
+an indexed file that becomes empty, binary or unparsable loses its old passages.
 """
 
 from __future__ import annotations
@@ -373,7 +374,8 @@ class Indexer:
                    report: IndexReport) -> "_Pending | None":
         """Read and chunk a changed file; None when unchanged or skipped (recorded in report).
         A file read by older reading rules than today's for its kind is read again even when
-        unchanged."""
+        unchanged. An indexed file that now reads as nothing (emptied, broken, or all
+        navigation by today's rules) is skipped and its old passages removed."""
         # a duplicate's row has no reader version (1) and its kind no rules of its own (1)
         current = old is not None and (old.get("reader") or 1) == reader_version(old["kind"])
         if old and old["size"] == c.size and old["mtime_ns"] == c.mtime_ns:
@@ -399,6 +401,9 @@ class Indexer:
             document = read_document(c.path, data, kind_of(c.path) or "text")
         except SkipFile as exc:
             report.skipped.append((str(c.path), str(exc)))
+            if old is not None:  # what it held before is not what it reads as now
+                report.passages_removed += store.remove_document(old["id"])
+                report.removed += 1
             return None
         if store.primary(digest) is not None or digest in self._run_digests:
             # The same bytes as a document already indexed: stored once, this path recorded

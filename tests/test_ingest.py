@@ -330,6 +330,27 @@ def test_files_read_by_older_reading_rules_are_read_again(tmp_path, fake_embedde
     store.close()
 
 
+def test_an_indexed_file_that_now_reads_as_nothing_loses_its_passages(tmp_path, fake_embedder):
+    """A title page all notices by today's rules, a file emptied or made binary: its old
+    passages no longer say what the file says, so they go; the file is reported skipped."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "keep.md").write_text("# Keep\n\nThe halftime show was headlined by Coldplay.\n")
+    emptied = folder / "emptied.md"
+    emptied.write_text("# Old\n\nBeyonce sang at the halftime show.\n")
+    indexer = make_indexer(tmp_path, fake_embedder)
+    indexer.run([folder])
+    emptied.write_text("")
+    report = indexer.run([folder])
+    assert report.skipped == [(str(emptied), "empty")]
+    assert (report.removed, report.passages_removed, report.unchanged) == (1, 1, 1)
+    store = Store.open(tmp_path / "index")
+    assert [Path(p).name for p in store.documents()] == ["keep.md"]
+    assert Retriever(store, fake_embedder).search("Beyonce", k=1, mode="bm25").hits == []
+    store.close()
+    assert indexer.run([folder]).skipped == [(str(emptied), "empty")]  # and every run after
+
+
 def test_embedding_waits_while_another_process_is_answering(tmp_path, fake_embedder):
     import subprocess
     import sys
