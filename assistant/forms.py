@@ -494,7 +494,8 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
     reader's likelihood chose that passage and span, the scores only rank sentences.
 
     - ``definition``, ``yesno``: the lead, and the next sentence of its passage when it
-      scores within 0.1 of it or the lead introduces it (ends with ":");
+      scores within 0.1 of it, leans on it or the lead introduces it (ends with ":"), then
+      the sentences after those that lean on the one before ("It may ..."), up to ``most``;
     - ``explanation``, ``list``: the lead and the sentences after it in its passage, up to
       ``most`` (an explanation passes over a sentence scoring :data:`ASIDE_GAP` below the
       lead unless it leans on the one before, and stops at one leaning on a sentence passed
@@ -563,6 +564,12 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
         if nxt is not None and (best.intro or leans_back(nxt) or
                                 scores[candidates.index(nxt)] >= scores[lead] - 0.1):
             picked.append(nxt)
+            # and the sentences after it that go on about the same thing ("It may ...")
+            while len(picked) < most:
+                nxt = next((c for c in same if c.index == picked[-1].index + 1), None)
+                if nxt is None or not leans_back(nxt):
+                    break
+                picked.append(nxt)
         return picked
     if form == "summary":
         run = run_from(same[0], most)

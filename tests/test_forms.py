@@ -641,3 +641,16 @@ def test_an_explanation_passes_over_an_aside_and_stops_at_what_leans_on_it():
     assert [s.index for s in got] == [0, 2, 3]  # the aside left out; "It ..." follows its own
     got = forms.choose("explanation", "How does del work?", c, [0.63, 0.6, 0.1, 0.14])
     assert [s.index for s in got] == [0, 1]  # "It ..." would lean on the sentence passed over
+
+
+def test_a_definition_goes_on_through_the_sentences_that_lean_on_it():
+    c = _sentences((0, 0, 'A function defined with "async def" is a coroutine function.'),
+                   (0, 1, "Such a function returns a coroutine object when called."),
+                   (0, 2, "It may contain await expressions."),
+                   (0, 3, "Coroutines were added in version 3.5."),
+                   (0, 4, "They are awaitable."))
+    got = forms.choose("definition", "What is a coroutine function?", c,
+                       [0.9, 0.7, 0.3, 0.5, 0.2])
+    assert [s.index for s in got] == [0, 1, 2]  # not past a sentence that starts afresh
+    assert [s.index for s in forms.choose("definition", "What is a coroutine function?", c,
+                                          [0.9, 0.7, 0.3, 0.5, 0.2], most=2)] == [0, 1]
