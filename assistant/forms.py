@@ -508,7 +508,8 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
     - ``comparison``: per compared thing (:func:`compared`), the best sentence naming it, by
       the mean of its score and ``side_scores[i]`` (similarity to "What is <thing>?") when
       given, a sentence saying what the thing is ("Tuples are ...", a chapter title's
-      "Massif: a heap profiler": +0.3) or starting with it (+0.1) preferred; then the best
+      "Massif: a heap profiler", the description under its signature or option: +0.3) or
+      starting with it (+0.1) preferred; then the best
       remaining one if only one side was found;
     - ``factoid``: none (the span and its sentence are the answer).
     """
@@ -600,7 +601,8 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
 
             def value(i: int) -> float:
                 text = candidates[i].text.lower().lstrip("\"'(")
-                says = defines(candidates[i].text, thing)  # "Tuples are", "Massif: a"
+                says = (defines(candidates[i].text, thing)  # "Tuples are", "Massif: a"
+                        or names_thing(candidates[i].label, key))  # under its signature
                 return (ranked[i] + scores[i]) / 2 + (0.3 if says else 0.1 if
                                                       text.startswith(key) else 0.0)
 
@@ -669,8 +671,9 @@ def names_thing(text: str, key: str) -> bool:
 def function_thing(key: str) -> bool:
     """True when a compared thing's :func:`thing_key` is a function word or a symbol ("is",
     "and", "=="): named only quoted or standing alone (:func:`names_thing`), searched for
-    quoted (a search leaves unquoted function words out, and finds no symbol)."""
-    return not (key.isalnum() and key not in _STOP)
+    quoted (a search leaves unquoted function words out, and finds no symbol). An identifier
+    ("__repr__", "sys_path") is a name, not a symbol."""
+    return not (re.fullmatch(r"\w+", key) and key not in _STOP)
 
 
 def parallel(a: str, b: str, things: Sequence[str], *, least: float = 0.7) -> bool:

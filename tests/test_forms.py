@@ -654,3 +654,17 @@ def test_a_definition_goes_on_through_the_sentences_that_lean_on_it():
     assert [s.index for s in got] == [0, 1, 2]  # not past a sentence that starts afresh
     assert [s.index for s in forms.choose("definition", "What is a coroutine function?", c,
                                           [0.9, 0.7, 0.3, 0.5, 0.2], most=2)] == [0, 1]
+
+
+def test_a_comparison_of_two_identifiers_quotes_the_description_under_each_signature():
+    assert not forms.function_thing("__repr__") and forms.function_thing("==")
+    assert forms.names_thing("object.__repr__(self)", "__repr__")
+    c = [forms.Sentence(0, 0, "If a class defines __repr__() but not __str__(), __repr__() is "
+                              "used for both.", item=False),
+         forms.Sentence(0, 1, "Called by repr() to compute the official string.",
+                        "object.__repr__(self)", True),
+         forms.Sentence(1, 0, "Called by str() to compute the informal string.",
+                        "object.__str__(self)", True)]
+    got = forms.choose("comparison", "What is the difference between __str__ and __repr__?", c,
+                       [0.8, 0.6, 0.6])  # +0.3 for the description under the signature
+    assert [s.label for s in got] == ["object.__repr__(self)", "object.__str__(self)"]
