@@ -672,8 +672,10 @@ def function_thing(key: str) -> bool:
     """True when a compared thing's :func:`thing_key` is a function word or a symbol ("is",
     "and", "=="): named only quoted or standing alone (:func:`names_thing`), searched for
     quoted (a search leaves unquoted function words out, and finds no symbol). An identifier
-    ("__repr__", "sys_path") is a name, not a symbol."""
-    return not (re.fullmatch(r"\w+", key) and key not in _STOP)
+    ("__repr__", "sys_path") or words not all function words ("global variable",
+    "call-graph"; not "is not") are a name, not a symbol."""
+    return not (re.fullmatch(r"\w+(?:[ -]\w+)*", key)
+                and any(w not in _STOP for w in re.split(r"[ -]", key)))
 
 
 def parallel(a: str, b: str, things: Sequence[str], *, least: float = 0.7) -> bool:

@@ -658,7 +658,10 @@ def test_a_definition_goes_on_through_the_sentences_that_lean_on_it():
 
 def test_a_comparison_of_two_identifiers_quotes_the_description_under_each_signature():
     assert not forms.function_thing("__repr__") and forms.function_thing("==")
+    assert not forms.function_thing("global variable") and forms.function_thing("is not")
     assert forms.names_thing("object.__repr__(self)", "__repr__")
+    assert forms.names_thing("If a name is bound at the module level, it is a global variable.",
+                             "global variable")
     c = [forms.Sentence(0, 0, "If a class defines __repr__() but not __str__(), __repr__() is "
                               "used for both.", item=False),
          forms.Sentence(0, 1, "Called by repr() to compute the official string.",
