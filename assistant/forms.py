@@ -509,8 +509,8 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
       the mean of its score and ``side_scores[i]`` (similarity to "What is <thing>?") when
       given, a sentence saying what the thing is ("Tuples are ...", a chapter title's
       "Massif: a heap profiler", the description under its signature or option: +0.3) or
-      starting with it (+0.1) preferred; then the best
-      remaining one if only one side was found;
+      starting with it (+0.1) preferred; then the best remaining one if only one side was
+      found;
     - ``factoid``: none (the span and its sentence are the answer).
     """
     if not candidates or form == "factoid":
