@@ -560,16 +560,16 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
             if defining and scores[defining[0]] >= scores[lead] - 0.3:
                 best = candidates[defining[0]]
                 same = [c for c in candidates if c.hit == best.hit]
+        def after(sentence: Sentence) -> Sentence | None:
+            return next((c for c in same if c.index == sentence.index + 1), None)
+
         picked = [best]
-        nxt = next((c for c in same if c.index == best.index + 1), None)
+        nxt = after(best)
         if nxt is not None and (best.intro or leans_back(nxt) or
-                                scores[candidates.index(nxt)] >= scores[lead] - 0.1):
+                                score_of[id(nxt)] >= scores[lead] - 0.1):
             picked.append(nxt)
             # and the sentences after it that go on about the same thing ("It may ...")
-            while len(picked) < most:
-                nxt = next((c for c in same if c.index == picked[-1].index + 1), None)
-                if nxt is None or not leans_back(nxt):
-                    break
+            while len(picked) < most and (nxt := after(nxt)) is not None and leans_back(nxt):
                 picked.append(nxt)
         return picked
     if form == "summary":
