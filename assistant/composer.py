@@ -179,7 +179,8 @@ class Composer:
                         if w not in forms.content_words(" ".join(things)))
         for thing in things:
             key = forms.thing_key(thing)
-            if any(forms.names_thing(c.full, key) for c in named):
+            besides = [forms.thing_key(t) for t in things if t != thing]
+            if any(forms.names_thing(c.full, key, besides) for c in named):
                 continue
             query = f"{thing} {rest}".strip()
             if forms.function_thing(key):
@@ -195,7 +196,7 @@ class Composer:
                 if hit.passage.id in seen:
                     continue
                 said = forms.sentences(0, hit.passage.text)
-                if any(forms.names_thing(c.full, key) for c in said):
+                if any(forms.names_thing(c.full, key, besides) for c in said):
                     found.append(hit)
                     named += said  # a later side it names needs no search of its own
                     break

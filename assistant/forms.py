@@ -301,6 +301,12 @@ _OPTION = re.compile(r"^--?[A-Za-z][\w-]*(?:=\S+)?(?:,? --?[A-Za-z][\w-]*(?:=\S+
 (``--track-origins=<yes|no> [default: no]``, ``-z --zero``)."""
 
 
+_TERM = re.compile(r"^(?![*\-•\[(]|\d+\.)\S(?:\S*)(?: \S+){0,5}$(?<![.,:;!?])")
+"""A definition list's term: a line of one to six words, not indented and not closed by
+punctuation, above its indented description ("Frozen sets" over "These represent an
+immutable set."), as reStructuredText and Sphinx's text output write them."""
+
+
 def _labels(line: str) -> bool:
     """True for a line that names what the block under it describes: a signature
     (``object.__enter__(self)``) or a command-line option (:data:`_OPTION`)."""
@@ -340,6 +346,9 @@ def sentences(hit: int, text: str) -> list[Sentence]:
         if out and out[-1].intro and len(lines) == 1 and _COMMAND.match(lines[0].strip()):
             out[-1] = replace(out[-1], code=lines[0].strip())
             continue
+        if len(lines) > 1 and _TERM.match(lines[0]) and all(
+                line.startswith("   ") for line in lines[1:]):
+            label, lines = lines[0].strip(), lines[1:]  # a definition list's term
         indented = all(line.startswith("   ") for line in lines)
         if indented and len(lines) > 1 and not _prose(lines):
             continue  # an indented code or grammar block
@@ -396,9 +405,19 @@ _BACK_REFERENCE = re.compile(r"^(therefore|thus|hence|so|this|these|that|those|i
                              re.I)
 
 
+_BACK_REFERENCE_LATER = re.compile(
+    r"^\w+ly,? (?:this|these|that|those|it|they)\b|^.{0,40}?\b(?:some|many|most|all|each|"
+    r"one|none|any|a subset|a few|several|both) of (?:these|those|them)\b", re.I)
+"""A back reference after an adverb ("Internally, this is used ...") or in a quantity early
+in the sentence ("For your convenience, a subset of these so-called client requests ...")."""
+
+
 def leans_back(sentence: Sentence) -> bool:
-    """True when the sentence leans on the one before it ("Therefore ...", "It ...")."""
-    return bool(_BACK_REFERENCE.match(sentence.text))
+    """True when the sentence leans on the one before it ("Therefore ...", "It ...",
+    "Internally, this ...", "..., a subset of these ..."); never for a labelled one
+    ("Frozen sets: These represent ..." is about its label)."""
+    return not sentence.label and bool(_BACK_REFERENCE.match(sentence.text)
+                                       or _BACK_REFERENCE_LATER.match(sentence.text))
 
 
 _STOP = frozenset("""a an the of to in on for and or is are was were be been being do does did
@@ -480,7 +499,8 @@ def distinct(candidates: Sequence[Sentence]) -> list[Sentence]:
 
 ASIDE_GAP = 0.3
 """An explanation's run of sentences passes over one that scores this much below its lead
-(an aside, a sentence about something else), see :func:`choose`."""
+and shares no content word with the sentence before it (an aside, a sentence about
+something else), see :func:`choose`."""
 
 
 def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Sequence[float],
@@ -491,14 +511,16 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
 
     The lead sentence is the best-scored one, or ``anchor`` (the index of the sentence
     holding the reader's span) when it scores within ``anchor_slack`` of the best: the
-    reader's likelihood chose that passage and span, the scores only rank sentences.
+    reader's likelihood chose that passage and span, the scores only rank sentences. A
+    lead that leans on the sentence before it ("Internally, this ...") starts from that
+    one instead, up to two sentences back (not for a summary, not from an intro).
 
     - ``definition``, ``yesno``: the lead, and the next sentence of its passage when it
       scores within 0.1 of it, leans on it or the lead introduces it (ends with ":"), then
       the sentences after those that lean on the one before ("It may ..."), up to ``most``;
     - ``explanation``, ``list``: the lead and the sentences after it in its passage, up to
       ``most`` (an explanation passes over a sentence scoring :data:`ASIDE_GAP` below the
-      lead unless it leans on the one before, and stops at one leaning on a sentence passed
+      lead unless it leans on the one before or shares a content word with it, and stops at one leaning on a sentence passed
       over; a list of several items may take ``most + 2``: after an intro, and when the run
       has reached a list's items, the first sentences of the next items, each within three
       sentences of the one before); never ending on an intro;
@@ -527,9 +549,12 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
             lead = anchor
     best = candidates[lead]
     same = [c for c in candidates if c.hit == best.hit]
-    before = next((c for c in same if c.index == best.index - 1), None)
-    if form != "summary" and before is not None and leans_back(best) and not before.intro:
-        best = before  # "Therefore ..." needs the sentence it follows from
+    if form != "summary":
+        for _ in range(2):  # "Therefore ..." needs the sentence it follows from
+            before = next((c for c in same if c.index == best.index - 1), None)
+            if before is None or not leans_back(best) or before.intro:
+                break
+            best = before
 
     score_of = {id(c): scores[i] for i, c in enumerate(candidates)}
 
@@ -542,8 +567,11 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
             if leans_back(c):
                 if skipped:
                     break  # it leans on the sentence left out
-            elif run and floor is not None and score_of[id(c)] < floor and not c.intro:
-                skipped = True  # an aside ("Rather than spelling it out, here are hints.")
+            elif (run and floor is not None and score_of[id(c)] < floor and not c.intro
+                  and not content_words(c.text) & content_words(run[-1].text)):
+                # an aside ("Rather than spelling it out, here are hints."): scores low and
+                # shares no word with the sentence before
+                skipped = True
                 continue
             run.append(c)
             skipped = False
@@ -597,16 +625,18 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
         picked: list[Sentence] = []
         for side, thing in enumerate(things):
             key = thing_key(thing)
+            besides = [thing_key(t) for t in things if t != thing]
             ranked = side_scores[side] if side < len(side_scores) else scores
 
             def value(i: int) -> float:
                 text = candidates[i].text.lower().lstrip("\"'(")
                 says = (defines(candidates[i].text, thing)  # "Tuples are", "Massif: a"
-                        or names_thing(candidates[i].label, key))  # under its signature
+                        or names_thing(candidates[i].label, key, besides))  # its label
                 return (ranked[i] + scores[i]) / 2 + (0.3 if says else 0.1 if
                                                       text.startswith(key) else 0.0)
 
-            named = [i for i in range(len(candidates)) if names_thing(candidates[i].full, key)
+            named = [i for i in range(len(candidates))
+                     if names_thing(candidates[i].full, key, besides)
                      and candidates[i] not in picked and not candidates[i].intro
                      and not candidates[i].bare]
             if named:
@@ -648,18 +678,24 @@ def defined_term(question: str) -> str:
 
 def defines(sentence: str, term: str) -> bool:
     """True when ``sentence`` says what ``term`` is: "<term> is/are ...", "<term>: a ...",
-    "The <term> statement is ..."."""
+    "The <term> statement is ...", "A <term> (ABBR) is ..."."""
     key = re.escape(thing_key(term))
-    return bool(re.match(r"^(?:the |an? )?\W?" + key + r"\w*\W?(?: \w+)?\s+(?:is|are)\b|^\W?"
-                         + key + r"\w*\W?:", sentence.strip(), re.I))
+    return bool(re.match(r"^(?:the |an? )?\W?" + key + r"\w*\W?(?: \w+| \([^()]{1,30}\))?"
+                         r"\s+(?:is|are)\b|^\W?" + key + r"\w*\W?:", sentence.strip(), re.I))
 
 
-def names_thing(text: str, key: str) -> bool:
+def names_thing(text: str, key: str, others: Sequence[str] = ()) -> bool:
     """True when ``text`` names the compared thing whose :func:`thing_key` is ``key``: as a
     substring ("tuple" in "Tuples are ..."), except for a function word or a symbol ("is",
     "and", "=="), which every sentence holds as a word or a part of one: those must stand
-    quoted or alone between spaces (the docs write operators as ``"is"``, ``x == y``)."""
+    quoted or alone between spaces (the docs write operators as ``"is"``, ``x == y``).
+    ``others``: the keys of the other compared things; one that holds ``key`` does not
+    name it ("frozen sets" is not "sets")."""
     text = text.lower()
+    stem = key[:-1] if key.endswith("s") else key  # "sets" is in "frozen set"
+    for other in others:
+        if stem and stem in other and other != key:
+            text = text.replace(other, " ")
     if key and not function_thing(key):
         return key in text
     quoted = re.escape(key)
@@ -705,7 +741,8 @@ def render(picked: Sequence[Sentence], number: Callable[[int], int], *, form: st
     """The answer in Markdown: the sentences with their source numbers (``number(hit)``),
     as one paragraph, or as bullets for a ``list`` of three or more; a yes/no ``verdict``
     ("Yes"/"No") first in bold."""
-    parts = [(f"`{s.label}`: " if s.label else "") + escape(s.text)
+    parts = [(f"`{s.label}`: " if _labels(s.label) else f"{escape(s.label)}: " if s.label
+              else "") + escape(s.text)
              + (f" {_code(s.code)}" if s.code else "") + f" [{number(s.hit)}]" for s in picked]
     if form == "list" and len(parts) >= 3:
         body = "\n".join(f"- {p}" for p in parts)

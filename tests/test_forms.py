@@ -671,3 +671,62 @@ def test_a_comparison_of_two_identifiers_quotes_the_description_under_each_signa
     got = forms.choose("comparison", "What is the difference between __str__ and __repr__?", c,
                        [0.8, 0.6, 0.6])  # +0.3 for the description under the signature
     assert [s.label for s in got] == ["object.__repr__(self)", "object.__str__(self)"]
+
+
+def test_a_definition_list_term_labels_the_description_under_it():
+    said = forms.sentences(0, "Sets\n   These represent a mutable set. They are created by\n"
+                              '   the built-in "set()" constructor.\n\n'
+                              "Frozen sets\n   These represent an immutable set.\n\n"
+                              "1. If the subject value is not a mapping, the mapping\n"
+                              "   pattern fails.")
+    assert [(s.label, s.text) for s in said] == [
+        ("Sets", "These represent a mutable set."),
+        ("", 'They are created by the built-in "set()" constructor.'),
+        ("Frozen sets", "These represent an immutable set."),
+        ("", "If the subject value is not a mapping, the mapping pattern fails.")]
+    assert not forms.leans_back(said[0])  # "These" is its label, not the sentence before
+    assert forms.render(said[2:3], lambda hit: hit + 1, form="definition") == (
+        "Frozen sets: These represent an immutable set. [1]")  # a term is not code
+
+
+def test_a_comparison_side_is_not_named_by_a_longer_side_that_holds_it():
+    c = forms.sentences(0, "Sets\n   These represent a mutable set.\n\n"
+                           "Frozen sets\n   These represent an immutable set.")
+    c.append(forms.Sentence(1, 0, 'Sets (instances of "set" or "frozenset") can be compared.'))
+    assert not forms.names_thing(c[1].full, "sets", ["frozen sets"])
+    got = forms.choose("comparison", "How do sets and frozen sets differ?", c, [0.67, 1.0, 0.82])
+    assert [s.label for s in got] == ["Sets", "Frozen sets"]
+
+
+def test_a_definition_with_an_abbreviation_and_a_back_reference_after_an_adverb():
+    assert forms.defines("A basic block vector (BBV) is a list of all basic blocks.",
+                         "basic block vector")
+    c = forms.sentences(0, "Valgrind has a trapdoor mechanism via which the client program "
+                           "can pass requests to Valgrind. Internally, this is used "
+                           "extensively. For your convenience, a subset of these so-called "
+                           "client requests is provided to tell Valgrind facts.")
+    assert [forms.leans_back(s) for s in c] == [False, True, True]
+    got = forms.choose("definition", "What are client requests?", c, [0.7, 0.2, 0.8])
+    assert [s.index for s in got] == [0, 1, 2]  # back from the lead to what it leans on
+
+
+def test_an_explanation_goes_on_through_a_lower_scoring_sentence_on_the_same_thing():
+    c = _sentences((0, 0, "It selects exactly one of the suites by evaluating the expressions "
+                          "until one is true; then that suite is executed."),
+                   (0, 1, 'If all expressions are false, the suite of the "else" clause is '
+                          "executed."))
+    got = forms.choose("explanation", "How does the if statement decide which suite to run?",
+                       c, [1.0, 0.69])
+    assert [s.index for s in got] == [0, 1]  # shares "suite", "executed": not an aside
+
+
+@pytest.mark.parametrize("name", ["more.json", "third.json"])
+def test_the_tune_only_question_files_are_well_formed(name):
+    from pathlib import Path
+
+    corpora, questions = question_set.load(
+        Path(__file__).parent.parent / "benchmarks" / "questions" / name)
+    assert {q["split"] for q in questions} == {"tune"}
+    assert {q["form"] for q in questions} == set(forms.FORMS)
+    assert all(q.get("facts") and q.get("sources") for q in questions
+               if q.get("answerable", True))
