@@ -62,6 +62,9 @@ class Composer:
         opening: ``opening(document_id) -> list[Hit]``: a document's first passages, where
             a summary of it starts; or None (a summary then starts at the earliest passage
             retrieved).
+        sections: ``sections(document_id) -> list[Hit]``: the first passage of each of a
+            document's sections, in order, for a list of the sections under a heading that
+            names what a list question asks for (:func:`forms.listed_sections`); or None.
         passages: how many of the top reranked passages sentences are drawn from.
         most: most sentences in an answer.
     """
@@ -69,10 +72,12 @@ class Composer:
     def __init__(self, embed: Callable[[Sequence[str]], np.ndarray],
                  search: Callable[[str, int], list[Hit]] | None = None, *,
                  opening: Callable[[int], list[Hit]] | None = None,
+                 sections: Callable[[int], list[Hit]] | None = None,
                  passages: int = 3, most: int = 3):
         self.embed = embed
         self.search = search
         self.opening = opening
+        self.sections = sections
         self.passages = passages
         self.most = most
 
@@ -88,6 +93,10 @@ class Composer:
             return reading
         hits = list(reading.hits)
         used = hits[: (len(hits) if form == "comparison" else self.passages)]
+        if form == "list" and self.sections is not None:
+            listed = self._listing(question, reading, used)
+            if listed is not None:
+                return listed
         term = forms.defined_term(question) if form == "definition" else ""
         things = (forms.compared(question) or ()) if form == "comparison" else ()
         terms = list(things) if form == "comparison" else [term]  # said in headings
@@ -152,6 +161,34 @@ class Composer:
                                   reading.answer.supported)
         return dataclasses.replace(reading, hits=hits, answer=answer,
                                    sentences=[(s.hit + 1, s.text) for s in picked])
+
+    def _listing(self, question: str, reading: Reading, used: Sequence[Hit]) -> Reading | None:
+        """``reading`` answered by the sections a document lists of what ``question`` asks
+        for (:func:`forms.listed_sections`, under the heading of one of the ``used`` hits,
+        best first), each item citing its section's first passage (added to the hits when
+        not among them); or None when no heading names it."""
+        for hit in used:
+            starts = self.sections(hit.passage.document_id)
+            title, items = forms.listed_sections(question, hit.passage.heading,
+                                                 [h.passage.heading for h in starts])
+            if not items:
+                continue
+            hits = list(reading.hits)
+            at = {h.passage.id: i for i, h in enumerate(hits)}
+            picked = []
+            for index, name in items:
+                start = starts[index]
+                if start.passage.id not in at:
+                    at[start.passage.id] = len(hits)
+                    hits.append(start)
+                picked.append(forms.Sentence(at[start.passage.id], -1, name, item=True))
+            text = f"{markdown_escape(title)}:\n" + forms.render(
+                picked, lambda hit: hit + 1, form="list", escape=markdown_escape)
+            answer = ExtractiveAnswer(reading.answer.span, picked[0].hit + 1, text,
+                                      reading.answer.supported)
+            return dataclasses.replace(reading, hits=hits, answer=answer,
+                                       sentences=[(s.hit + 1, s.text) for s in picked])
+        return None
 
     def _definition(self, term: str, candidates: Sequence[forms.Sentence],
                     hits: Sequence[Hit]) -> Hit | None:

@@ -49,6 +49,8 @@ class _Retriever(Protocol):
 
     def opening(self, document_id: int, n: int = 2): ...
 
+    def sections(self, document_id: int): ...
+
 
 def cited_numbers(answer: str) -> list[int]:
     """Source numbers cited in ``answer`` as ``[n]``, ``[n, m]`` or ``[n-m]``, in first-seen order."""
@@ -698,7 +700,8 @@ class DialogueManager:
         if form != "factoid":
             composer = Composer(self._embed, search=lambda q, k:
                                 self.retriever.search(q, k=k, mode=self.mode).hits,
-                                opening=self.retriever.opening)
+                                opening=self.retriever.opening,
+                                sections=self.retriever.sections)
         prompt = Prompt([{"role": "user", "content": question_text(question)}],
                         passages_used=len(hits), tokens=0)
 

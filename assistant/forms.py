@@ -658,6 +658,58 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
     return [best]
 
 
+def _stem(word: str) -> str:
+    """``word`` without a plural or verb ending ("errors", "detected" -> "error", "detect")."""
+    return re.sub(r"(?:ing|ed|es|s)$", "", word) if len(word) > 5 else word
+
+
+def _names_asked(words: set[str], title: str) -> bool:
+    """True when every content word of a heading's ``title`` is among the question's
+    ``words`` (by :func:`_stem`), and it has one."""
+    said = {_stem(w) for w in content_words(title)}
+    return bool(said) and said <= {_stem(w) for w in words}
+
+
+def listed_sections(question: str, heading: str,
+                    headings: Sequence[str]) -> tuple[str, list[tuple[int, str]]]:
+    """For a list question: the sections a document lists of what the question asks for.
+
+    A part of ``heading`` (a passage's heading path, "A > B > C") whose words are all the
+    question's ("Callable types" for "What kinds of callable types are there?") lists the
+    sections right under it; a part that starts so before a colon ("Detected errors: Data
+    Races" for "What kinds of errors does Helgrind detect?") lists its siblings that start
+    the same way, by what follows the colon. ``headings``: the document's heading paths in
+    order (:meth:`index.store.Store.section_starts`). Returns the part's title and, per
+    section listed (three or more, at most 12), its index in ``headings`` and its title
+    (numbering left out); ``("", [])`` when no part qualifies."""
+    words = content_words(question)
+    parts = [p.strip() for p in heading.split(" > ")]
+    for depth, part in enumerate(parts):
+        title = re.sub(r"^[\d.]+\s+", "", part)
+        lead, colon, _ = title.partition(": ")
+        above = parts[:depth + 1] if _names_asked(words, title) else \
+            parts[:depth] if colon and _names_asked(words, lead) else None
+        if above is None:
+            continue
+        items: list[tuple[int, str]] = []
+        seen: set[str] = set()
+        for i, path in enumerate(headings):
+            below = [p.strip() for p in path.split(" > ")]
+            if below[:len(above)] != above or len(below) <= len(above):
+                continue
+            name = re.sub(r"^[\d.]+\s+", "", below[len(above)])
+            if len(above) == depth:  # siblings named "<lead>: <what>"
+                if not name.startswith(lead + ": "):
+                    continue
+                name = name[len(lead) + 2:]
+            if name not in seen:
+                seen.add(name)
+                items.append((i, name))
+        if len(items) >= 3:
+            return (lead if len(above) == depth else title), items[:12]
+    return "", []
+
+
 def heading_sentences(hit: int, heading: str, terms: Sequence[str]) -> list[Sentence]:
     """Per term of ``terms``, the first part of a passage's heading path that says what it is
     ("5. Cachegrind: a cache and branch-prediction profiler"), as sentences placed before the

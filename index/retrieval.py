@@ -182,3 +182,9 @@ class Retriever:
         search), for a summary of the document, which starts where the document does."""
         self.store = self.store.refreshed()
         return [Hit(p, 0.0, 0) for p in self.store.opening(document_id, n)]
+
+    def sections(self, document_id: int) -> list[Hit]:
+        """The first passage of each section (heading path) of a document as hits (score 0,
+        rank 0), in document order: where a list of the sections under a heading points."""
+        self.store = self.store.refreshed()
+        return [Hit(p, 0.0, 0) for p in self.store.section_starts(document_id)]

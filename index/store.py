@@ -546,6 +546,14 @@ class Store:
             [int(document_id), int(n)])]
         return self.passages(ids)
 
+    def section_starts(self, document_id: int) -> list[Passage]:
+        """The first passage of each heading path of a document (its sections, at every
+        depth), in document order; none for an unknown id."""
+        ids = [r[0] for r in self.db.execute(  # SQLite takes a bare column from the MIN row
+            "SELECT id, MIN(ordinal) FROM passages WHERE document_id = ? "
+            "GROUP BY heading ORDER BY MIN(ordinal)", [int(document_id)])]
+        return self.passages(ids)
+
     def dense_search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
         """Inner-product search: ``query`` (dim,) unit vector -> ``[(passage id, cosine)]``,
         best first, at most ``k``."""

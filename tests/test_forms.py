@@ -730,3 +730,53 @@ def test_the_tune_only_question_files_are_well_formed(name):
     assert {q["form"] for q in questions} == set(forms.FORMS)
     assert all(q.get("facts") and q.get("sources") for q in questions
                if q.get("answerable", True))
+
+
+def test_a_list_question_lists_the_sections_under_the_heading_naming_what_it_asks_for():
+    tool = "7. Helgrind: a thread error detector"
+    headings = [tool, f"{tool} > 7.1. Overview",
+                f"{tool} > 7.2. Detected errors: Misuses of the POSIX pthreads API",
+                f"{tool} > 7.3. Detected errors: Inconsistent Lock Orderings",
+                f"{tool} > 7.4. Detected errors: Data Races",
+                f"{tool} > 7.4. Detected errors: Data Races > 7.4.1. A Simple Data Race"]
+    assert forms.listed_sections("What kinds of errors does Helgrind detect?", headings[5],
+                                 headings) == ("Detected errors", [
+        (2, "Misuses of the POSIX pthreads API"), (3, "Inconsistent Lock Orderings"),
+        (4, "Data Races")])
+    types = "The standard type hierarchy"
+    headings = [types, f"{types} > Callable types",
+                f"{types} > Callable types > User-defined functions",
+                f"{types} > Callable types > User-defined functions > Special attributes",
+                f"{types} > Callable types > Instance methods",
+                f"{types} > Callable types > Classes", f"{types} > Modules",
+                f"{types} > Sequences", f"{types} > Sequences > Immutable sequences",
+                f"{types} > Sequences > Mutable sequences"]
+    title, items = forms.listed_sections("What kinds of callable types are there?",
+                                         headings[5], headings)
+    assert (title, [name for _, name in items]) == (
+        "Callable types", ["User-defined functions", "Instance methods", "Classes"])
+    # fewer than three sections, or a heading with a word the question does not have: none
+    assert forms.listed_sections("What are the basic sequences?", headings[8],
+                                 headings) == ("", [])
+    assert forms.listed_sections("What kinds of functions are there?", headings[4],
+                                 headings) == ("", [])
+
+
+def test_a_listed_section_cites_its_first_passage(fake_embedder):
+    def section(i, heading, text):
+        hit = _hit(i, text, "types.rst")
+        return dataclasses.replace(hit, passage=dataclasses.replace(
+            hit.passage, heading=heading, document_id=3))
+
+    head = "Hierarchy > Callable types"
+    starts = [section(10, "Hierarchy", "Types."), section(11, head, "These can be called:"),
+              section(12, f"{head} > User-defined functions", "A function is made by def."),
+              section(13, f"{head} > Classes", "Classes are callable."),
+              section(14, f"{head} > Class instances", "Instances may be callable.")]
+    found = dataclasses.replace(starts[3], rank=1)
+    composer = Composer(fake_embedder.embed, sections=lambda document_id: starts)
+    out = composer.compose("list", "What kinds of callable types are there?",
+                           _reading([found, _hit(1, OTHER)]))
+    assert out.answer.text == ("Callable types:\n- User-defined functions [3]\n- Classes [1]\n"
+                               "- Class instances [4]")
+    assert [h.passage.id for h in out.hits] == [13, 1, 12, 14]

@@ -111,3 +111,25 @@ def test_the_opening_of_a_document_is_its_first_passages_in_order(tmp_path, fake
     assert [h.passage.document_id for h in first] == [hit.passage.document_id] * 2
     assert len(retriever.opening(hit.passage.document_id, 50)) < 50  # as many as there are
     assert retriever.opening(10_000, 2) == []
+
+
+def test_the_sections_of_a_document_are_the_first_passage_under_each_heading(
+        tmp_path, fake_embedder):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    long = "This part goes on about one thing in plain words for a while. " * 30
+    (docs / "guide.md").write_text(
+        f"# Guide\n\nIntro.\n\n## Errors\n\n### Races\n\n{long}\n\n{long}\n\n"
+        f"### Deadlocks\n\nLocks taken in two orders.\n\n## Options\n\nSome options.\n")
+    Indexer(tmp_path / "i", fake_embedder, chunk_tokens=120, chunk_overlap=0).run([docs])
+    retriever = Retriever(Store.open(tmp_path / "i"), fake_embedder)
+    hit = retriever.search("deadlocks", k=1, mode="bm25").hits[0]
+    starts = retriever.sections(hit.passage.document_id)
+    headings = [h.passage.heading for h in starts]
+    assert len(headings) == len(set(headings))  # one per section, though Races has several
+    # "Errors" has no text of its own: its sections are found under it by their paths
+    assert headings == ["Guide", "Guide > Errors > Races", "Guide > Errors > Deadlocks",
+                        "Guide > Options"]
+    races = next(h for h in starts if h.passage.heading.endswith("Races"))
+    assert races.passage.text.startswith("This part goes on")
+    assert retriever.sections(10_000) == []
