@@ -67,19 +67,22 @@ class Composer:
             names what a list question asks for (:func:`forms.listed_sections`); or None.
         passages: how many of the top reranked passages sentences are drawn from.
         most: most sentences in an answer.
+        summary_most: most sentences in a summary: 3 -> 4 on the tune questions' 9 summaries
+            added two key facts and lost none (BENCHMARKS.md, "Answer forms", round 7).
     """
 
     def __init__(self, embed: Callable[[Sequence[str]], np.ndarray],
                  search: Callable[[str, int], list[Hit]] | None = None, *,
                  opening: Callable[[int], list[Hit]] | None = None,
                  sections: Callable[[int], list[Hit]] | None = None,
-                 passages: int = 3, most: int = 3):
+                 passages: int = 3, most: int = 3, summary_most: int = 4):
         self.embed = embed
         self.search = search
         self.opening = opening
         self.sections = sections
         self.passages = passages
         self.most = most
+        self.summary_most = summary_most
 
     def compose(self, form: str, question: str, reading: Reading, *,
                 query: str | None = None, said: str = "") -> Reading:
@@ -144,7 +147,8 @@ class Composer:
             anchor, then = _opening(hits, candidates, summed)
         else:
             anchor = _anchor(reading, candidates)
-        picked = forms.choose(form, question, candidates, scores, most=self.most,
+        most = self.summary_most if form == "summary" else self.most
+        picked = forms.choose(form, question, candidates, scores, most=most,
                               anchor=anchor, side_scores=sides, then=then)
         if not picked:
             return reading
