@@ -463,23 +463,54 @@ heading: a sentence under 'The "del" statement' is about the del statement, one 
 "Special method names" that mentions ``del x`` is not (see :func:`score_sentences`)."""
 
 
+LABEL_WEIGHT = 0.3
+"""Score a sentence gains when its label is the option or function the question names
+(``--freelist-vol=<number> [default: 20000000]`` for "What is the default value of
+--freelist-vol?", not the ``--freelist-big-blocks`` description that mentions it); the same
+weight as a comparison's sentence saying what a side is."""
+
+
+def label_name(label: str) -> str:
+    """What a label names: an option ("--freelist-vol=<number> [default: 20000000]" ->
+    "--freelist-vol") or a function ("object.__enter__(self)" -> "__enter__"); "" for a
+    definition list's term."""
+    option = re.match(r"--?[A-Za-z][\w-]*", label)
+    if option:
+        return option.group(0)
+    function = _SIGNATURE.match(label) and re.match(r"(?:class |async def |def )?([\w.]+)\(",
+                                                     label)
+    return function.group(1).split(".")[-1] if function else ""
+
+
+def asked_names(question: str) -> set[str]:
+    """The options ("--freelist-vol", "-O") and functions ("len()", "__enter__",
+    "object.__enter__") ``question`` names, as :func:`label_name` gives them."""
+    options = re.findall(r"(?<![\w-])--?[A-Za-z][\w-]*", question)
+    functions = re.findall(r"[A-Za-z_][\w.]*(?=\(\))|\b\w*_\w*\b", question)
+    return set(options) | {f.split(".")[-1] for f in functions}
+
+
 def score_sentences(question: str, candidates: Sequence[Sentence], similarity: Sequence[float],
                     *, rank_weight: float = RANK_WEIGHT, overlap_weight: float = 0.3,
                     headings: Sequence[str] = (),
-                    heading_weight: float = HEADING_WEIGHT) -> list[float]:
+                    heading_weight: float = HEADING_WEIGHT,
+                    label_weight: float = LABEL_WEIGHT) -> list[float]:
     """Per sentence: its embedding ``similarity`` to the question (cosine, -1..1) plus
     ``overlap_weight`` × the share of the question's content words it holds, plus
     ``heading_weight`` × the share its passage's heading holds (``headings[hit]``: title
-    and heading path; none when not given), minus ``rank_weight`` per rank of its passage
-    (the reranked order)."""
+    and heading path; none when not given), plus ``label_weight`` when its label is an option
+    or function the question names (:func:`asked_names`), minus ``rank_weight`` per rank of
+    its passage (the reranked order)."""
     words = content_words(question)
     heads = [len(words & content_words(h)) / len(words) if words else 0.0 for h in headings]
+    asked = asked_names(question)
     out = []
     for sentence, sim in zip(candidates, similarity):
         overlap = len(words & content_words(sentence.full)) / len(words) if words else 0.0
         head = heads[sentence.hit] if sentence.hit < len(heads) else 0.0
+        named = bool(sentence.label) and label_name(sentence.label) in asked
         out.append(sim + overlap_weight * overlap + heading_weight * head
-                   - rank_weight * sentence.hit)
+                   + label_weight * named - rank_weight * sentence.hit)
     return out
 
 

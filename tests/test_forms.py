@@ -780,3 +780,18 @@ def test_a_listed_section_cites_its_first_passage(fake_embedder):
     assert out.answer.text == ("Callable types:\n- User-defined functions [3]\n- Classes [1]\n"
                                "- Class instances [4]")
     assert [h.passage.id for h in out.hits] == [13, 1, 12, 14]
+
+
+def test_the_description_labelled_with_the_option_the_question_names_scores_higher():
+    assert forms.asked_names("What is the default of --freelist-vol and -O, or len()?") == {
+        "--freelist-vol", "-O", "len"}
+    assert forms.label_name("--freelist-vol=<number> [default: 20000000]") == "--freelist-vol"
+    assert forms.label_name("object.__enter__(self)") == "__enter__"
+    assert forms.label_name("Frozen sets") == ""
+    c = [forms.Sentence(0, 0, "Memcheck re-circulates the blocks bigger than --freelist-vol.",
+                        "--freelist-big-blocks=<number> [default: 1000000]", True),
+         forms.Sentence(0, 1, "Freed memory is placed in a queue of freed blocks.",
+                        "--freelist-vol=<number> [default: 20000000]", True)]
+    scores = forms.score_sentences("What is the default value of --freelist-vol?", c,
+                                   [0.6, 0.6], rank_weight=0.0, heading_weight=0.0)
+    assert scores[1] == pytest.approx(scores[0] + forms.LABEL_WEIGHT)
