@@ -38,10 +38,11 @@ SUPPORTED_SUFFIXES = (TEXT_SUFFIXES | MARKDOWN_SUFFIXES | RST_SUFFIXES | HTML_SU
                       | PDF_SUFFIXES | CODE_SUFFIXES | NOTEBOOK_SUFFIXES)
 
 
-READER_VERSIONS = {"html": 3}
+READER_VERSIONS = {"html": 4}
 """The version of each kind's reading rules, raised when a change to them changes the passages
 a file gives (html 2: navigation and tables of contents left out; 3: title-page release,
-copyright and legal notices and page footers too). An index re-reads the
+copyright and legal notices and page footers too; 4: a ``<br>`` and the source's newline
+after it are one line break, not a paragraph break). An index re-reads the
 documents that an older version read (:func:`reader_version`); a kind not listed is at 1."""
 
 
@@ -334,13 +335,16 @@ def read_html(text: str) -> tuple[str | None, list[Section]]:
     for tag in root.find_all(_HEADING):
         label = tag.get_text(" ", strip=True).replace("\u00b6", "").strip()
         tag.replace_with(f"\n{marker}{tag.name[1]}{marker}{tag.sourceline or 1}{marker}{label}\n")
+    brk = "\x01"
     for tag in root.find_all(_BLOCK_TAGS):
         if tag.name == "br":
-            tag.replace_with("\n")
+            tag.replace_with(brk)
         else:
             tag.insert_before("\n\n")
             tag.append("\n\n")
-    raw = root.get_text()
+    # a text file shown as HTML ends each line with <br> and the source's newline: one line
+    # break, else every line would be a paragraph and every sentence cut at its line's end
+    raw = re.sub(brk + r"[ \t\u00a0]*\n?", "\n", root.get_text())
     sections: list[Section] = []
     path: list[tuple[int, str]] = []
     line = 1

@@ -154,3 +154,15 @@ def test_a_broken_notebook_is_skipped_with_a_reason(tmp_path):
     path.write_text('{"cells": [', encoding="utf-8")
     with pytest.raises(SkipFile, match="not a readable notebook"):
         read_document(path, path.read_bytes(), "notebook")
+
+
+def test_html_lines_ended_by_br_stay_in_one_paragraph(tmp_path):
+    # a text file shown as HTML (Valgrind's NEWS): each line ends with <br> and a newline
+    page = tmp_path / "news.html"
+    page.write_text("<html><head><title>NEWS</title></head><body><h1>NEWS</h1>* DHAT:<br>\n"
+                    "<br>\n&nbsp;&nbsp;- DHAT was overhauled.&nbsp; As a result,<br>\n"
+                    "&nbsp;&nbsp;&nbsp;&nbsp;it was promoted.&nbsp; Run it<br>\n"
+                    "&nbsp;&nbsp;&nbsp;&nbsp;with --tool=dhat.<br>\n</body></html>")
+    sections = doc(page).sections
+    assert sections[0].text == ("* DHAT:\n\n- DHAT was overhauled. As a result,\n"
+                                "it was promoted. Run it\nwith --tool=dhat.")
