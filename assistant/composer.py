@@ -140,7 +140,8 @@ class Composer:
                                        similarity[:, 0].tolist(),
                                        rank_weight=forms.rank_weight(form),
                                        headings=[f"{h.passage.title} > {h.passage.heading}"
-                                                 for h in hits])
+                                                 for h in hits],
+                                       procedure=forms.asks_how_to(question))
         sides = [similarity[:, j + 1].tolist() for j in range(len(things))]
         then: list[int] = []
         if form == "summary":

@@ -470,6 +470,17 @@ LABEL_WEIGHT = 0.3
 weight as a comparison's sentence saying what a side is."""
 
 
+_HOW_DO_I = re.compile(r"^(?:(?:and|so|then|ok|okay),?\s+)?how (?:do|can|could|should|would|"
+                       r"shall) (?:i|you|we|one)\b|^(?:and\s+)?how to\b", re.I)
+"""A question for a procedure ("How do I run my program under Memcheck?", "how to ..."):
+a sentence that shows its command answers it (:data:`LABEL_WEIGHT` more)."""
+
+
+def asks_how_to(question: str) -> bool:
+    """True for a question asking how to do something ("How do I run it?", "how to ...")."""
+    return bool(_HOW_DO_I.match(question.strip()))
+
+
 def label_name(label: str) -> str:
     """What a label names: an option ("--freelist-vol=<number> [default: 20000000]" ->
     "--freelist-vol") or a function ("object.__enter__(self)" -> "__enter__"); "" for a
@@ -494,13 +505,14 @@ def score_sentences(question: str, candidates: Sequence[Sentence], similarity: S
                     *, rank_weight: float = RANK_WEIGHT, overlap_weight: float = 0.3,
                     headings: Sequence[str] = (),
                     heading_weight: float = HEADING_WEIGHT,
-                    label_weight: float = LABEL_WEIGHT) -> list[float]:
+                    label_weight: float = LABEL_WEIGHT, procedure: bool = False) -> list[float]:
     """Per sentence: its embedding ``similarity`` to the question (cosine, -1..1) plus
     ``overlap_weight`` × the share of the question's content words it holds, plus
     ``heading_weight`` × the share its passage's heading holds (``headings[hit]``: title
     and heading path; none when not given), plus ``label_weight`` when its label is an option
-    or function the question names (:func:`asked_names`), minus ``rank_weight`` per rank of
-    its passage (the reranked order)."""
+    or function the question names (:func:`asked_names`) and when it shows a command
+    (``code``) for a ``procedure`` question (:func:`asks_how_to`), minus ``rank_weight`` per
+    rank of its passage (the reranked order)."""
     words = content_words(question)
     heads = [len(words & content_words(h)) / len(words) if words else 0.0 for h in headings]
     asked = asked_names(question)
@@ -509,8 +521,9 @@ def score_sentences(question: str, candidates: Sequence[Sentence], similarity: S
         overlap = len(words & content_words(sentence.full)) / len(words) if words else 0.0
         head = heads[sentence.hit] if sentence.hit < len(heads) else 0.0
         named = bool(sentence.label) and label_name(sentence.label) in asked
+        shows = procedure and bool(sentence.code)
         out.append(sim + overlap_weight * overlap + heading_weight * head
-                   + label_weight * named - rank_weight * sentence.hit)
+                   + label_weight * (named + shows) - rank_weight * sentence.hit)
     return out
 
 
@@ -599,7 +612,7 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
                 if skipped:
                     break  # it leans on the sentence left out
             elif (run and floor is not None and score_of[id(c)] < floor and not c.intro
-                  and not content_words(c.text) & content_words(run[-1].text)):
+                  and not content_words(c.full) & content_words(run[-1].full)):
                 # an aside ("Rather than spelling it out, here are hints."): scores low and
                 # shares no word with the sentence before
                 skipped = True

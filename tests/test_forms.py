@@ -795,3 +795,15 @@ def test_the_description_labelled_with_the_option_the_question_names_scores_high
     scores = forms.score_sentences("What is the default value of --freelist-vol?", c,
                                    [0.6, 0.6], rank_weight=0.0, heading_weight=0.0)
     assert scores[1] == pytest.approx(scores[0] + forms.LABEL_WEIGHT)
+
+
+def test_a_how_do_i_question_prefers_the_sentence_that_shows_the_command():
+    assert forms.asks_how_to("how do I run it?") and forms.asks_how_to("How to run DHAT?")
+    assert not forms.asks_how_to("How does the with statement work?")
+    c = [forms.Sentence(0, 0, "DHAT's viewer can be run in a web browser."),
+         forms.Sentence(1, 0, "To run DHAT on a program prog, run:",
+                        code="valgrind --tool=dhat prog")]
+    plain = forms.score_sentences("DHAT how do I run it?", c, [0.6, 0.6], rank_weight=0.0)
+    how = forms.score_sentences("DHAT how do I run it?", c, [0.6, 0.6], rank_weight=0.0,
+                                procedure=True)
+    assert how[0] == plain[0] and how[1] == pytest.approx(plain[1] + forms.LABEL_WEIGHT)
