@@ -301,7 +301,7 @@ _OPTION = re.compile(r"^--?[A-Za-z][\w-]*(?:=\S+)?(?:,? --?[A-Za-z][\w-]*(?:=\S+
 (``--track-origins=<yes|no> [default: no]``, ``-z --zero``)."""
 
 
-_TERM = re.compile(r"^(?![*\-•\[(]|\d+\.)\S(?:\S*)(?: \S+){0,5}$(?<![.,:;!?])")
+_TERM = re.compile(r"^(?![*\-•\[(]|\d+\.)\S+(?: \S+){0,5}$(?<![.,:;!?])")
 """A definition list's term: a line of one to six words, not indented and not closed by
 punctuation, above its indented description ("Frozen sets" over "These represent an
 immutable set."), as reStructuredText and Sphinx's text output write them."""
@@ -564,8 +564,8 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
       the sentences after those that lean on the one before ("It may ..."), up to ``most``;
     - ``explanation``, ``list``: the lead and the sentences after it in its passage, up to
       ``most`` (an explanation passes over a sentence scoring :data:`ASIDE_GAP` below the
-      lead unless it leans on the one before or shares a content word with it, and stops at one leaning on a sentence passed
-      over; a list of several items may take ``most + 2``: after an intro, and when the run
+      lead unless it leans on the one before or shares a content word with it, and stops
+      at one leaning on a sentence passed over; a list of several items may take ``most + 2``: after an intro, and when the run
       has reached a list's items, the first sentences of the next items, each within three
       sentences of the one before); never ending on an intro;
     - ``summary``: the first sentences of the lead's passage (``anchor``'s when given: the
@@ -729,20 +729,20 @@ def listed_sections(question: str, heading: str,
     words = content_words(question)
     parts = [p.strip() for p in heading.split(" > ")]
     for depth, part in enumerate(parts):
-        title = re.sub(r"^[\d.]+\s+", "", part)
+        title = _unnumbered(part)
         lead, colon, _ = title.partition(": ")
-        above = parts[:depth + 1] if _names_asked(words, title) else \
-            parts[:depth] if colon and _names_asked(words, lead) else None
-        if above is None:
+        siblings = not _names_asked(words, title)  # else the sections under this part
+        if siblings and not (colon and _names_asked(words, lead)):
             continue
+        above = parts[:depth] if siblings else parts[:depth + 1]
         items: list[tuple[int, str]] = []
         seen: set[str] = set()
         for i, path in enumerate(headings):
             below = [p.strip() for p in path.split(" > ")]
             if below[:len(above)] != above or len(below) <= len(above):
                 continue
-            name = re.sub(r"^[\d.]+\s+", "", below[len(above)])
-            if len(above) == depth:  # siblings named "<lead>: <what>"
+            name = _unnumbered(below[len(above)])
+            if siblings:  # named "<lead>: <what>"
                 if not name.startswith(lead + ": "):
                     continue
                 name = name[len(lead) + 2:]
@@ -750,8 +750,14 @@ def listed_sections(question: str, heading: str,
                 seen.add(name)
                 items.append((i, name))
         if len(items) >= 3:
-            return (lead if len(above) == depth else title), items[:12]
+            return (lead if siblings else title), items[:12]
     return "", []
+
+
+def _unnumbered(part: str) -> str:
+    """A heading part without its section number ("7.2. Detected errors" -> "Detected
+    errors")."""
+    return re.sub(r"^[\d.]+\s+", "", part.strip())
 
 
 def heading_sentences(hit: int, heading: str, terms: Sequence[str]) -> list[Sentence]:
@@ -759,7 +765,7 @@ def heading_sentences(hit: int, heading: str, terms: Sequence[str]) -> list[Sent
     ("5. Cachegrind: a cache and branch-prediction profiler"), as sentences placed before the
     passage's first (index -1); manuals often define a tool in its chapter title and nowhere
     else."""
-    parts = [re.sub(r"^[\d.]+\s+", "", p.strip()) for p in heading.split(" > ")]
+    parts = [_unnumbered(p) for p in heading.split(" > ")]
     return [Sentence(hit, -1, part) for term in terms if term
             for part in [p for p in parts if defines(p, term)][:1]]
 
