@@ -141,7 +141,10 @@ class Composer:
                                        rank_weight=forms.rank_weight(form),
                                        headings=[f"{h.passage.title} > {h.passage.heading}"
                                                  for h in hits],
-                                       procedure=forms.asks_how_to(question))
+                                       procedure=forms.asks_how_to(question),
+                                       changelogs=[forms.changelog(h.passage.title,
+                                                                   h.passage.path)
+                                                   for h in hits])
         sides = [similarity[:, j + 1].tolist() for j in range(len(things))]
         then: list[int] = []
         if form == "summary":

@@ -501,29 +501,61 @@ def asked_names(question: str) -> set[str]:
     return set(options) | {f.split(".")[-1] for f in functions}
 
 
+CHANGELOG_WEIGHT = 0.2
+"""Score a sentence loses when its document is release notes (:func:`changelog`) and the
+question asks nothing about changes or versions: "DHAT has been extended, with two new
+modes" says what changed in a release, not what DHAT is; one rank's worth
+(:data:`RANK_WEIGHT`)."""
+_CHANGELOG = re.compile(r"^(?:[\d.]+\s+)?(?:old(?:er)? )?(?:news|change ?log|changes|"
+                        r"release[ _-]?notes|what'?s[ _-]new)\b", re.I)
+_ASKS_CHANGES = re.compile(r"\b(?:new|newer|changed?|changes|release[sd]?|versions?|added|"
+                           r"removed|deprecated|since|history|news)\b", re.I)
+
+
+def changelog(title: str, path: str) -> bool:
+    """True for release notes: a document titled or named NEWS, ChangeLog, CHANGES, "Release
+    notes", "What's new", or named HISTORY (Valgrind's "2. NEWS" and "3. OLDER NEWS": 596
+    of the 2,658 passages of the question set's index)."""
+    name = re.sub(r"^(?:dist|doc)[._-]", "", path.rsplit("/", 1)[-1], flags=re.I)
+    return bool(_CHANGELOG.match(title or "") or _CHANGELOG.match(name)
+                or re.match(r"history\b", name, re.I))
+
+
+def asks_about_changes(question: str) -> bool:
+    """True when ``question`` asks about changes or versions ("What is new in 3.18?")."""
+    return bool(_ASKS_CHANGES.search(question))
+
+
 def score_sentences(question: str, candidates: Sequence[Sentence], similarity: Sequence[float],
                     *, rank_weight: float = RANK_WEIGHT, overlap_weight: float = 0.3,
                     headings: Sequence[str] = (),
                     heading_weight: float = HEADING_WEIGHT,
-                    label_weight: float = LABEL_WEIGHT, procedure: bool = False) -> list[float]:
+                    label_weight: float = LABEL_WEIGHT, procedure: bool = False,
+                    changelogs: Sequence[bool] = (),
+                    changelog_weight: float = CHANGELOG_WEIGHT) -> list[float]:
     """Per sentence: its embedding ``similarity`` to the question (cosine, -1..1) plus
     ``overlap_weight`` × the share of the question's content words it holds, plus
     ``heading_weight`` × the share its passage's heading holds (``headings[hit]``: title
     and heading path; none when not given), plus ``label_weight`` when its label is an option
     or function the question names (:func:`asked_names`) and when it shows a command
     (``code``) for a ``procedure`` question (:func:`asks_how_to`), minus ``rank_weight`` per
-    rank of its passage (the reranked order)."""
+    rank of its passage (the reranked order), minus ``changelog_weight`` when its passage is
+    from release notes (``changelogs[hit]``, :func:`changelog`) unless the question asks
+    about changes (:func:`asks_about_changes`)."""
     words = content_words(question)
     heads = [len(words & content_words(h)) / len(words) if words else 0.0 for h in headings]
     asked = asked_names(question)
+    notes = [] if asks_about_changes(question) else list(changelogs)
     out = []
     for sentence, sim in zip(candidates, similarity):
         overlap = len(words & content_words(sentence.full)) / len(words) if words else 0.0
         head = heads[sentence.hit] if sentence.hit < len(heads) else 0.0
         named = bool(sentence.label) and label_name(sentence.label) in asked
         shows = procedure and bool(sentence.code)
+        news = sentence.hit < len(notes) and notes[sentence.hit]
         out.append(sim + overlap_weight * overlap + heading_weight * head
-                   + label_weight * (named + shows) - rank_weight * sentence.hit)
+                   + label_weight * (named + shows) - rank_weight * sentence.hit
+                   - changelog_weight * news)
     return out
 
 

@@ -807,3 +807,19 @@ def test_a_how_do_i_question_prefers_the_sentence_that_shows_the_command():
     how = forms.score_sentences("DHAT how do I run it?", c, [0.6, 0.6], rank_weight=0.0,
                                 procedure=True)
     assert how[0] == plain[0] and how[1] == pytest.approx(plain[1] + forms.LABEL_WEIGHT)
+
+
+def test_release_notes_lose_a_rank_unless_the_question_asks_about_changes():
+    assert forms.changelog("2. NEWS", "/doc/dist.news.html")
+    assert forms.changelog("", "/p/CHANGELOG.md") and forms.changelog("", "/p/HISTORY.rst")
+    assert not forms.changelog("History of Python", "/p/history_of.rst")
+    assert not forms.changelog("4. README", "/doc/dist.readme.html")
+    c = [forms.Sentence(0, 0, "DHAT has been extended, with two new modes of operation."),
+         forms.Sentence(1, 0, "DHAT is a tool for examining how programs use their heap.")]
+    scores = forms.score_sentences("What is DHAT?", c, [0.6, 0.6], rank_weight=0.0,
+                                   changelogs=[True, False])
+    assert scores[0] == pytest.approx(scores[1] - forms.CHANGELOG_WEIGHT)
+    asked = forms.score_sentences("What is new in DHAT?", c, [0.6, 0.6], rank_weight=0.0,
+                                  changelogs=[True, False])
+    assert asked == forms.score_sentences("What is new in DHAT?", c, [0.6, 0.6],
+                                          rank_weight=0.0)
