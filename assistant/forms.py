@@ -594,6 +594,8 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
     - ``definition``, ``yesno``: the lead, and the next sentence of its passage when it
       scores within 0.1 of it, leans on it or the lead introduces it (ends with ":"), then
       the sentences after those that lean on the one before ("It may ..."), up to ``most``;
+      after a heading's title ("DHAT: a dynamic heap analysis tool") only a sentence that
+      says what the term is;
     - ``explanation``, ``list``: the lead and the sentences after it in its passage, up to
       ``most`` (an explanation passes over a sentence scoring :data:`ASIDE_GAP` below the
       lead unless it leans on the one before or shares a content word with it, and stops
@@ -669,6 +671,9 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
 
         picked = [best]
         nxt = after(best)
+        if nxt is not None and best.index < 0 and not (
+                form == "definition" and defines(nxt.text, defined_term(question))):
+            nxt = None  # a chapter title's passage opens a section about something else
         if nxt is not None and (best.intro or leans_back(nxt) or
                                 score_of[id(nxt)] >= scores[lead] - 0.1):
             picked.append(nxt)

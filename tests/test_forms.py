@@ -823,3 +823,16 @@ def test_release_notes_lose_a_rank_unless_the_question_asks_about_changes():
                                   changelogs=[True, False])
     assert asked == forms.score_sentences("What is new in DHAT?", c, [0.6, 0.6],
                                           rank_weight=0.0)
+
+
+def test_a_definition_from_a_chapter_title_goes_on_only_to_a_sentence_defining_the_term():
+    c = forms.heading_sentences(0, "10. DHAT: a dynamic heap analysis tool > 10.3. Viewer",
+                                ["DHAT"]) + forms.sentences(
+        0, "DHAT's viewer can be run in a web browser by loading the file.")
+    got = forms.choose("definition", "What is DHAT?", c, [0.9, 0.85])
+    assert [s.text for s in got] == ["DHAT: a dynamic heap analysis tool"]
+    c = forms.heading_sentences(0, "12. Nulgrind: the minimal Valgrind tool", ["Nulgrind"]) + \
+        forms.sentences(0, "Nulgrind is the simplest possible Valgrind tool. It performs no "
+                           "instrumentation or analysis of a program.")
+    got = forms.choose("definition", "What is Nulgrind?", c, [0.9, 0.85, 0.4])
+    assert [s.index for s in got] == [-1, 0, 1]
