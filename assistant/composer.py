@@ -156,6 +156,9 @@ class Composer:
                               anchor=anchor, side_scores=sides, then=then)
         if not picked:
             return reading
+        if (form == "definition" and len(picked) == 1 and picked[0].index < 0
+                and self.opening is not None):
+            picked += self._said_at_opening(term, hits[picked[0].hit], hits)
         verdict = None
         if form == "yesno" and reading.verdict == "No" and any(
                 forms.negated(s.text) for s in picked):
@@ -197,6 +200,23 @@ class Composer:
             return dataclasses.replace(reading, hits=hits, answer=answer,
                                        sentences=[(s.hit + 1, s.text) for s in picked])
         return None
+
+    def _said_at_opening(self, term: str, titled: Hit, hits: list[Hit]) -> list[forms.Sentence]:
+        """For a definition that is only a chapter title ("DHAT: a dynamic heap analysis
+        tool", of the passage ``titled``): the first sentence saying what ``term`` is among
+        the first three passages of that document ("DHAT is a tool for examining how programs
+        use their heap allocations."), its passage added to ``hits`` when not among them;
+        [] when none says it."""
+        at = {h.passage.id: i for i, h in enumerate(hits)}
+        for hit in self.opening(titled.passage.document_id, 3):
+            said = next((c for c in forms.sentences(0, hit.passage.text)
+                         if forms.defines(c.text, term)), None)
+            if said is not None:
+                if hit.passage.id not in at:
+                    at[hit.passage.id] = len(hits)
+                    hits.append(hit)
+                return [dataclasses.replace(said, hit=at[hit.passage.id])]
+        return []
 
     def _definition(self, term: str, candidates: Sequence[forms.Sentence],
                     hits: Sequence[Hit]) -> Hit | None:

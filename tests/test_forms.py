@@ -836,3 +836,21 @@ def test_a_definition_from_a_chapter_title_goes_on_only_to_a_sentence_defining_t
                            "instrumentation or analysis of a program.")
     got = forms.choose("definition", "What is Nulgrind?", c, [0.9, 0.85, 0.4])
     assert [s.index for s in got] == [-1, 0, 1]
+
+
+def test_a_definition_that_is_only_a_chapter_title_adds_the_documents_own_definition(
+        fake_embedder):
+    def at(hit, heading, line):
+        return dataclasses.replace(hit, passage=dataclasses.replace(
+            hit.passage, heading=heading, document_id=4, line_start=line))
+
+    viewer = at(_hit(0, "The viewer can be run in a web browser by loading the file.",
+                     "dh-manual.html"), "10. DHAT: a dynamic heap analysis tool > Viewer", 40)
+    overview = at(_hit(9, "DHAT is a tool for examining how programs use their heap "
+                          "allocations. It tracks each block.", "dh-manual.html"),
+                  "10. DHAT: a dynamic heap analysis tool > Overview", 1)
+    composer = Composer(fake_embedder.embed, opening=lambda document_id, n=2: [overview])
+    out = composer.compose("definition", "What is DHAT?", _reading([viewer], span="viewer"))
+    assert out.answer.text == ("DHAT: a dynamic heap analysis tool [1] DHAT is a tool for "
+                               "examining how programs use their heap allocations. [2]")
+    assert [h.passage.id for h in out.hits] == [0, 9]
