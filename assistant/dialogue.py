@@ -44,6 +44,12 @@ _FOLLOW_UP = re.compile(
 )
 
 
+_EXISTENTIAL = re.compile(r"\b(?:is|are|was|were|be)\s+there\b|\bthere\s+(?:is|are|was|"
+                          r"were|be|exists?)\b", re.IGNORECASE)
+"""An existential "there" ("What kinds of callable types are there?", "Is there a way to
+..."): it points back at nothing, unlike "there" in "what else is in there?"."""
+
+
 class _Retriever(Protocol):
     def search(self, query: str, *, k: int = 5, mode: str = "convex"): ...
 
@@ -98,7 +104,7 @@ def retrieval_query(question: str, history: Sequence[tuple[str, str]]) -> str:
     # whether it is a follow-up is told by the question as asked: "What is the difference
     # between lists and tuples?" is not short for having its request words left out
     words = re.findall(r"\w+", question)
-    if len(words) <= 4 or _FOLLOW_UP.search(question):
+    if len(words) <= 4 or _FOLLOW_UP.search(_EXISTENTIAL.sub(" ", question)):
         return f"{search_text(history[at][0])} {searched}"
     return searched
 

@@ -34,6 +34,13 @@ def test_follow_up_queries_carry_the_previous_question():
     assert retrieval_query("Who founded the University of Paris in 1150?", history) == \
         "Who founded the University of Paris in 1150?"
     assert retrieval_query("anything", []) == "anything"
+    # an existential "there" points back at nothing
+    asked = "What kinds of callable types are there?"
+    assert retrieval_query(asked, history) == asked
+    assert retrieval_query("Is there a way to stop the Normans?", history) == \
+        "Is there a way to stop the Normans?"
+    assert retrieval_query("And what else happened there in 1066?", history).startswith(
+        "What did")
 
 
 def test_words_that_only_ask_for_a_summary_or_a_comparison_are_not_searched():
