@@ -599,9 +599,10 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
     - ``explanation``, ``list``: the lead and the sentences after it in its passage, up to
       ``most`` (an explanation passes over a sentence scoring :data:`ASIDE_GAP` below the
       lead unless it leans on the one before or shares a content word with it, and stops
-      at one leaning on a sentence passed over; a list of several items may take ``most + 2``: after an intro, and when the run
-      has reached a list's items, the first sentences of the next items, each within three
-      sentences of the one before); never ending on an intro;
+      at one leaning on a sentence passed over; a list of several items may take ``most +
+      2``: after an intro, and when the run has reached a list's items, the first sentences
+      of the next items, each within three sentences of the one before); never ending on an
+      intro;
     - ``summary``: the first sentences of the lead's passage (``anchor``'s when given: the
       caller picks the passage), then those of the passages ``then`` (hits that continue the
       same document), up to ``most``;
