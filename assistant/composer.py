@@ -168,37 +168,29 @@ class Composer:
             verdict = "No"
         text = forms.render(picked, lambda hit: hit + 1, form=form, verdict=verdict,
                             escape=markdown_escape)
-        answer = ExtractiveAnswer(reading.answer.span, picked[0].hit + 1, text,
-                                  reading.answer.supported)
-        return dataclasses.replace(reading, hits=hits, answer=answer,
-                                   sentences=[(s.hit + 1, s.text) for s in picked])
+        return _answered(reading, hits, picked, text)
 
     def _listing(self, question: str, reading: Reading, used: Sequence[Hit]) -> Reading | None:
         """``reading`` answered by the sections a document lists of what ``question`` asks
         for (:func:`forms.listed_sections`, under the heading of one of the ``used`` hits,
         best first), each item citing its section's first passage (added to the hits when
         not among them); or None when no heading names it."""
+        documents: dict[int, list[Hit]] = {}  # hits of one document share its sections
         for hit in used:
-            starts = self.sections(hit.passage.document_id)
+            document = hit.passage.document_id
+            if document not in documents:
+                documents[document] = self.sections(document)
+            starts = documents[document]
             title, items = forms.listed_sections(question, hit.passage.heading,
                                                  [h.passage.heading for h in starts])
             if not items:
                 continue
             hits = list(reading.hits)
-            at = {h.passage.id: i for i, h in enumerate(hits)}
-            picked = []
-            for index, name in items:
-                start = starts[index]
-                if start.passage.id not in at:
-                    at[start.passage.id] = len(hits)
-                    hits.append(start)
-                picked.append(forms.Sentence(at[start.passage.id], -1, name, item=True))
+            picked = [forms.Sentence(_number(hits, starts[index]), -1, name, item=True)
+                      for index, name in items]
             text = f"{markdown_escape(title)}:\n" + forms.render(
                 picked, lambda hit: hit + 1, form="list", escape=markdown_escape)
-            answer = ExtractiveAnswer(reading.answer.span, picked[0].hit + 1, text,
-                                      reading.answer.supported)
-            return dataclasses.replace(reading, hits=hits, answer=answer,
-                                       sentences=[(s.hit + 1, s.text) for s in picked])
+            return _answered(reading, hits, picked, text)
         return None
 
     def _said_at_opening(self, term: str, titled: Hit, hits: list[Hit]) -> list[forms.Sentence]:
@@ -207,15 +199,11 @@ class Composer:
         the first three passages of that document ("DHAT is a tool for examining how programs
         use their heap allocations."), its passage added to ``hits`` when not among them;
         [] when none says it."""
-        at = {h.passage.id: i for i, h in enumerate(hits)}
         for hit in self.opening(titled.passage.document_id, 3):
             said = next((c for c in forms.sentences(0, hit.passage.text)
                          if forms.defines(c.text, term)), None)
             if said is not None:
-                if hit.passage.id not in at:
-                    at[hit.passage.id] = len(hits)
-                    hits.append(hit)
-                return [dataclasses.replace(said, hit=at[hit.passage.id])]
+                return [dataclasses.replace(said, hit=_number(hits, hit))]
         return []
 
     def _definition(self, term: str, candidates: Sequence[forms.Sentence],
@@ -266,6 +254,25 @@ class Composer:
                     named += said  # a later side it names needs no search of its own
                     break
         return found
+
+
+def _number(hits: list[Hit], hit: Hit) -> int:
+    """The index of ``hit``'s passage among ``hits``, appending ``hit`` when it is not there."""
+    at = next((i for i, h in enumerate(hits) if h.passage.id == hit.passage.id), None)
+    if at is None:
+        hits.append(hit)
+        return len(hits) - 1
+    return at
+
+
+def _answered(reading: Reading, hits: list[Hit], picked: Sequence[forms.Sentence],
+              text: str) -> Reading:
+    """``reading`` with the answer ``text`` quoting ``picked`` (its first sentence's passage
+    the answer's source), over ``hits``; the reader's span stays the short answer."""
+    answer = ExtractiveAnswer(reading.answer.span, picked[0].hit + 1, text,
+                              reading.answer.supported)
+    return dataclasses.replace(reading, hits=hits, answer=answer,
+                               sentences=[(s.hit + 1, s.text) for s in picked])
 
 
 def _plain(text: str) -> str:

@@ -294,8 +294,11 @@ _SPLIT = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9\"*])")
 _JUNK = re.compile(r"^[*=~^#\-_]{3,}$|::=|^\s*>>>|^\s*\.\.\.\s|\+-{3,}|\|.*\|")
 _ABBREVIATION = re.compile(r"\b(?:e\.g|eg|i\.e|ie|cf|etc|vs|viz|approx|no|fig|sec)\. ", re.I)
 _BULLET = re.compile(r"^(?:[*\-•]|\d+\.|\(\w\))\s+")
-_SIGNATURE = re.compile(r"^(?:class |async def |def )?[A-Za-z_][\w.]*\(.{0,80}\)(?: -> \S.*)?$")
-_OPTION = re.compile(r"^--?[A-Za-z][\w-]*(?:=\S+)?(?:,? --?[A-Za-z][\w-]*(?:=\S+)?)*"
+_SIGNATURE = re.compile(r"^(?:class |async def |def )?(?P<name>[A-Za-z_][\w.]*)\(.{0,80}\)"
+                        r"(?: -> \S.*)?$")
+_OPTION_NAME = r"--?[A-Za-z][\w-]*"
+"""An option's name ("--freelist-vol", "-O"), as a pattern."""
+_OPTION = re.compile(rf"^{_OPTION_NAME}(?:=\S+)?(?:,? {_OPTION_NAME}(?:=\S+)?)*"
                      r"(?: \[default: [^\]]{1,40}\])?$")
 """A command-line option as a manual lists it, alone on its line above its description
 (``--track-origins=<yes|no> [default: no]``, ``-z --zero``)."""
@@ -485,18 +488,17 @@ def label_name(label: str) -> str:
     """What a label names: an option ("--freelist-vol=<number> [default: 20000000]" ->
     "--freelist-vol") or a function ("object.__enter__(self)" -> "__enter__"); "" for a
     definition list's term."""
-    option = re.match(r"--?[A-Za-z][\w-]*", label)
+    option = re.match(_OPTION_NAME, label)
     if option:
         return option.group(0)
-    function = _SIGNATURE.match(label) and re.match(r"(?:class |async def |def )?([\w.]+)\(",
-                                                     label)
-    return function.group(1).split(".")[-1] if function else ""
+    function = _SIGNATURE.match(label)
+    return function.group("name").split(".")[-1] if function else ""
 
 
 def asked_names(question: str) -> set[str]:
     """The options ("--freelist-vol", "-O") and functions ("len()", "__enter__",
     "object.__enter__") ``question`` names, as :func:`label_name` gives them."""
-    options = re.findall(r"(?<![\w-])--?[A-Za-z][\w-]*", question)
+    options = re.findall(rf"(?<![\w-]){_OPTION_NAME}", question)
     functions = re.findall(r"[A-Za-z_][\w.]*(?=\(\))|\b\w*_\w*\b", question)
     return set(options) | {f.split(".")[-1] for f in functions}
 
