@@ -499,7 +499,8 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
     """Answer QUESTION from the indexed documents, with numbered sources.
 
     With no index yet, the bundled Python language reference is indexed first. When an answer
-    server is up (`assistant serve`) it answers, with its models already loaded.
+    server is up (`assistant serve`) it answers, with its models already loaded; typed at a
+    terminal with none up, ask starts one (setting ``serve_idle_minutes``).
     """
     from . import serve
 
@@ -513,18 +514,27 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
     request = {"question": question, "conversation": conversation_id, "json": as_json,
                "top_k": top_k, "retrieval_mode": mode, "max_new_tokens": max_new_tokens}
     say = lambda message: click.echo(message, err=True)  # noqa: E731
-    conn = serve.connect(settings)
-    if conn is None and settings.serve_idle_minutes > 0:
-        say("Starting the answer server (it keeps the models loaded for the next questions).")
-        conn = serve.start(settings, _serve_argv(ctx, settings.serve_idle_minutes))
+    for attempt in range(2):  # again once when the server was of another version
+        conn = serve.connect(settings)
+        if conn is None and settings.serve_idle_minutes > 0 and _at_terminal():
+            say(f"Starting the answer server: it keeps the models loaded for the next questions "
+                f"until {settings.serve_idle_minutes:g} minutes pass without one (`assistant "
+                f"serve --stop` ends it now).")
+            conn = serve.start(settings, _serve_argv(ctx, settings.serve_idle_minutes))
+            if conn is None:
+                say("The answer server did not start (see serve.log in the data dir); answering "
+                    "here.")
         if conn is None:
-            say("The answer server did not start (see serve.log in the data dir); answering "
-                "here.")
-    if conn is not None:
+            break
         with conn:
             try:
                 _print_turn(serve.ask(conn, settings, request), as_json)
                 return
+            except serve.StaleServer:
+                say("note: the running answer server was another version of the program; it "
+                    "has stopped.")
+                serve.wait_stopped(settings)
+                continue
             except serve.SettingsMismatch:
                 say("note: the running answer server has other settings; answering here.")
             except serve.ServerError as exc:
@@ -532,6 +542,7 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
             except KeyboardInterrupt:
                 click.echo("\n[cancelled]", err=True)
                 return
+        break
     started = time.perf_counter()
     global _MODELS_IN_PROCESS
     _MODELS_IN_PROCESS = True
@@ -547,6 +558,13 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
     messages = _turn_messages(manager, settings, request,
                               load_s=time.perf_counter() - started)
     _print_turn(messages, as_json)
+
+
+def _at_terminal() -> bool:
+    """Whether this command was typed at a terminal (its input or its output is one). Only
+    then does ``ask`` start an answer server on demand, so that a script or a CI job never
+    leaves a server process behind; a server that is already up serves scripts too."""
+    return sys.stdin.isatty() or sys.stdout.isatty()
 
 
 def _turn_messages(manager, settings: Settings, request: dict, *, load_s: float = 0.0,

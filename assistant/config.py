@@ -113,10 +113,12 @@ class Settings:
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
 
-    serve_idle_minutes: float = 0.0
-    """When above 0, ``assistant ask`` starts an answer server (``assistant serve``) if none is
-    up and answers through it; the server keeps the models loaded until no question came for
-    this many minutes. 0: ``ask`` uses a server only when one was started by hand."""
+    serve_idle_minutes: float = 10.0
+    """When above 0, an ``assistant ask`` typed at a terminal starts an answer server
+    (``assistant serve``) if none is up and answers through it; the server keeps the models
+    loaded until no question came for this many minutes, as Ollama keeps a model warm (its
+    default is 5). 0: ``ask`` uses a server only when one was started by hand. Scripts (no
+    terminal on either end) never start one."""
 
     precision: str = "auto"
     """The generator's weights: ``auto`` (what measured fastest with the same answers:

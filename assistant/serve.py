@@ -39,6 +39,10 @@ class SettingsMismatch(ServerError):
     """The running server was started with other settings than the client's."""
 
 
+class StaleServer(SettingsMismatch):
+    """The running server was started by another version of the program; it has stopped."""
+
+
 def socket_path(settings) -> Path:
     """Where the server of ``settings``' data directory listens."""
     return Path(settings.data_dir) / SOCKET_NAME
@@ -50,6 +54,22 @@ def settings_key(settings) -> str:
     values = {f.name: str(getattr(settings, f.name)) for f in dataclasses.fields(settings)
               if f.name not in UNSHARED}
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def code_version() -> str:
+    """A digest of the program's own files (path, size and modification time of every ``.py``
+    and prompt template under ``assistant/``, ``index/`` and ``prompts/``): it changes when the
+    program is upgraded or edited: a server that was started before answers no client of the
+    new code, and stops. About 100 ``stat`` calls."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for folder in ("assistant", "index", "prompts"):
+        for path in sorted((root / folder).rglob("*")):
+            if path.suffix in (".py", ".txt") and path.is_file():
+                info = path.stat()
+                digest.update(f"{path.relative_to(root)}:{info.st_size}:{info.st_mtime_ns}\n"
+                              .encode())
+    return digest.hexdigest()[:16]
 
 
 def _lines(conn: socket.socket) -> Iterator[dict]:
@@ -96,14 +116,17 @@ def ask(conn: socket.socket, settings, request: dict) -> Iterator[dict]:
     then the end message.
 
     Raises:
+        StaleServer: the server runs another version of the program (it answered nothing and
+            stopped).
         SettingsMismatch: the server has other settings (it answered nothing).
         ServerError: the server answered with an error or closed the connection before the end.
     """
-    _send(conn, {**request, "key": settings_key(settings)})
+    _send(conn, {**request, "key": settings_key(settings), "code": code_version()})
     for message in _lines(conn):
         if "error" in message:
-            raise (SettingsMismatch if message.get("mismatch") else ServerError)(
-                message["error"])
+            kind = (StaleServer if message.get("stale") else
+                    SettingsMismatch if message.get("mismatch") else ServerError)
+            raise kind(message["error"])
         yield message
         if "end" in message:
             return
@@ -121,6 +144,19 @@ def stop(settings) -> bool:
         for _ in _lines(conn):
             pass
     return True
+
+
+def wait_stopped(settings, *, wait_s: float = 10.0) -> bool:
+    """Wait until no server listens on these settings' data directory (one that was asked to
+    stop, or found itself stale, closes its socket within moments); True when none does."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        conn = connect(settings)
+        if conn is None:
+            return True
+        conn.close()
+        time.sleep(0.05)
+    return False
 
 
 def start(settings, argv: list[str], *, wait_s: float = 300.0) -> socket.socket | None:
@@ -172,7 +208,7 @@ def serve(settings, handle: Handler, *, idle_s: float,
         os.umask(old)
     os.chmod(path, 0o600)
     listener.listen(8)
-    key = settings_key(settings)
+    key, code = settings_key(settings), code_version()  # the code as it was when started
     if on_ready:
         on_ready(path)
     try:
@@ -184,15 +220,16 @@ def serve(settings, handle: Handler, *, idle_s: float,
                 except socket.timeout:
                     return
                 with conn:
-                    if not _serve_one(conn, key, handle):
+                    if not _serve_one(conn, key, code, handle):
                         return
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
 
-def _serve_one(conn: socket.socket, key: str, handle: Handler) -> bool:
-    """Read one request from ``conn`` and answer it; False when it asked the server to stop."""
+def _serve_one(conn: socket.socket, key: str, code: str, handle: Handler) -> bool:
+    """Read one request from ``conn`` and answer it; False when the server should stop: the
+    client asked it to, or runs another version of the program (``code``)."""
     try:
         request = next(_lines(conn), None)
     except (OSError, ValueError):
@@ -200,6 +237,11 @@ def _serve_one(conn: socket.socket, key: str, handle: Handler) -> bool:
     if request is None:
         return True
     if request.get("op") == "stop":  # from its owner (the socket is 0600), whatever settings
+        return False
+    if request.get("code") != code:
+        with contextlib.suppress(OSError):
+            _send(conn, {"error": "the running answer server was started by another version of "
+                                  "the program; it has stopped", "mismatch": True, "stale": True})
         return False
     if request.get("key") != key:
         with contextlib.suppress(OSError):

@@ -34,6 +34,13 @@ def pytest_addoption(parser):
                      help="property-based tests: N examples per target (CI: each test's own)")
 
 
+@pytest.fixture(autouse=True)
+def no_answer_server_on_demand(monkeypatch):
+    """No `ask` of a test (in a pseudo-terminal, say) starts an answer server that would
+    outlive it; tests of that behaviour set ASSISTANT_SERVE_IDLE_MINUTES themselves."""
+    monkeypatch.setenv("ASSISTANT_SERVE_IDLE_MINUTES", "0")
+
+
 def load_jsonl(name: str) -> list[dict]:
     return [json.loads(line) for line in (FIXTURES / name).read_text(encoding="utf-8").splitlines()]
 

@@ -41,16 +41,21 @@ class Running:
         return not self.thread.is_alive()
 
 
+def scripted_manager(tmp_path, corpus_dir, fake_embedder) -> DialogueManager:
+    """A dialogue manager over a real index of ``corpus_dir`` with a slow scripted generator."""
+    Indexer(tmp_path / "index", fake_embedder).run([corpus_dir])
+    generator = FakeGenerator(["The Denver ", "Broncos ", "won. "] + ["more "] * 200, delay=0.01)
+    return DialogueManager(retriever=Retriever(Store.open(tmp_path / "index"), fake_embedder),
+                           generator=generator, history=History(tmp_path / "history.db"),
+                           top_k=3)
+
+
 @pytest.fixture
 def served(tmp_path, corpus_dir, fake_embedder):
     """Settings, a manager over a real index with a slow scripted generator, and its server."""
     settings = Settings(data_dir=tmp_path / "data")
     settings.data_dir.mkdir()
-    Indexer(tmp_path / "index", fake_embedder).run([corpus_dir])
-    generator = FakeGenerator(["The Denver ", "Broncos ", "won. "] + ["more "] * 200, delay=0.01)
-    manager = DialogueManager(retriever=Retriever(Store.open(tmp_path / "index"), fake_embedder),
-                              generator=generator, history=History(tmp_path / "history.db"),
-                              top_k=3)
+    manager = scripted_manager(tmp_path, corpus_dir, fake_embedder)
     server = Running(settings, serve_handler(manager, settings))
     yield settings, manager, server
     serve.stop(settings)
@@ -132,6 +137,56 @@ def test_a_client_that_leaves_mid_answer_cancels_it_and_the_turn_is_kept(served)
     assert row["answer"].startswith("The Denver Broncos") and len(row["answer"]) < 400
 
 
+def test_a_server_of_another_version_answers_nothing_and_stops(served, monkeypatch):
+    settings, manager, server = served
+    monkeypatch.setattr(serve, "code_version", lambda: "edited since")  # the client's code
+    with serve.connect(settings) as conn:
+        with pytest.raises(serve.StaleServer, match="another version"):
+            list(serve.ask(conn, settings, {"question": "Who won?"}))
+    assert serve.wait_stopped(settings) and server.join()
+    assert not manager.history.conversations()
+
+
+def test_ask_at_a_terminal_starts_a_server_on_demand_and_a_script_does_not(
+        tmp_path, corpus_dir, fake_embedder, monkeypatch):
+    from assistant import cli as cli_module
+
+    manager = scripted_manager(tmp_path, corpus_dir, fake_embedder)
+    started, servers = [], []
+
+    def start(settings, argv):  # the server `assistant serve` would be, in a thread
+        started.append(argv)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        servers.append(Running(settings, serve_handler(manager, settings)))
+        return serve.connect(settings)
+
+    class LoadedHere(Exception):
+        pass
+
+    def load_here(*args, **kwargs):
+        raise LoadedHere
+
+    monkeypatch.setattr(serve, "start", start)
+    monkeypatch.setattr(cli_module, "start_generator", load_here)
+    args = ["--data-dir", str(tmp_path / "data"), "ask", "Who won Super Bowl 50?"]
+    env = {"ASSISTANT_SERVE_IDLE_MINUTES": "10"}
+    monkeypatch.setattr(cli_module, "_at_terminal", lambda: False)
+    script = CliRunner().invoke(cli, args, env=env)
+    assert isinstance(script.exception, LoadedHere) and not started  # answered in-process
+
+    monkeypatch.setattr(cli_module, "_at_terminal", lambda: True)
+    typed = CliRunner().invoke(cli, args, env=env)
+    assert typed.exit_code == 0, typed.output
+    assert "Starting the answer server" in typed.output and "10 minutes" in typed.output
+    assert "The Denver Broncos won." in typed.output
+    assert started[0][-3:] == ["serve", "--idle-minutes", "10"]
+    again = CliRunner().invoke(cli, args, env=env)  # the server is up: used, not started again
+    assert again.exit_code == 0 and len(started) == 1
+    assert "Starting" not in again.output and "The Denver Broncos won." in again.output
+    assert serve.stop(Settings(data_dir=tmp_path / "data")) and servers[0].join()
+    assert len(manager.history.conversations()) == 2
+
+
 def test_stop_and_idle_timeout_remove_the_socket(served, tmp_path):
     settings, _, server = served
     assert serve.stop(settings)
@@ -156,7 +211,8 @@ def test_a_stale_socket_file_is_not_a_server(tmp_path):
 
 @pytest.mark.slow
 def test_assistant_serve_answers_ask_like_the_process_itself(tmp_path, corpus_dir,
-                                                             shared_data_dir, real_generator):
+                                                             shared_data_dir, real_generator,
+                                                             monkeypatch):
     """`assistant serve` with the embedded models; `ask` through it gives the in-process
     answer, into the same history; `serve --stop` ends it."""
     base = ["--data-dir", str(shared_data_dir), "--index-dir", str(tmp_path / "index")]
@@ -192,7 +248,8 @@ def test_assistant_serve_answers_ask_like_the_process_itself(tmp_path, corpus_di
         stopped = runner.invoke(cli, [*base, "serve", "--stop"])
         assert "Stopped" in stopped.output
         assert server.wait(30) == 0
-        # serve_idle_minutes > 0: ask starts a server itself and answers through it
+        # serve_idle_minutes > 0 at a terminal: ask starts a server itself, answers through it
+        monkeypatch.setattr("assistant.cli._at_terminal", lambda: True)
         started = runner.invoke(cli, [*base, *question], env={"ASSISTANT_SERVE_IDLE_MINUTES": "1"})
         assert started.exit_code == 0, started.output
         assert "Starting the answer server" in started.output
