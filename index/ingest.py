@@ -375,7 +375,8 @@ class Indexer:
         """Read and chunk a changed file; None when unchanged or skipped (recorded in report).
         A file read by older reading rules than today's for its kind is read again even when
         unchanged. An indexed file that now reads as nothing (emptied, broken, or all
-        navigation by today's rules) is skipped and its old passages removed."""
+        navigation by today's rules) or grew past ``max_file_bytes`` is skipped and its old
+        passages removed; one that cannot be read keeps them (the error may pass)."""
         # a duplicate's row has no reader version (1) and its kind no rules of its own (1)
         current = old is not None and (old.get("reader") or 1) == reader_version(old["kind"])
         if old and old["size"] == c.size and old["mtime_ns"] == c.mtime_ns:
@@ -386,6 +387,7 @@ class Indexer:
         if c.size > self.max_file_bytes:
             report.skipped.append((str(c.path), f"too large ({c.size / 2**20:.1f} MiB > "
                                                 f"{self.max_file_bytes / 2**20:.0f} MiB)"))
+            self._forget(store, old, report)
             return None
         try:
             data = c.path.read_bytes()
@@ -401,9 +403,7 @@ class Indexer:
             document = read_document(c.path, data, kind_of(c.path) or "text")
         except SkipFile as exc:
             report.skipped.append((str(c.path), str(exc)))
-            if old is not None:  # what it held before is not what it reads as now
-                report.passages_removed += store.remove_document(old["id"])
-                report.removed += 1
+            self._forget(store, old, report)
             return None
         if store.primary(digest) is not None or digest in self._run_digests:
             # The same bytes as a document already indexed: stored once, this path recorded
@@ -411,6 +411,14 @@ class Indexer:
             return _Pending(c, old, digest, document.title, document.kind, [], document)
         self._run_digests.add(digest)
         return _Pending(c, old, digest, document.title, document.kind, self._chunk(document))
+
+    @staticmethod
+    def _forget(store: Store, old: dict | None, report: IndexReport) -> None:
+        """Remove the indexed version ``old`` (if any) of a file that is skipped now: what it
+        held before is not what the file holds."""
+        if old is not None:
+            report.passages_removed += store.remove_document(old["id"])
+            report.removed += 1
 
     def _chunk(self, document) -> list:
         return chunk_sections(document.sections, max_tokens=self.chunk_tokens,

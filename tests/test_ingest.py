@@ -331,24 +331,31 @@ def test_files_read_by_older_reading_rules_are_read_again(tmp_path, fake_embedde
 
 
 def test_an_indexed_file_that_now_reads_as_nothing_loses_its_passages(tmp_path, fake_embedder):
-    """A title page all notices by today's rules, a file emptied or made binary: its old
-    passages no longer say what the file says, so they go; the file is reported skipped."""
+    """A title page all notices by today's rules, a file emptied or made binary, or grown
+    past the size limit: its old passages no longer say what the file says, so they go; the
+    file is reported skipped."""
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / "keep.md").write_text("# Keep\n\nThe halftime show was headlined by Coldplay.\n")
     emptied = folder / "emptied.md"
     emptied.write_text("# Old\n\nBeyonce sang at the halftime show.\n")
-    indexer = make_indexer(tmp_path, fake_embedder)
+    grown = folder / "grown.md"
+    grown.write_text("# Grown\n\nLady Gaga sang the national anthem.\n")
+    indexer = make_indexer(tmp_path, fake_embedder, max_file_bytes=10_000)
     indexer.run([folder])
     emptied.write_text("")
+    grown.write_text("# Grown\n\n" + "A much longer page. " * 1000)
     report = indexer.run([folder])
-    assert report.skipped == [(str(emptied), "empty")]
-    assert (report.removed, report.passages_removed, report.unchanged) == (1, 1, 1)
+    assert sorted(report.skipped) == [(str(emptied), "empty"),
+                                      (str(grown), "too large (0.0 MiB > 0 MiB)")]
+    assert (report.removed, report.passages_removed, report.unchanged) == (2, 2, 1)
     store = Store.open(tmp_path / "index")
     assert [Path(p).name for p in store.documents()] == ["keep.md"]
-    assert Retriever(store, fake_embedder).search("Beyonce", k=1, mode="bm25").hits == []
+    retriever = Retriever(store, fake_embedder)
+    assert retriever.search("Beyonce", k=1, mode="bm25").hits == []
+    assert retriever.search("Gaga anthem", k=1, mode="bm25").hits == []
     store.close()
-    assert indexer.run([folder]).skipped == [(str(emptied), "empty")]  # and every run after
+    assert sorted(indexer.run([folder]).skipped) == sorted(report.skipped)  # every run after
 
 
 def test_embedding_waits_while_another_process_is_answering(tmp_path, fake_embedder):
