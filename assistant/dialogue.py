@@ -380,7 +380,8 @@ class Turn:
             SourceRecord(
                 number=n, passage_id=h.passage.id, path=h.passage.path, title=h.passage.title,
                 heading=h.passage.heading, page=h.passage.page, line_start=h.passage.line_start,
-                line_end=h.passage.line_end, score=h.score, text=h.passage.text, cited=n in cited,
+                line_end=h.passage.line_end, score=h.score if h.rank else None,
+                text=h.passage.text, cited=n in cited,
                 support=round(self.support[n - 1], 4) if n <= len(self.support) else None,
             )
             for n, h in enumerate(self.hits[: self.sources_shown], start=1)

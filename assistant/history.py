@@ -71,7 +71,9 @@ class SourceRecord:
     page: int | None
     line_start: int | None
     line_end: int | None
-    score: float
+    score: float | None
+    """The retrieval (or reranked) score; None for a passage the answer added from a retrieved
+    passage's document (its opening, the sections of a heading), which was not retrieved."""
     text: str
     cited: bool = False
     support: float | None = None

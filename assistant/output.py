@@ -87,7 +87,8 @@ def sources_text(turn) -> str:
         mark = "*" if s.cited else " "
         heading = f" — {visible(s.heading, one_line=True)}" if s.heading else ""
         support = f", support {support_bar(s.support).strip()}" if s.support is not None else ""
-        lines.append(f"{mark}[{s.number}] {location(s)}{heading} (score {s.score:.3f}{support})")
+        score = "added from the same document" if s.score is None else f"score {s.score:.3f}"
+        lines.append(f"{mark}[{s.number}] {location(s)}{heading} ({score}{support})")
     return "\n".join(lines)
 
 
@@ -114,7 +115,8 @@ def turn_json(turn, *, model: str, device: str = "", load_s: float | None = None
         "sources": [
             {"number": s.number, "path": s.path, "title": s.title, "heading": s.heading,
              "page": s.page, "line_start": s.line_start, "line_end": s.line_end,
-             "location": location(s), "score": round(s.score, 6), "cited": s.cited,
+             "location": location(s), "score": None if s.score is None else round(s.score, 6),
+             "cited": s.cited,
              "support": s.support, "text": s.text}
             for s in turn.sources()
         ],

@@ -560,3 +560,30 @@ def test_a_factoid_turn_shows_support_only_for_the_passages_it_scored(
     how = m.ask("How did the Denver Broncos win Super Bowl 50?")
     list(how)
     assert how.form == "explanation" and how.reading.scored == 3 and len(how.support) == 3
+
+
+def test_a_source_the_answer_added_shows_no_retrieval_score(tmp_path):
+    """A passage the composer added from a retrieved passage's document (its opening, the
+    sections under a heading) was not retrieved: no score of 0.000 is shown for it."""
+    from assistant.dialogue import Turn
+    from assistant.output import sources_text
+    from assistant.prompts import Prompt
+    from assistant.tui.widgets import source_label
+    from index.retrieval import Hit
+    from index.store import Passage
+
+    def passage(pid: int, line: int) -> Passage:
+        return Passage(pid, 1, "/docs/pass.md", "pass", "The pass statement", None, line,
+                       line + 3, "pass is a null operation.")
+
+    turn = Turn("c1", 1, "What is pass?", "What is pass?",
+                [Hit(passage(7, 10), 1.323, 1), Hit(passage(2, 1), 0.0, 0)], 5.0,
+                Prompt([], 2, 0), None, "m", None)
+    retrieved, added = turn.sources()
+    assert (retrieved.score, added.score) == (1.323, None)
+    text = sources_text(turn)
+    assert "[1] /docs/pass.md:10-13 — The pass statement (score 1.323)" in text
+    assert "[2] /docs/pass.md:1-4 — The pass statement (added from the same document)" in text
+    assert turn_json(turn, model="m")["sources"][1]["score"] is None
+    labels = [source_label(vars(s)).plain for s in (retrieved, added)]
+    assert labels[0].endswith("  1.323") and labels[1].endswith("  added")

@@ -153,7 +153,8 @@ def used_sentences(passage: str, answer: str) -> list[str]:
 
 
 def source_label(source: dict) -> Text:
-    """The sources-list entry: number, file name with lines or page, heading, score and, when
+    """The sources-list entry: number, file name with lines or page, heading, score ("added"
+    for a passage the answer added from a retrieved one's document) and, when
     measured, a bar with the share of the answer's attention on it (support); the sources
     the answer cites are starred. (The full path is shown with the passage.)"""
     where = location({**source, "path": Path(source["path"]).name})
@@ -163,7 +164,8 @@ def source_label(source: dict) -> Text:
     if source.get("heading"):
         label.append(f" · {visible(source['heading'].split(' > ')[-1], one_line=True)}",
                      style="italic")
-    label.append(f"  {source['score']:.3f}", style="dim")
+    score = source.get("score")
+    label.append("  added" if score is None else f"  {score:.3f}", style="dim")
     if source.get("support") is not None:
         label.append(f"  {support_bar(source['support'])}",
                      style="bold green" if source.get("cited") else "green")
