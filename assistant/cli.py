@@ -1150,7 +1150,7 @@ def eval_command(ctx, beir_dir, split, squad_dir, questions_name, questions_file
                 out.setdefault("squad_qa", []).append({
                     "model": settings.generator_model, "reader": name,
                     "mode": settings.retrieval_mode, "left_out_articles": sorted(left_out),
-                    **summary, "examples": [r.__dict__ for r in results[name][:20]]})
+                    **summary, "answers": [r.__dict__ for r in results[name]]})
             if not as_json:
                 reranked = (f"generator reranks top {settings.rerank_k}"
                             if first.reranks else

@@ -57,6 +57,8 @@ class _Retriever(Protocol):
 
     def sections(self, document_id: int): ...
 
+    def word_passages(self, words): ...
+
 
 def cited_numbers(answer: str) -> list[int]:
     """Source numbers cited in ``answer`` as ``[n]``, ``[n, m]`` or ``[n-m]``, in first-seen order."""
@@ -675,7 +677,8 @@ class DialogueManager:
             rerank_first=self.rerank_first if factoid else 0, read_k=self.read_k,
             read_mode=self.read_mode, abstain_below=self.abstain_threshold,
             max_new_tokens=min(self.max_new_tokens, 48 if factoid else ANCHOR_TOKENS),
-            output_head=self.output_head)
+            output_head=self.output_head,
+            frequencies=self.retriever.word_passages if self.retriever is not None else None)
 
     def warm_up(self) -> None:
         """Run the models once on a tiny input, so that the first question does not pay for

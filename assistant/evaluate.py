@@ -194,6 +194,10 @@ class QAResult:
     """The source with the largest support weight (the answer's attention), if measured."""
     f1_raw: float = 0.0
     """Token F1 of the reader's answer as if it had not abstained."""
+    features: dict | None = None
+    """What the block reader decided abstention from (:attr:`assistant.reader.Reading.features`:
+    ``pmi``, ``logprob``, ``cover``, ...), so that another rule can be scored on the same
+    readings; None for other readers."""
 
 
 def qa_summary(results: Sequence[QAResult]) -> dict:
@@ -294,7 +298,8 @@ def answer_question(manager, question: dict, k_found: int = 5, *,
                     timings["retrieval_ms"], timings["first_token_s"], timings["tokens_per_s"],
                     answer_s=timings.get("answer_s"), answerable=answerable,
                     abstained=turn.abstained, attended_doc=attended,
-                    f1_raw=metrics.token_f1(raw, question["answers"]))
+                    f1_raw=metrics.token_f1(raw, question["answers"]),
+                    features=dict(turn.reading.features) if turn.reading is not None else None)
 
 
 QUESTION_PROMPT = ("Write one question that the following passage answers. Reply with the "

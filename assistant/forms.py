@@ -742,16 +742,16 @@ def choose(form: str, question: str, candidates: Sequence[Sentence], scores: Seq
     return [best]
 
 
-def _stem(word: str) -> str:
+def stem(word: str) -> str:
     """``word`` without a plural or verb ending ("errors", "detected" -> "error", "detect")."""
     return re.sub(r"(?:ing|ed|es|s)$", "", word) if len(word) > 5 else word
 
 
 def _names_asked(words: set[str], title: str) -> bool:
     """True when every content word of a heading's ``title`` is among the question's
-    ``words`` (by :func:`_stem`), and it has one."""
-    said = {_stem(w) for w in content_words(title)}
-    return bool(said) and said <= {_stem(w) for w in words}
+    ``words`` (by :func:`stem`), and it has one."""
+    said = {stem(w) for w in content_words(title)}
+    return bool(said) and said <= {stem(w) for w in words}
 
 
 def listed_sections(question: str, heading: str,

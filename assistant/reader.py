@@ -24,14 +24,17 @@ This module does not import torch; the generator does the tensor work.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from index.retrieval import Hit
+from index.words import STOPWORDS
 
 from .extractive import ExtractiveAnswer, extractive_prefix, finish
+from .forms import stem
 from .rerank import answer_value, combine
 
 LEAD = "Question:"
@@ -53,13 +56,20 @@ VERDICT_MARGIN = 1.0
 """Nats by which log P(" Yes") and log P(" No") as the answer's first token must differ for a
 yes/no answer to start with "Yes"/"No" (else the evidence sentence alone is shown)."""
 
-ABSTAIN = (-2.849, 4.672, 0.499)
-"""Weights of :func:`abstain_score`: (bias, per-token pointwise mutual information of the
-question and the best passage (nats per token), the answer's mean token log-probability).
-Fitted by logistic regression for Gemma 3 270M on 120 dev questions outside the reported
-sample, 34 of them unanswerable (their articles left out of the index;
-``benchmarks/reader_calibration.py``): at 0.5, abstention F1 89.2 there, 2 of 86 answerable
-questions abstained (token F1 44.8 -> 43.6)."""
+ABSTAIN = (-5.047, 3.478, 4.685)
+"""Weights of :func:`abstain_score` over :data:`ABSTAIN_FEATURES`: a bias, then one per
+feature. Fitted by logistic regression for Gemma 3 270M on 300 SQuAD dev questions outside
+the reported sample, 90 of them unanswerable (their articles left out of the index;
+``benchmarks/reader_calibration.py --lean --limit 300``). Six-fold cross-validated there, at
+the default threshold 0.45: abstention F1 87.1 (precision 92.5, recall 82.2), 6 of 210
+answerable questions abstained; the previous model (pmi and the answer's log-probability)
+gave 81.4 with 15 abstained at its 0.5 (BENCHMARKS.md, "Abstention")."""
+
+ABSTAIN_FEATURES = ("pmi", "cover")
+"""What :data:`ABSTAIN` weighs, from :attr:`Reading.features`: ``pmi``, the per-token
+pointwise mutual information of the question and the best passage (nats per token);
+``logprob``, the answer's mean token log-probability (nats); ``cover``, the share of the
+question's words the best-covering passage holds (:func:`coverage`)."""
 
 
 RERANK_MORE_BELOW = 1.0
@@ -194,14 +204,51 @@ def support_weights(masses, heads: Sequence[tuple[int, int]] = ()) -> list[float
     return [t / norm if norm > 0 else 0.0 for t in total]
 
 
-def abstain_score(features: dict, weights: Sequence[float] = ABSTAIN) -> float:
+def abstain_score(features: dict, weights: Sequence[float] = ABSTAIN,
+                  names: Sequence[str] = ABSTAIN_FEATURES) -> float:
     """Probability (0..1) that the passages hold the answer: a logistic function of the
-    features (see :data:`ABSTAIN`); 1.0 when no weights were fitted."""
+    features ``names`` with ``weights`` (a bias first; see :data:`ABSTAIN`); 1.0 when no
+    weights were fitted."""
     if not any(weights):
         return 1.0
-    z = weights[0] + weights[1] * features.get("pmi", 0.0) + weights[2] * features.get(
-        "logprob", 0.0)
-    return 1 / (1 + math.exp(-z))
+    z = weights[0] + sum(w * features.get(name, 0.0) for w, name in zip(weights[1:], names))
+    return 1 / (1 + math.exp(-max(-30.0, min(30.0, z))))
+
+
+Frequencies = Callable[[Sequence[str]], "tuple[dict[str, int], int]"]
+"""``frequencies(words) -> ({word: passages holding it}, passages in the index)``, e.g.
+:meth:`index.retrieval.Retriever.word_passages`."""
+
+
+def coverage(question: str, texts: Sequence[str],
+             frequencies: Frequencies | None = None) -> float:
+    """The largest share (0..1), over ``texts``, of the question's content words that one
+    text holds, each word weighted by its inverse document frequency in the index,
+    ln(1 + (N - n + 0.5) / (n + 0.5)) for a word in n of N passages (BM25's, Robertson and
+    Spärck Jones), or weighted alike without ``frequencies``. Words are compared without
+    plural or verb endings (:func:`~assistant.forms.stem`). When a question's rare words are
+    in none of the passages (a name the documents never mention), the answer is unlikely to
+    be there. 1.0 for a question of stop words only; 0.0 without texts."""
+    words = list(dict.fromkeys(w for w in re.findall(r"[a-z0-9]+", question.lower())
+                               if w not in STOPWORDS))
+    if not words:
+        return 1.0
+    if not texts:
+        return 0.0
+    weight = dict.fromkeys(words, 1.0)
+    if frequencies is not None:
+        counts, total = frequencies(words)
+        weight = {w: math.log(1 + (total - counts.get(w, 0) + 0.5) / (counts.get(w, 0) + 0.5))
+                  for w in words}
+    asked = {}
+    for w in words:
+        asked[stem(w)] = asked.get(stem(w), 0.0) + weight[w]
+    whole = sum(asked.values())
+    best = 0.0
+    for text in texts:
+        held = {stem(w) for w in re.findall(r"[a-z0-9]+", text.lower())}
+        best = max(best, sum(v for w, v in asked.items() if w in held) / whole)
+    return best
 
 
 class ExtractiveReader:
@@ -230,14 +277,17 @@ class ExtractiveReader:
             copy of the head, exact near the top: the same tokens) or ``passages`` (only the
             tokens of their prompt), see
             :meth:`~assistant.generation.blocks.BlockReader.decode`.
+        frequencies: the index's word frequencies, for the ``cover`` feature
+            (:func:`coverage`); None weighs every question word alike.
     """
 
     def __init__(self, generator, *, rerank_k: int = 5, rerank_first: int = 0, read_k: int = 3,
                  read_mode: str = "each", layout: str = "end", abstain_below: float = 0.5,
                  max_new_tokens: int = 48, heads: Sequence[tuple[int, int]] | None = None,
                  output_head: str = "full", more_below: float | None = None,
-                 first_margin: float | None = None):
+                 first_margin: float | None = None, frequencies: Frequencies | None = None):
         self.generator = generator
+        self.frequencies = frequencies
         self.more_below = RERANK_MORE_BELOW if more_below is None else more_below
         self.first_margin = RERANK_FIRST_MARGIN if first_margin is None else first_margin
         self.rerank_k = rerank_k
@@ -391,6 +441,7 @@ class ExtractiveReader:
             "logprob": done.mean_logprob,
             "score": hits[0].score,
             "top_support": max(weights) if weights else 0.0,
+            "cover": coverage(question, [h.passage.text for h in hits], self.frequencies),
         }
         abstained = bool(self.abstain_below) and abstain_score(features) < self.abstain_below
         raw_span = answer.span

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 from .embedding import Embedder
 from .store import Passage, Store
@@ -176,6 +176,12 @@ class Retriever:
         hits = [Hit(passages[pid], score, rank, dense_rank.get(pid), bm25_rank.get(pid))
                 for rank, (pid, score) in enumerate(kept, start=1)]
         return SearchResult(hits, (time.perf_counter() - started) * 1000)
+
+    def word_passages(self, words: Sequence[str]) -> tuple[dict[str, int], int]:
+        """How many passages hold each of ``words``, and how many there are
+        (:meth:`Store.word_passages <index.store.Store.word_passages>`)."""
+        self.store = self.store.refreshed()
+        return self.store.word_passages(words)
 
     def opening(self, document_id: int, n: int = 2) -> list[Hit]:
         """The first ``n`` passages of a document as hits (score 0, rank 0: not found by a

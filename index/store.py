@@ -204,6 +204,7 @@ class Store:
         self._lock = None
         self._origin = ""  # the generation live when the update began (kept for readers)
         self._baseline = 0  # rows changed by opening the update itself (see `changed`)
+        self._passages: int | None = None  # passage count of a read-only generation
         self.reembedding = False
 
     # ---- opening -----------------------------------------------------------------------
@@ -590,6 +591,27 @@ class Store:
             if row is None:
                 absent.append(word)
         return absent
+
+    FREQUENCY_CAP = 50_000
+    """:meth:`word_passages` counts at most this many passages per word (a common word in an
+    index of millions would otherwise cost a scan of its whole posting list)."""
+
+    def word_passages(self, words: Sequence[str]) -> tuple[dict[str, int], int]:
+        """``({word: passages holding it}, passages in the index)``: each word's document
+        frequency as BM25 counts it (FTS5, the same Porter stemming as :meth:`bm25_search`;
+        at most :data:`FREQUENCY_CAP`), for inverse document frequencies. One indexed lookup
+        per word; the passage count is read once per open generation."""
+        if self._passages is None or self._writable:
+            self._passages = self.db.execute("SELECT count(*) FROM passages").fetchone()[0]
+        counts = {}
+        for word in dict.fromkeys(words):
+            term = " ".join(re.findall(r"\w+", word))
+            if not term.strip("_ "):
+                continue
+            counts[word] = self.db.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM passages_fts WHERE passages_fts MATCH ? "
+                "LIMIT ?)", ['"' + term.replace('"', "") + '"', self.FREQUENCY_CAP]).fetchone()[0]
+        return counts, self._passages
 
     # ---- writing -----------------------------------------------------------------------
     def add_roots(self, roots: Iterable[str]) -> None:

@@ -7,8 +7,8 @@ import pytest
 
 from assistant.dialogue import DialogueManager
 from assistant.history import History
-from assistant.reader import (ABSTAIN, HEADS, NOT_FOUND, abstain_score, block_text,
-                              question_text, support_weights)
+from assistant.reader import (ABSTAIN, ABSTAIN_FEATURES, HEADS, NOT_FOUND, abstain_score,
+                              block_text, coverage, question_text, support_weights)
 from index.ingest import Indexer
 from index.retrieval import Retriever
 from index.store import Store
@@ -32,16 +32,36 @@ def test_support_weights_average_the_chosen_heads_and_sum_to_one():
 
 
 def test_abstain_score_is_a_logistic_of_the_features():
-    assert abstain_score({"pmi": 1.0, "logprob": -0.5}, (0.0, 0.0, 0.0)) == 1.0  # unfitted
-    low = abstain_score({"pmi": 0.0, "logprob": -3.0}, (-1.0, 4.0, 1.0))
-    high = abstain_score({"pmi": 1.5, "logprob": -0.1}, (-1.0, 4.0, 1.0))
+    names = ("pmi", "logprob")
+    assert abstain_score({"pmi": 1.0, "logprob": -0.5}, (0.0, 0.0, 0.0), names) == 1.0
+    low = abstain_score({"pmi": 0.0, "logprob": -3.0}, (-1.0, 4.0, 1.0), names)
+    high = abstain_score({"pmi": 1.5, "logprob": -0.1}, (-1.0, 4.0, 1.0), names)
     assert 0 < low < 0.5 < high < 1
     assert low == pytest.approx(1 / (1 + 2.718281828 ** 4), rel=1e-6)
+    assert abstain_score({"cover": 1.0}, (-1.0, 3.0), ("cover",)) == pytest.approx(
+        1 / (1 + 2.718281828 ** -2), rel=1e-6)
+    assert abstain_score({"pmi": -1e6}, (0.0, 1.0), ("pmi",)) == pytest.approx(0.0)
 
 
 def test_fitted_constants_have_the_documented_shape():
-    assert len(ABSTAIN) == 3
+    assert len(ABSTAIN) == len(ABSTAIN_FEATURES) + 1
     assert all(len(pair) == 2 for pair in HEADS)
+
+
+def test_coverage_weighs_the_question_words_a_passage_holds_by_their_rarity():
+    question = "Which stadium hosted Super Bowl 50?"
+    holds_all = "Super Bowl 50 was hosted by Levi's Stadium."
+    common = "The team hosted a party; the stadium was full."  # the common words only
+    assert coverage(question, [holds_all, common]) == 1.0  # the best-covering passage
+    # alike: 2 of the 5 words ("stadium", "hosted"); weighted by rarity much less
+    assert coverage(question, [common]) == pytest.approx(2 / 5)
+    frequencies = lambda words: ({"stadium": 300, "hosted": 400, "super": 2, "bowl": 3,
+                                  "50": 20}, 1000)  # noqa: E731
+    rare_missing = coverage(question, [common], frequencies)
+    assert 0 < rare_missing < 0.2
+    # words compared without plural or verb endings; stop words alone cover everything
+    assert coverage("Which stadiums hosted it?", ["Stadium hosting: see below."]) == 1.0
+    assert coverage("What is it?", [common]) == 1.0 and coverage(question, []) == 0.0
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,20 @@ def test_absent_words_are_those_no_passage_holds(tmp_path, fake_embedder):
     assert store.absent_words(["PostgreSQL", "Clara", "UDP", '"', "__"]) == ["PostgreSQL", "UDP"]
 
 
+def test_word_passages_are_bm25_document_frequencies(tmp_path, fake_embedder, monkeypatch):
+    texts = ["Tuples are immutable sequences.", "A tuple packs values.",
+             "Lists are mutable sequences.", "Levi's Stadium is in Santa Clara."]
+    with Store.update(tmp_path, embedding_model="fake-bow", dim=256) as store:
+        add(store, fake_embedder, "/r/a.txt", texts)
+    store = Store.open(tmp_path, embedding_model="fake-bow")
+    counts, total = store.word_passages(["tuples", "Sequences", "PostgreSQL", "levi", "?"])
+    # stemmed as BM25 stems ("tuples" ~ "tuple"), any case, whole words only ("levi" is
+    # Levi's word; no prefix match), words without letters or digits left out
+    assert counts == {"tuples": 2, "Sequences": 2, "PostgreSQL": 0, "levi": 1} and total == 4
+    monkeypatch.setattr(Store, "FREQUENCY_CAP", 1)
+    assert store.word_passages(["tuple"])[0] == {"tuple": 1}
+
+
 def test_bm25_leaves_out_function_words_unless_quoted(tmp_path, fake_embedder):
     texts = ['The operators "is" and "is not" test identity; x is y is true.',
              "An operator is a symbol."]
