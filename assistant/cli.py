@@ -514,7 +514,7 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
     request = {"question": question, "conversation": conversation_id, "json": as_json,
                "top_k": top_k, "retrieval_mode": mode, "max_new_tokens": max_new_tokens}
     say = lambda message: click.echo(message, err=True)  # noqa: E731
-    for attempt in range(2):  # again once when the server was of another version
+    for _ in range(2):  # again once when the server was of another version
         conn = serve.connect(settings)
         if conn is None and settings.serve_idle_minutes > 0 and _at_terminal():
             say(f"Starting the answer server: it keeps the models loaded for the next questions "

@@ -240,9 +240,10 @@ def coverage(question: str, texts: Sequence[str],
         counts, total = frequencies(words)
         weight = {w: math.log(1 + (total - counts.get(w, 0) + 0.5) / (counts.get(w, 0) + 0.5))
                   for w in words}
-    asked = {}
+    asked: dict[str, float] = {}
     for w in words:
-        asked[stem(w)] = asked.get(stem(w), 0.0) + weight[w]
+        key = stem(w)
+        asked[key] = asked.get(key, 0.0) + weight[w]
     whole = sum(asked.values())
     best = 0.0
     for text in texts:
@@ -282,7 +283,7 @@ class ExtractiveReader:
     """
 
     def __init__(self, generator, *, rerank_k: int = 5, rerank_first: int = 0, read_k: int = 3,
-                 read_mode: str = "each", layout: str = "end", abstain_below: float = 0.5,
+                 read_mode: str = "each", layout: str = "end", abstain_below: float = 0.45,
                  max_new_tokens: int = 48, heads: Sequence[tuple[int, int]] | None = None,
                  output_head: str = "full", more_below: float | None = None,
                  first_margin: float | None = None, frequencies: Frequencies | None = None):

@@ -230,6 +230,12 @@ def test_a_block_turn_reranks_cites_with_support_and_reuses_blocks(tmp_path, ret
     assert turn.status == "complete" and answer == turn.answer
     assert turn.reading is not None and turn.reading.encoded == 3
     assert [h.rank for h in turn.hits] == [1, 2, 3]  # reranked order, renumbered
+    # abstention's cover feature weighs the question's words by the index's frequencies
+    from assistant.reader import coverage
+
+    texts = [h.passage.text for h in turn.hits]
+    assert turn.reading.features["cover"] == pytest.approx(
+        coverage(turn.question, texts, retriever.word_passages))
     assert len(turn.support) == 3 and sum(turn.support) == pytest.approx(1.0, abs=1e-6)
     timings = turn.timings()
     assert timings["blocks_computed"] == 3 and timings["answer_s"] > 0
