@@ -32,29 +32,18 @@ QUESTIONS = (
 )
 ASSISTANT = [sys.executable, "-m", "assistant"]
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.test_terminal import in_pty  # noqa: E402
 
 
 def ask_in_terminal(question: str, env: dict) -> tuple[float, str]:
-    """Run ``assistant ask QUESTION`` with a pseudo-terminal as its input and output: (wall
-    seconds, everything it printed)."""
-    main, secondary = os.openpty()
+    """Run ``assistant ask QUESTION`` with a pseudo-terminal as its input and output
+    (the terminal test's :func:`~tests.test_terminal.in_pty`): (wall seconds, everything it
+    printed)."""
     started = time.perf_counter()
-    child = subprocess.Popen([*ASSISTANT, "ask", question], stdin=secondary, stdout=secondary,
-                             stderr=secondary, env=env, cwd=ROOT, close_fds=True)
-    os.close(secondary)
-    chunks = []
-    while True:
-        try:
-            data = os.read(main, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    child.wait()
-    wall = time.perf_counter() - started
-    os.close(main)
-    return wall, b"".join(chunks).decode("utf-8", errors="replace")
+    printed = in_pty(["ask", question], env)
+    return time.perf_counter() - started, printed.decode("utf-8", errors="replace")
 
 
 def main() -> None:
