@@ -162,22 +162,37 @@ def wait_stopped(settings, *, wait_s: float = 10.0) -> bool:
 def start(settings, argv: list[str], *, wait_s: float = 300.0) -> socket.socket | None:
     """Start ``argv`` (an ``assistant serve`` command) detached, its output in
     ``serve.log`` in the data directory, and wait until it accepts connections; None when it
-    exits or does not come up within ``wait_s`` seconds."""
+    exits or does not come up within ``wait_s`` seconds. While one is starting, an exclusive
+    lock on ``serve.lock`` there is held, so that two ``ask``s typed at once start one server
+    (the second waits for the first's) instead of loading the models twice."""
+    import fcntl
     import subprocess
 
-    log = Path(settings.data_dir) / "serve.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                 start_new_session=True)
+    folder = Path(settings.data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        conn = connect(settings)
+    with open(folder / "serve.lock", "ab") as lock:  # released when closed
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.1)
+        conn = connect(settings)  # started by the ask that held the lock before us
         if conn is not None:
             return conn
-        if child.poll() is not None:
-            return None
-        time.sleep(0.1)
+        with open(folder / "serve.log", "ab") as out:
+            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                     start_new_session=True)
+        while time.monotonic() < deadline:
+            conn = connect(settings)
+            if conn is not None:
+                return conn
+            if child.poll() is not None:
+                return None
+            time.sleep(0.1)
     return None
 
 

@@ -187,6 +187,26 @@ def test_ask_at_a_terminal_starts_a_server_on_demand_and_a_script_does_not(
     assert len(manager.history.conversations()) == 2
 
 
+def test_two_asks_starting_a_server_at_once_start_one(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data")
+    started = tmp_path / "started"
+    # a stand-in for `assistant serve`: records that it ran, loads for a moment, listens
+    server = (f"import socket, time; open({str(started)!r}, 'a').write('x'); time.sleep(0.5); "
+              f"s = socket.socket(socket.AF_UNIX); s.bind({str(serve.socket_path(settings))!r}); "
+              f"s.listen(8); time.sleep(5)")
+    conns = []
+    starts = [threading.Thread(target=lambda: conns.append(serve.start(
+        settings, [sys.executable, "-c", server], wait_s=30))) for _ in range(2)]
+    for thread in starts:
+        thread.start()
+    for thread in starts:
+        thread.join(30)
+    assert len(conns) == 2 and all(conn is not None for conn in conns)
+    assert started.read_text() == "x"  # one server process, both asks connected to it
+    for conn in conns:
+        conn.close()
+
+
 def test_stop_and_idle_timeout_remove_the_socket(served, tmp_path):
     settings, _, server = served
     assert serve.stop(settings)
