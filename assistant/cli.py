@@ -517,10 +517,12 @@ def ask_command(ctx, question, top_k, mode, as_json, max_new_tokens, conversatio
     for _ in range(2):  # again once when the server was of another version
         conn = serve.connect(settings)
         if conn is None and settings.serve_idle_minutes > 0 and _at_terminal():
-            say(f"Starting the answer server: it keeps the models loaded for the next questions "
-                f"until {settings.serve_idle_minutes:g} minutes pass without one (`assistant "
-                f"serve --stop` ends it now).")
-            conn = serve.start(settings, _serve_argv(ctx, settings.serve_idle_minutes))
+            minutes = settings.serve_idle_minutes
+            starting = lambda: say(  # noqa: E731 (not when another ask's server came up)
+                f"Starting the answer server: it keeps the models loaded for the next questions "
+                f"until {minutes:g} minutes pass without one (`assistant serve --stop` ends it "
+                f"now).")
+            conn = serve.start(settings, _serve_argv(ctx, minutes), starting=starting)
             if conn is None:
                 say("The answer server did not start (see serve.log in the data dir); answering "
                     "here.")

@@ -159,12 +159,14 @@ def wait_stopped(settings, *, wait_s: float = 10.0) -> bool:
     return False
 
 
-def start(settings, argv: list[str], *, wait_s: float = 300.0) -> socket.socket | None:
+def start(settings, argv: list[str], *, wait_s: float = 300.0,
+          starting: Callable[[], None] | None = None) -> socket.socket | None:
     """Start ``argv`` (an ``assistant serve`` command) detached, its output in
     ``serve.log`` in the data directory, and wait until it accepts connections; None when it
     exits or does not come up within ``wait_s`` seconds. While one is starting, an exclusive
     lock on ``serve.lock`` there is held, so that two ``ask``s typed at once start one server
-    (the second waits for the first's) instead of loading the models twice."""
+    (the second waits for the first's) instead of loading the models twice. ``starting`` is
+    called right before this call starts the process (not when another's came up)."""
     import fcntl
     import subprocess
 
@@ -183,6 +185,8 @@ def start(settings, argv: list[str], *, wait_s: float = 300.0) -> socket.socket 
         conn = connect(settings)  # started by the ask that held the lock before us
         if conn is not None:
             return conn
+        if starting:
+            starting()
         with open(folder / "serve.log", "ab") as out:
             child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                      start_new_session=True)

@@ -154,7 +154,8 @@ def test_ask_at_a_terminal_starts_a_server_on_demand_and_a_script_does_not(
     manager = scripted_manager(tmp_path, corpus_dir, fake_embedder)
     started, servers = [], []
 
-    def start(settings, argv):  # the server `assistant serve` would be, in a thread
+    def start(settings, argv, starting):  # the server `assistant serve` would be, in a thread
+        starting()
         started.append(argv)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         servers.append(Running(settings, serve_handler(manager, settings)))
@@ -194,15 +195,17 @@ def test_two_asks_starting_a_server_at_once_start_one(tmp_path):
     server = (f"import socket, time; open({str(started)!r}, 'a').write('x'); time.sleep(0.5); "
               f"s = socket.socket(socket.AF_UNIX); s.bind({str(serve.socket_path(settings))!r}); "
               f"s.listen(8); time.sleep(5)")
-    conns = []
+    conns, said = [], []
     starts = [threading.Thread(target=lambda: conns.append(serve.start(
-        settings, [sys.executable, "-c", server], wait_s=30))) for _ in range(2)]
+        settings, [sys.executable, "-c", server], wait_s=30,
+        starting=lambda: said.append("starting")))) for _ in range(2)]
     for thread in starts:
         thread.start()
     for thread in starts:
         thread.join(30)
     assert len(conns) == 2 and all(conn is not None for conn in conns)
     assert started.read_text() == "x"  # one server process, both asks connected to it
+    assert said == ["starting"]  # and only the ask that started it says so
     for conn in conns:
         conn.close()
 
