@@ -155,13 +155,13 @@ def analyse(records: list[dict]) -> None:
     print("| features | weights (all records; bias first) | threshold | abstention P | R | F1 | "
           "answerable abstained | F1 answerable (with / without) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    ys = [1.0 if r["answerable"] else 0.0 for r in records]
+    folds = 6
+    order = sorted(range(len(records)), key=lambda i: (i * 7919) % len(records))
     for names in FEATURE_SETS:
         if any(name not in records[0]["features"] for name in names):
             continue
         xs = [[r["features"][name] for name in names] for r in records]
-        ys = [1.0 if r["answerable"] else 0.0 for r in records]
-        folds = 6
-        order = sorted(range(len(records)), key=lambda i: (i * 7919) % len(records))
         held = [0.0] * len(records)
         for k in range(folds):
             test = set(order[k::folds])

@@ -92,6 +92,15 @@ def _fts_query(text: str) -> str:
     return " OR ".join(f'"{w}"' for w in kept)
 
 
+def _fts_phrase(word: str) -> str | None:
+    """``word`` as a quoted FTS5 phrase of its word characters ("Levi's" -> ``"Levi s"``), or
+    None when it has no letters or digits."""
+    term = " ".join(re.findall(r"\w+", word))
+    if not term.strip("_ "):
+        return None
+    return '"' + term.replace('"', "") + '"'
+
+
 def _connect(path: Path, *, read_only: bool = False) -> sqlite_utils.Database:
     """A connection to ``path``; ``read_only`` opens an existing file without ever creating or
     changing it (``sqlite3.OperationalError`` when it is missing)."""
@@ -583,11 +592,11 @@ class Store:
         per word. A word with no letters or digits is never reported."""
         absent = []
         for word in words:
-            term = " ".join(re.findall(r"\w+", word))
-            if not term.strip("_ "):
+            phrase = _fts_phrase(word)
+            if phrase is None:
                 continue
             row = self.db.execute("SELECT 1 FROM passages_fts WHERE passages_fts MATCH ? LIMIT 1",
-                                  ['"' + term.replace('"', "") + '"*']).fetchone()
+                                  [phrase + "*"]).fetchone()
             if row is None:
                 absent.append(word)
         return absent
@@ -605,12 +614,12 @@ class Store:
             self._passages = self.db.execute("SELECT count(*) FROM passages").fetchone()[0]
         counts = {}
         for word in dict.fromkeys(words):
-            term = " ".join(re.findall(r"\w+", word))
-            if not term.strip("_ "):
+            phrase = _fts_phrase(word)
+            if phrase is None:
                 continue
             counts[word] = self.db.execute(
                 "SELECT count(*) FROM (SELECT 1 FROM passages_fts WHERE passages_fts MATCH ? "
-                "LIMIT ?)", ['"' + term.replace('"', "") + '"', self.FREQUENCY_CAP]).fetchone()[0]
+                "LIMIT ?)", [phrase, self.FREQUENCY_CAP]).fetchone()[0]
         return counts, self._passages
 
     # ---- writing -----------------------------------------------------------------------
