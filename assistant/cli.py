@@ -570,16 +570,20 @@ def _at_terminal() -> bool:
 
 
 def _turn_messages(manager, settings: Settings, request: dict, *, load_s: float = 0.0,
-                   prepare: bool = False):
-    """Answer one `ask` request with ``manager``: yields ``{"fragment": str}`` as the answer
-    streams, then ``{"end": {"json" or "sources", "status"}}``. Closing the generator early
-    (the client left, Ctrl-C) cancels the turn, which is kept marked cancelled.
+                   prepare: bool = False, cancellation=None):
+    """Answer one `ask` request with ``manager``: yields ``{"start": turn_state}`` once the
+    passages are retrieved, ``{"fragment": str}`` as the answer streams, then ``{"end":
+    {"json" or "sources", "status", "turn": turn_state}}`` (see
+    :func:`assistant.output.turn_state`). Closing the generator early (the client left,
+    Ctrl-C), or ``cancellation`` (:class:`assistant.serve.Cancellation`) firing, cancels the
+    turn, which is kept marked cancelled. A request's ``turn_id`` answers a question the chat
+    already recorded.
 
     Raises:
         UserError: a bad conversation id, or the question could not be answered.
     """
     from .generation import GenerationError
-    from .output import turn_json
+    from .output import turn_json, turn_state
 
     overrides = {"top_k": "top_k", "retrieval_mode": "mode", "max_new_tokens": "max_new_tokens"}
     saved = {attr: getattr(manager, attr) for attr in overrides.values()}
@@ -593,13 +597,18 @@ def _turn_messages(manager, settings: Settings, request: dict, *, load_s: float 
                 conversation_id = manager.history.resolve(conversation_id)
             except KeyError as exc:
                 raise UserError(exc.args[0]) from None
+        turn_id = request.get("turn_id")
         try:
-            turn = manager.ask(request["question"], conversation_id=conversation_id)
+            turn = manager.ask(request["question"], conversation_id=conversation_id,
+                               turn_id=int(turn_id) if turn_id is not None else None)
         except (RuntimeError, ValueError, GenerationError) as exc:
             raise UserError(str(exc)) from None
         try:
-            for fragment in turn:
-                yield {"fragment": fragment}
+            with (cancellation.watch(turn.cancel) if cancellation is not None
+                  else contextlib.nullcontext()):
+                yield {"start": turn_state(turn)}
+                for fragment in turn:
+                    yield {"fragment": fragment}
         except GenerationError as exc:
             raise UserError(str(exc)) from None
         except GeneratorExit:
@@ -613,9 +622,9 @@ def _turn_messages(manager, settings: Settings, request: dict, *, load_s: float 
     device = getattr(manager.generator, "device", "")
     if request.get("json"):
         yield {"end": {"json": turn_json(turn, model=settings.generator_model, load_s=load_s,
-                                         device=device)}}
+                                         device=device), "turn": turn_state(turn)}}
     else:
-        yield {"end": _ending(turn, settings, device)}
+        yield {"end": {**_ending(turn, settings, device), "turn": turn_state(turn)}}
     if prepare:  # after the answer went out: a head start for a follow-up, or nothing
         with contextlib.suppress(Exception):
             manager.prepare_follow_up(turn)
@@ -668,14 +677,29 @@ def _serve_argv(ctx: click.Context, idle_minutes: float) -> list[str]:
     return argv + ["serve", "--idle-minutes", f"{idle_minutes:g}"]
 
 
-def serve_handler(manager, settings: Settings):
-    """The answer server's request handler (see :data:`assistant.serve.Handler`): each `ask`
-    request answered by ``manager`` as in-process, while background embedding waits."""
+def serve_handler(manager, settings: Settings, *, idle_s: float = 0.0):
+    """The answer server's request handler (see :data:`assistant.serve.Handler`): each answer
+    request (from `ask` or the chat) answered by ``manager`` as in-process, while background
+    embedding waits; ``{"op": "describe"}`` gets ``{"describe": manager.describe()}`` (with
+    ``idle_s``, the server's idle timeout in seconds), ``{"op": "count", "text"}`` gets
+    ``{"tokens": n}``, ``{"op": "ping"}`` (which only resets the idle timeout) ``{"pong":
+    true}``."""
     from index.turns import answering
 
-    def handle(request: dict, send) -> None:
+    def handle(request: dict, send, cancellation=None) -> None:
+        op = request.get("op")
+        if op == "describe":
+            send({"describe": {**manager.describe(), "idle_s": idle_s}})
+            return
+        if op == "count":
+            send({"tokens": manager.count_tokens(str(request.get("text", "")))})
+            return
+        if op == "ping":
+            send({"pong": True})
+            return
         with answering():
-            messages = _turn_messages(manager, settings, request, prepare=True)
+            messages = _turn_messages(manager, settings, request, prepare=True,
+                                      cancellation=cancellation)
             try:
                 for message in messages:
                     send(message)
@@ -715,7 +739,8 @@ def serve_command(ctx, idle_minutes, stop_it) -> None:
     manager = build_manager(settings, say=say, embedder=embedder, generator=loading.result())
     manager.warm_up()
     try:
-        serve.serve(settings, serve_handler(manager, settings), idle_s=60 * idle_minutes,
+        serve.serve(settings, serve_handler(manager, settings, idle_s=60 * idle_minutes),
+                    idle_s=60 * idle_minutes,
                     on_ready=lambda path: say(f"Answering on {path} (idle timeout "
                                               f"{idle_minutes:g} min; `assistant serve --stop` "
                                               f"stops it)."))
@@ -761,11 +786,17 @@ def chat_command(ctx, resume_last, session_id, paths) -> None:
 
     indexer = background_index(settings, paths) if paths else None
 
+    served = []
+
     def load(say):
         if indexer is not None:
             while not Store.exists(settings.index_path) and indexer.poll() is None:
                 say("indexing your documents: waiting for the first passages…")
                 time.sleep(0.5)
+        manager = served_manager(ctx, settings, history, say)
+        if manager is not None:
+            served.append(manager)
+            return manager
         say("loading the models…")
         loading = start_generator(settings, say=say)
         with loading.models:
@@ -780,12 +811,50 @@ def chat_command(ctx, resume_last, session_id, paths) -> None:
                 conversation_id=conversation_id,
                 index_progress=(lambda: index_progress(settings, indexer))).run()
     finally:
+        for manager in served:
+            manager.close()
         if indexer is not None and indexer.poll() is None:
             indexer.terminate()  # what it published stays; `assistant index` goes on later
             try:
                 indexer.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 indexer.kill()
+
+
+def served_manager(ctx: click.Context, settings: Settings, history, say):
+    """The chat's dialogue manager answered by the answer server
+    (:class:`assistant.served.ServedManager`), or None when the chat should load the models
+    itself: no server is up and ``serve_idle_minutes`` is 0, the server has other settings, or
+    it did not start. With ``serve_idle_minutes`` > 0 a server is started when none is up, as
+    ``ask`` typed at a terminal does, and again when it has gone at a later question.
+    ``say(text)`` reports progress."""
+    from . import serve
+    from .served import ServedManager
+
+    minutes = settings.serve_idle_minutes
+
+    def start():
+        return serve.start(settings, _serve_argv(ctx, minutes or 10.0),
+                           starting=lambda: say("starting the answer server (it keeps the "
+                                                "models loaded for the next questions)…"))
+
+    for _ in range(2):  # again once when the server was of another version
+        conn = serve.connect(settings)
+        if conn is None and minutes > 0:
+            conn = start()
+        if conn is None:
+            return None
+        conn.close()
+        manager = ServedManager(settings, history=history, restart=start)
+        try:
+            manager.describe()
+        except serve.StaleServer:
+            serve.wait_stopped(settings)
+            continue
+        except (serve.ServerError, OSError, ValueError):
+            return None  # other settings, or a broken server: the chat loads its own models
+        return manager
+    return None
 
 
 def background_index(settings: Settings, paths) -> "subprocess.Popen":

@@ -492,6 +492,10 @@ class DialogueManager:
         window = getattr(self.generator, "context_window", self.context_tokens + self.max_new_tokens)
         return max(64, min(self.context_tokens, window - self.max_new_tokens))
 
+    def count_tokens(self, text: str) -> int:
+        """``text``'s length in the generator's tokens."""
+        return self.generator.count_tokens(text)
+
     def describe(self) -> dict:
         """What the status line shows: ``model``, ``device``, ``documents``, ``passages``
         (counts are 0 when there is no index yet)."""

@@ -178,6 +178,16 @@ class History:
                     replace=True,
                 )
 
+    def fail_pending(self, turn_id: int, *, answer: str, error: str) -> bool:
+        """Mark a turn that is still pending as an error, keeping ``answer`` (its text so far):
+        for a turn whose answerer went away (the answer server stopped mid-answer). A turn
+        its answerer finished is left as it is. True when the turn was pending."""
+        with self._lock, self.db.atomic():
+            cursor = self.db.execute(
+                "UPDATE turns SET answer = ?, status = 'error', error = ?, completed_at = ? "
+                "WHERE id = ? AND status = 'pending'", [answer, error, time.time(), turn_id])
+            return cursor.rowcount > 0
+
     def save_partial(self, turn_id: int, answer: str) -> None:
         """Store the answer so far of a turn still being generated."""
         with self._lock:

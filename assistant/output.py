@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Mapping
 
@@ -121,6 +122,19 @@ def turn_json(turn, *, model: str, device: str = "", load_s: float | None = None
             for s in turn.sources()
         ],
         "timings": timings,
+    }
+
+
+def turn_state(turn) -> dict:
+    """What the chat shows of a turn, JSON-ready (the answer server sends it to a chat
+    client): ``status``, ``error``, ``answer``, ``query``, ``conversation_id``, ``turn_id``,
+    ``cited`` (numbers), ``sources`` (``SourceRecord`` fields), ``timings``, ``grounding``,
+    ``abstained``."""
+    return {
+        "status": turn.status, "error": turn.error, "answer": turn.answer, "query": turn.query,
+        "conversation_id": turn.conversation_id, "turn_id": turn.turn_id, "cited": turn.cited(),
+        "sources": [dataclasses.asdict(s) for s in turn.sources()], "timings": turn.timings(),
+        "grounding": turn.grounding, "abstained": bool(turn.abstained),
     }
 
 

@@ -6,10 +6,13 @@ Unix socket in the data directory (``serve.sock``, mode 0600: only its owner can
 it has been idle for its timeout; ``ask`` uses it when it is up and has the same settings, and
 answers in its own process otherwise, so the answers, history and errors are the same.
 
-Protocol: one JSON object per line. The client sends ``{"key", "question", ...}``; the server
-answers with ``{"fragment": str}`` lines as the answer streams, then one ``{"end": {...}}``
-line, or one ``{"error": str}`` line. A client that disconnects mid-answer cancels it (the turn
-is kept, marked cancelled, as in-process). Ollama keeps models warm the same way.
+Protocol: one JSON object per line. The client sends ``{"key", "code", "question", ...}`` (or
+``{"op": "describe" | "count" | "ping" | "stop", ...}``); the server answers an answer request
+with one ``{"start": {...}}`` line (the sources retrieved), ``{"fragment": str}`` lines as the
+answer streams, then one ``{"end": {...}}`` line, or one ``{"error": str}`` line at any point.
+While it answers, the client may send ``{"op": "cancel"}``: the answer stops, is kept marked
+cancelled and still ends with its ``end`` line. A client that disconnects cancels it the same
+way, at once, even mid-reading. Ollama keeps models warm the same way.
 
 This module imports no model library: the server's handler comes from the CLI.
 """
@@ -22,6 +25,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -134,6 +138,13 @@ def ask(conn: socket.socket, settings, request: dict) -> Iterator[dict]:
                       "the data directory)")
 
 
+def cancel(conn: socket.socket) -> None:
+    """Ask the server to stop the answer it is writing on ``conn`` (see :func:`ask`): it ends
+    with its ``end`` message, status cancelled. Safe from another thread than the reader's."""
+    with contextlib.suppress(OSError):
+        _send(conn, {"op": "cancel"})
+
+
 def stop(settings) -> bool:
     """Ask the running server to exit; True when one was running."""
     conn = connect(settings)
@@ -201,9 +212,46 @@ def start(settings, argv: list[str], *, wait_s: float = 300.0,
 
 
 # --- server ------------------------------------------------------------------------------
-Handler = Callable[[dict, Callable[[dict], None]], None]
-"""Answers one request: called with the request and a ``send(message)`` that raises
-``OSError`` once the client is gone."""
+class Cancellation:
+    """Whether the client of the request being answered asked to cancel it or went away; a
+    handler registers what stops its answer with :meth:`watch`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._set = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    def is_set(self) -> bool:
+        """True once the client cancelled or left."""
+        return self._set
+
+    def set(self) -> None:
+        """Cancel: run the registered callbacks (once)."""
+        with self._lock:
+            self._set, callbacks, self._callbacks = True, self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    @contextlib.contextmanager
+    def watch(self, callback: Callable[[], None]) -> Iterator[None]:
+        """While inside, a cancel calls ``callback`` (at once when it came already)."""
+        with self._lock:
+            fired = self._set
+            if not fired:
+                self._callbacks.append(callback)
+        if fired:
+            callback()
+        try:
+            yield
+        finally:
+            with self._lock:
+                if callback in self._callbacks:
+                    self._callbacks.remove(callback)
+
+
+Handler = Callable[[dict, Callable[[dict], None], Cancellation], None]
+"""Answers one request: called with the request, a ``send(message)`` that raises ``OSError``
+once the client is gone, and the request's :class:`Cancellation`."""
 
 
 def serve(settings, handle: Handler, *, idle_s: float,
@@ -249,8 +297,9 @@ def serve(settings, handle: Handler, *, idle_s: float,
 def _serve_one(conn: socket.socket, key: str, code: str, handle: Handler) -> bool:
     """Read one request from ``conn`` and answer it; False when the server should stop: the
     client asked it to, or runs another version of the program (``code``)."""
+    lines = _lines(conn)
     try:
-        request = next(_lines(conn), None)
+        request = next(lines, None)
     except (OSError, ValueError):
         return True
     if request is None:
@@ -271,8 +320,23 @@ def _serve_one(conn: socket.socket, key: str, code: str, handle: Handler) -> boo
     def send(message: dict) -> None:
         _send(conn, message)
 
+    cancellation = Cancellation()
+
+    def watch() -> None:  # a cancel message, or the client gone (end of input), cancels
+        with contextlib.suppress(OSError, ValueError):
+            for message in lines:
+                if message.get("op") == "cancel":
+                    break
+        cancellation.set()
+
+    watcher = threading.Thread(target=watch, name="serve-cancel", daemon=True)
+    watcher.start()
     try:
-        handle(request, send)
+        handle(request, send, cancellation)
     except OSError:
         pass  # the client left; the handler has cancelled its turn
+    finally:
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_RDWR)  # wakes the watcher
+        watcher.join(5)
     return True

@@ -123,6 +123,7 @@ def test_a_client_that_leaves_mid_answer_cancels_it_and_the_turn_is_kept(served)
     settings, manager, _ = served
     conn = serve.connect(settings)
     answer = serve.ask(conn, settings, {"question": "Who won Super Bowl 50?"})
+    assert next(answer)["start"]["sources"]  # the passages retrieved, before any fragment
     got = [next(answer) for _ in range(3)]
     assert all("fragment" in m for m in got)
     answer.close()  # the client goes (as a process on Ctrl-C does)
@@ -216,14 +217,14 @@ def test_stop_and_idle_timeout_remove_the_socket(served, tmp_path):
     assert server.join() and not serve.socket_path(settings).exists()
     assert serve.connect(settings) is None and not serve.stop(settings)
 
-    idle = Running(settings, lambda request, send: None, idle_s=0.3)
+    idle = Running(settings, lambda request, send, cancellation: None, idle_s=0.3)
     assert idle.join(5) and not serve.socket_path(settings).exists()
 
 
 def test_a_second_server_on_the_same_data_dir_is_refused(served):
     settings, _, _ = served
     with pytest.raises(serve.ServerError, match="already running"):
-        serve.serve(settings, lambda request, send: None, idle_s=1)
+        serve.serve(settings, lambda request, send, cancellation: None, idle_s=1)
 
 
 def test_a_stale_socket_file_is_not_a_server(tmp_path):
@@ -292,3 +293,137 @@ def test_info_says_whether_a_server_is_running(served):
     assert serve.stop(settings)
     served[2].join()
     assert "answer server:    not running" in CliRunner().invoke(cli, args).output
+
+
+# --- the chat as a client of the server ----------------------------------------------------
+def test_the_chat_client_streams_cancels_and_keeps_every_turn(served, tmp_path):
+    from assistant.served import ServedManager
+
+    settings, manager, _ = served
+    history = History(tmp_path / "history.db")  # the chat's own connection to the same store
+    client = ServedManager(settings, history=history)
+    info = client.describe()
+    assert info["served"] and info["model"] == "fake-generator" and info["passages"] > 0
+    assert client.count_tokens("Who won Super Bowl 50?") == \
+        manager.generator.count_tokens("Who won Super Bowl 50?")
+
+    conversation = history.new_conversation()
+    turn_id = history.start_turn(conversation, "Who won Super Bowl 50?")
+    turn = client.ask("Who won Super Bowl 50?", conversation_id=conversation, turn_id=turn_id)
+    assert turn.turn_id == turn_id and turn.query and turn.status == "pending"
+    assert [s.number for s in turn.sources()] == [1, 2, 3]  # before any fragment, as retrieved
+    fragments = iter(turn)
+    first = [next(fragments) for _ in range(4)]
+    turn.cancel()  # from the chat's UI thread: the server stops it and still ends it
+    rest = list(fragments)
+    assert turn.status == "cancelled" and turn.answer == "".join(first + rest)
+    assert turn.answer.startswith("The Denver Broncos won.") and len(rest) < 100
+    row = history.turns(conversation)[-1]
+    assert row["id"] == turn_id and row["status"] == "cancelled"
+    assert row["answer"] == turn.answer and len(row["sources"]) == 3
+
+    again = history.start_turn(conversation, "And who lost?")
+    short = settings.replace()  # the same settings: a follow-up in the same conversation
+    turn = ServedManager(short, history=history).ask("And who lost?",
+                                                     conversation_id=conversation, turn_id=again)
+    text = "".join(turn)
+    assert turn.status == "complete" and text.startswith("The Denver Broncos")
+    assert turn.timings()["new_tokens"] > 0 and set(turn.cited()) <= {1, 2, 3}
+    rows = history.turns(conversation)
+    assert [r["status"] for r in rows] == ["cancelled", "complete"] and rows[1]["id"] == again
+
+
+def test_a_chat_question_finds_the_server_gone_restarts_it_or_fails_kept(served, tmp_path):
+    from assistant.served import ServedManager
+
+    settings, manager, server = served
+    history = History(tmp_path / "history.db")
+    conversation = history.new_conversation()
+    assert serve.stop(settings) and server.join()  # its idle timeout passed, say
+
+    lost = history.start_turn(conversation, "Who won?")
+    with pytest.raises(serve.ServerError, match="not running"):
+        ServedManager(settings, history=history).ask("Who won?", conversation_id=conversation,
+                                                     turn_id=lost)
+    row = history.turns(conversation)[-1]
+    assert row["status"] == "error" and "not running" in row["error"]  # not left pending
+
+    restarted = []
+
+    def restart():  # the server `assistant serve` would be, in a thread
+        restarted.append(Running(settings, serve_handler(manager, settings)))
+        return serve.connect(settings)
+
+    client = ServedManager(settings, history=history, restart=restart)
+    asked = history.start_turn(conversation, "Who won?")
+    turn = client.ask("Who won?", conversation_id=conversation, turn_id=asked)
+    fragments = iter(turn)
+    assert next(fragments).startswith("The Denver") and len(restarted) == 1
+    serve.cancel(turn._conn)
+    list(fragments)
+    assert turn.status == "cancelled"
+    assert serve.stop(settings) and restarted[0].join()
+
+
+def test_the_chat_uses_a_running_server_or_starts_one_or_loads_its_own(
+        tmp_path, corpus_dir, fake_embedder, monkeypatch):
+    import click
+
+    from assistant.cli import served_manager
+
+    manager = scripted_manager(tmp_path, corpus_dir, fake_embedder)
+    settings = Settings(data_dir=tmp_path / "data", serve_idle_minutes=0)
+    ctx = click.Context(cli)
+    said, started = [], []
+
+    def start(settings, argv, starting):
+        starting()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        started.append(Running(settings, serve_handler(manager, settings, idle_s=600)))
+        return serve.connect(settings)
+
+    monkeypatch.setattr(serve, "start", start)
+    assert served_manager(ctx, settings, manager.history, said.append) is None  # load here
+    assert not started
+
+    on_demand = settings.replace(serve_idle_minutes=10)
+    client = served_manager(ctx, on_demand, manager.history, said.append)
+    assert client is not None and len(started) == 1
+    assert said and said[0].startswith("starting the answer server")
+    assert client._pinging is not None  # keeps the server up while the chat is open
+    client.close()
+    # a server that is up serves the chat whatever serve_idle_minutes says
+    assert served_manager(ctx, settings, manager.history, said.append) is not None
+    # one with other settings does not: the chat loads its own models
+    assert served_manager(ctx, settings.replace(top_k=9, fusion_alpha=0.1), manager.history,
+                          said.append) is None
+    assert len(started) == 1
+    assert serve.stop(settings) and started[0].join()
+
+
+async def test_the_chat_app_answers_through_the_server(served, tmp_path):
+    from textual.widgets import Static
+
+    from assistant.served import ServedManager
+    from assistant.tui import ChatApp
+    from assistant.tui.widgets import AnswerView, SourcesPane
+    from tests.chat_app import ask, wait_for
+
+    settings, manager, _ = served
+    history = History(tmp_path / "history.db")
+    app = ChatApp(history=history, model_name="fake-generator",
+                  load=lambda say: ServedManager(settings, history=history))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.manager is not None)
+        assert "answer server" in app.status.model_info
+        await ask(pilot, "Who won Super Bowl 50?")
+        await wait_for(pilot, lambda: app.query(AnswerView) and
+                       app.query(AnswerView)[0].text.count("more") >= 3)
+        assert len(app.query_one(SourcesPane).sources) == 3
+        await pilot.press("escape")
+        view = app.query(AnswerView)[0]
+        await wait_for(pilot, lambda: view.status == "cancelled")
+        assert "cancelled" in str(view.query_one(".answer-notes", Static).render())
+        row = history.turns(app.conversation_id)[0]
+        assert row["status"] == "cancelled" and row["answer"] == view.text
+        assert "passages" in app.status.last

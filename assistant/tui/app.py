@@ -188,8 +188,9 @@ class ChatApp(App[None]):
 
     async def _loaded(self, manager: Any, info: dict) -> None:
         self.manager = manager
-        self.status.set_model(f"{info['model']} · {info['device']} · {info['passages']} "
-                              f"passages in {info['documents']} documents")
+        served = " · answer server" if info.get("served") else ""
+        self.status.set_model(f"{info['model']} · {info['device']}{served} · "
+                              f"{info['passages']} passages in {info['documents']} documents")
         if not info["passages"]:
             await self.show_error("No index yet: run `assistant index PATH` in a shell to "
                                   "index your documents, then restart the chat.")
@@ -226,7 +227,7 @@ class ChatApp(App[None]):
         if self.load_error:
             self.notify(f"Cannot answer: {self.load_error}", severity="error")
             return
-        counter = self.manager.generator.count_tokens if self.manager is not None else None
+        counter = self.manager.count_tokens if self.manager is not None else None
         try:
             question = check_question(event.text, counter)
         except ValueError as exc:
