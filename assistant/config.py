@@ -114,11 +114,11 @@ class Settings:
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
 
     serve_idle_minutes: float = 10.0
-    """When above 0, an ``assistant ask`` typed at a terminal starts an answer server
-    (``assistant serve``) if none is up and answers through it; the server keeps the models
-    loaded until no question came for this many minutes, as Ollama keeps a model warm (its
-    default is 5). 0: ``ask`` uses a server only when one was started by hand. Scripts (no
-    terminal on either end) never start one."""
+    """When above 0, an ``assistant ask`` typed at a terminal, or the chat, starts an answer
+    server (``assistant serve``) if none is up and answers through it; the server keeps the
+    models loaded until no question came for this many minutes (an open chat keeps it up), as
+    Ollama keeps a model warm (its default is 5). 0: ``ask`` and the chat use a server only
+    when one was started by hand. Scripts (no terminal on either end) never start one."""
 
     precision: str = "auto"
     """The generator's weights: ``auto`` (what measured fastest with the same answers:
