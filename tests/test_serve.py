@@ -265,6 +265,19 @@ def test_assistant_serve_answers_ask_like_the_process_itself(tmp_path, corpus_di
         data = json.loads(served.output[served.output.index("{"):])
         assert data["answer"] == expected["answer"] and data["cited"] == expected["cited"]
         assert data["timings"]["load_s"] == 0  # nothing was loaded for it
+        # the chat's client gets the same answer and sources, recorded in the same history
+        from assistant.served import ServedManager
+
+        chat_settings = settings.replace(index_dir=tmp_path / "index")  # as the server's
+        history = History(chat_settings.history_path)
+        chat = ServedManager(chat_settings, history=history)
+        assert chat.describe()["model"] == expected["model"]
+        conversation = history.new_conversation()
+        turn = chat.ask(expected["question"], conversation_id=conversation,
+                        turn_id=history.start_turn(conversation, expected["question"]))
+        assert "".join(turn) == expected["answer"] and turn.status == "complete"
+        assert [s.path for s in turn.sources()] == [s["path"] for s in expected["sources"]]
+        assert history.turns(conversation)[0]["answer"] == expected["answer"]
         shown = runner.invoke(cli, [*base, "history", "show", data["conversation_id"]])
         assert "Super Bowl 50" in shown.output
         bad = runner.invoke(cli, [*base, "ask", "--conversation", "zzzz", "x"])
