@@ -16,6 +16,14 @@ from typing import Callable, Iterator
 
 from . import serve
 from .history import History, SourceRecord
+from .question import MAX_QUESTION_TOKENS
+
+SHORT_BYTES = MAX_QUESTION_TOKENS - 8
+"""A question of at most this many UTF-8 bytes is within the token limit whatever the
+tokenizer (a token holds at least one byte; 8 left for special tokens)."""
+
+COUNT_WAIT_S = 1.0
+"""Longest wait, in seconds, for the server to count a long question's tokens."""
 
 KEEP_ALIVE_S = 60.0
 """Longest wait between two pings that keep the server from its idle timeout while a chat is
@@ -57,9 +65,15 @@ class ServedManager:
                                     "starts it; restart the chat to load the models here)")
         return conn
 
-    def _one(self, request: dict, *, restart: bool = True) -> dict:
-        """The server's one-message reply to ``request``."""
+    def _one(self, request: dict, *, restart: bool = True,
+             timeout_s: float | None = None) -> dict:
+        """The server's one-message reply to ``request``.
+
+        Raises:
+            TimeoutError: no reply within ``timeout_s`` seconds (the server is busy).
+        """
         with self._connect(restart=restart) as conn:
+            conn.settimeout(timeout_s)  # after connecting: see serve.connect
             for message in serve.ask(conn, self.settings, request):
                 return message
         raise serve.ServerError("the answer server stopped before it replied")
@@ -88,8 +102,21 @@ class ServedManager:
         self._stop.set()
 
     def count_tokens(self, text: str) -> int:
-        """``text``'s length in the server's generator's tokens."""
-        return int(self._one({"op": "count", "text": text})["tokens"])
+        """``text``'s length in the server's generator's tokens, for the chat's check of a
+        question as it is sent (on its UI thread, so this must not wait): a text of at most
+        :data:`SHORT_BYTES` bytes is counted as its bytes, an upper bound (a token holds at
+        least one byte) that is below the question limit, without asking the server; a longer
+        one is counted by the server, or 0 (not known) when it is busy for
+        :data:`COUNT_WAIT_S` or down: the server checks the question again when it answers
+        it."""
+        size = len(text.encode("utf-8"))
+        if size <= SHORT_BYTES:
+            return size
+        try:
+            return int(self._one({"op": "count", "text": text}, restart=False,
+                                 timeout_s=COUNT_WAIT_S)["tokens"])
+        except (OSError, ValueError, KeyError, serve.ServerError):
+            return 0
 
     def ask(self, question: str, *, conversation_id: str | None = None,
             turn_id: int | None = None) -> "ServedTurn":

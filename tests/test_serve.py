@@ -317,8 +317,9 @@ def test_the_chat_client_streams_cancels_and_keeps_every_turn(served, tmp_path):
     client = ServedManager(settings, history=history)
     info = client.describe()
     assert info["served"] and info["model"] == "fake-generator" and info["passages"] > 0
-    assert client.count_tokens("Who won Super Bowl 50?") == \
-        manager.generator.count_tokens("Who won Super Bowl 50?")
+    long = "Who won Super Bowl 50? " * 40  # over the bytes that cannot hold too many tokens
+    assert client.count_tokens(long) == manager.generator.count_tokens(long)
+    assert client.count_tokens("Who won?") >= manager.generator.count_tokens("Who won?")
 
     conversation = history.new_conversation()
     turn_id = history.start_turn(conversation, "Who won Super Bowl 50?")
@@ -327,6 +328,9 @@ def test_the_chat_client_streams_cancels_and_keeps_every_turn(served, tmp_path):
     assert [s.number for s in turn.sources()] == [1, 2, 3]  # before any fragment, as retrieved
     fragments = iter(turn)
     first = [next(fragments) for _ in range(4)]
+    began = time.monotonic()
+    assert client.count_tokens(long) == 0  # the server is busy: the chat's UI does not wait
+    assert time.monotonic() - began < 3
     turn.cancel()  # from the chat's UI thread: the server stops it and still ends it
     rest = list(fragments)
     assert turn.status == "cancelled" and turn.answer == "".join(first + rest)
