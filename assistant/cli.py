@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from .config import ConfigError, Settings, is_remote, make_private
+from .memory import release_free_memory
 from .output import plain, visible
 
 DEFAULT_QUESTION = "How does the with statement work?"
@@ -707,6 +708,7 @@ def serve_handler(manager, settings: Settings, *, idle_s: float = 0.0):
                 send({"error": str(exc)})
             finally:
                 messages.close()
+                release_free_memory(collect=False)  # what the answer's passes freed
 
     return handle
 
@@ -738,6 +740,7 @@ def serve_command(ctx, idle_minutes, stop_it) -> None:
     ensure_demo_index(settings, embedder, say=say)
     manager = build_manager(settings, say=say, embedder=embedder, generator=loading.result())
     manager.warm_up()
+    release_free_memory()
     try:
         serve.serve(settings, serve_handler(manager, settings, idle_s=60 * idle_minutes),
                     idle_s=60 * idle_minutes,
@@ -803,8 +806,10 @@ def chat_command(ctx, resume_last, session_id, paths) -> None:
             embedder = load_embedder(settings)
         if indexer is None:
             ensure_demo_index(settings, embedder, say=say)
-        return build_manager(settings, say=say, embedder=embedder,
-                             generator=loading.result(), history=history)
+        manager = build_manager(settings, say=say, embedder=embedder,
+                                generator=loading.result(), history=history)
+        release_free_memory()
+        return manager
 
     try:
         ChatApp(history=history, load=load, model_name=settings.generator_model, keymap=keymap,
