@@ -444,3 +444,33 @@ async def test_the_chat_app_answers_through_the_server(served, tmp_path):
         row = history.turns(app.conversation_id)[0]
         assert row["status"] == "cancelled" and row["answer"] == view.text
         assert "passages" in app.status.last
+
+
+def test_a_client_that_leaves_before_the_first_fragment_cancels_at_once(
+        tmp_path, corpus_dir, fake_embedder):
+    """The server notices a client gone while the answer is still being read (nothing sent
+    yet), not at its first fragment: the reading stops without writing anything."""
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.data_dir.mkdir()
+    manager = scripted_manager(tmp_path, corpus_dir, fake_embedder)
+    gate = threading.Event()
+    manager.generator.gate = gate  # the "reading" holds until the gate opens
+    server = Running(settings, serve_handler(manager, settings))
+    try:
+        conn = serve.connect(settings)
+        answer = serve.ask(conn, settings, {"question": "Who won Super Bowl 50?"})
+        assert "start" in next(answer)
+        answer.close()
+        conn.close()  # gone while the reading is held
+        conversation = manager.history.conversations()[0]["id"]
+        time.sleep(0.3)  # the server's watcher sees the end of input and cancels the turn
+        gate.set()
+        deadline = time.monotonic() + 10
+        while manager.history.turns(conversation)[-1]["status"] == "pending":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        row = manager.history.turns(conversation)[-1]
+        assert row["status"] == "cancelled" and row["answer"] == ""
+    finally:
+        serve.stop(settings)
+        server.join()
