@@ -837,11 +837,16 @@ def served_manager(ctx: click.Context, settings: Settings, history, say):
     from .served import ServedManager
 
     minutes = settings.serve_idle_minutes
+    shown: dict = {}  # what the status line showed once the server answered
 
     def start():
-        return serve.start(settings, _serve_argv(ctx, minutes or 10.0),
+        conn = serve.start(settings, _serve_argv(ctx, minutes or 10.0),
                            starting=lambda: say("starting the answer server (it keeps the "
                                                 "models loaded for the next questions)…"))
+        if conn is not None and shown:  # started again mid-chat: the status line as it was
+            say(f"{shown['device']} · answer server · {shown['passages']} passages in "
+                f"{shown['documents']} documents")
+        return conn
 
     for _ in range(2):  # again once when the server was of another version
         conn = serve.connect(settings)
@@ -852,7 +857,7 @@ def served_manager(ctx: click.Context, settings: Settings, history, say):
         conn.close()
         manager = ServedManager(settings, history=history, restart=start)
         try:
-            manager.describe()
+            shown.update(manager.describe())
         except serve.StaleServer:
             serve.wait_stopped(settings)
             continue

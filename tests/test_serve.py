@@ -408,14 +408,20 @@ def test_the_chat_uses_a_running_server_or_starts_one_or_loads_its_own(
     assert client is not None and len(started) == 1
     assert said and said[0].startswith("starting the answer server")
     assert client._pinging is not None  # keeps the server up while the chat is open
+    assert serve.stop(on_demand) and started[0].join()  # it went (stopped, or idle)
+    conversation = manager.history.new_conversation()
+    turn = client.ask("Who won?", conversation_id=conversation,
+                      turn_id=manager.history.start_turn(conversation, "Who won?"))
+    assert len(started) == 2 and "".join(turn).startswith("The Denver Broncos")
+    assert said[-1].startswith("cpu · answer server · ") and said[-1].endswith(" documents")
     client.close()
     # a server that is up serves the chat whatever serve_idle_minutes says
     assert served_manager(ctx, settings, manager.history, said.append) is not None
     # one with other settings does not: the chat loads its own models
     assert served_manager(ctx, settings.replace(top_k=9, fusion_alpha=0.1), manager.history,
                           said.append) is None
-    assert len(started) == 1
-    assert serve.stop(settings) and started[0].join()
+    assert len(started) == 2
+    assert serve.stop(settings) and started[1].join()
 
 
 async def test_the_chat_app_answers_through_the_server(served, tmp_path):
