@@ -3,8 +3,9 @@
 Loading the embedder and the generator takes most of a one-shot ``ask`` on a CPU (imports,
 weights, first-call kernel warm-up). ``assistant serve`` loads them once and answers over a
 Unix socket in the data directory (``serve.sock``, mode 0600: only its owner can connect) until
-it has been idle for its timeout; ``ask`` uses it when it is up and has the same settings, and
-answers in its own process otherwise, so the answers, history and errors are the same.
+it has been idle for its timeout; ``ask`` and the chat (:mod:`assistant.served`) use it when
+it is up and has the same settings, and load the models in their own process otherwise, so
+the answers, history and errors are the same.
 
 Protocol: one JSON object per line. The client sends ``{"key", "code", "question", ...}`` (or
 ``{"op": "describe" | "count" | "ping" | "stop", ...}``); the server answers an answer request
