@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from .config import ConfigError, Settings, is_remote, make_private
-from .memory import release_free_memory
+from .memory import release_free_memory, resident_bytes
 from .output import plain, visible
 
 DEFAULT_QUESTION = "How does the with statement work?"
@@ -682,7 +682,8 @@ def serve_handler(manager, settings: Settings, *, idle_s: float = 0.0):
     """The answer server's request handler (see :data:`assistant.serve.Handler`): each answer
     request (from `ask` or the chat) answered by ``manager`` as in-process, while background
     embedding waits; ``{"op": "describe"}`` gets ``{"describe": manager.describe()}`` (with
-    ``idle_s``, the server's idle timeout in seconds), ``{"op": "count", "text"}`` gets
+    ``idle_s``, the server's idle timeout in seconds, its ``pid`` and ``resident_bytes``, see
+    :func:`assistant.memory.resident_bytes`), ``{"op": "count", "text"}`` gets
     ``{"tokens": n}``, ``{"op": "ping"}`` (which only resets the idle timeout) ``{"pong":
     true}``."""
     from index.turns import answering
@@ -690,7 +691,8 @@ def serve_handler(manager, settings: Settings, *, idle_s: float = 0.0):
     def handle(request: dict, send, cancellation=None) -> None:
         op = request.get("op")
         if op == "describe":
-            send({"describe": {**manager.describe(), "idle_s": idle_s}})
+            send({"describe": {**manager.describe(), "idle_s": idle_s, "pid": os.getpid(),
+                               "resident_bytes": resident_bytes()}})
             return
         if op == "count":
             send({"tokens": manager.count_tokens(str(request.get("text", "")))})
@@ -865,6 +867,28 @@ def served_manager(ctx: click.Context, settings: Settings, history, say):
             return None  # other settings, or a broken server: the chat loads its own models
         return manager
     return None
+
+
+def _server_figures(settings: Settings) -> str:
+    """``, pid 1234, 2.1 GB resident, stops after 10 min idle`` from the running answer
+    server, or "" when it cannot say (other settings, another version, busy for 1 s)."""
+    from . import serve
+
+    conn = serve.connect(settings)
+    if conn is None:
+        return ""
+    try:
+        with conn:
+            conn.settimeout(1.0)  # after connecting: see serve.connect
+            info = next(serve.ask(conn, settings, {"op": "describe"}))["describe"]
+    except (OSError, ValueError, KeyError, StopIteration, serve.ServerError):
+        return ""
+    parts = [f"pid {info['pid']}"] if info.get("pid") else []
+    if info.get("resident_bytes"):
+        parts.append(f"{info['resident_bytes'] / 1e9:.1f} GB resident")
+    idle_s = info.get("idle_s") or 0
+    parts.append(f"stops after {idle_s / 60:g} min idle" if idle_s else "stops when told")
+    return ", " + ", ".join(parts)
 
 
 def background_index(settings: Settings, paths) -> "subprocess.Popen":
@@ -1349,7 +1373,8 @@ def info_command(ctx) -> None:
         click.echo(f"precision:        {show(settings.precision)}")
     from . import serve
 
-    click.echo("answer server:    " + (f"running ({show(serve.socket_path(settings))})"
+    click.echo("answer server:    " + (f"running ({show(serve.socket_path(settings))}"
+                                        f"{_server_figures(settings)})"
                                         if serve.running(settings) else "not running"))
     if not Store.exists(settings.index_path):
         click.echo("indexed:          nothing yet (`assistant index PATH`)")

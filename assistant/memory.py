@@ -29,3 +29,16 @@ def release_free_memory(*, collect: bool = True) -> bool:
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     trim(0)
     return True
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory in bytes (``VmRSS`` in ``/proc/self/status``); None
+    where there is no such file (not Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None

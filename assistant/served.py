@@ -83,6 +83,8 @@ class ServedManager:
         True; starts the pings that keep the server up while the chat is open."""
         info = self._one({"op": "describe"})["describe"]
         idle_s = float(info.pop("idle_s", 0) or 0)
+        for figure in ("pid", "resident_bytes"):  # the server's own, for `assistant info`
+            info.pop(figure, None)
         if idle_s > 0 and self._pinging is None:
             self._pinging = threading.Thread(target=self._keep_alive,
                                              args=(min(KEEP_ALIVE_S, idle_s / 3),),

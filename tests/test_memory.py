@@ -36,3 +36,13 @@ def test_freed_heap_memory_goes_back_to_the_system():
     assert held - resident_anon_kb() > 50_000  # of the 100 MB freed, most went back
     for block in kept:
         libc.free(block)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/status")
+def test_resident_bytes_grow_with_memory_touched():
+    from assistant.memory import resident_bytes
+
+    before = resident_bytes()
+    block = bytearray(64 * 1024 * 1024)  # zero-filled: every page touched
+    assert resident_bytes() - before > 50 * 1024 * 1024
+    del block

@@ -303,6 +303,8 @@ def test_info_says_whether_a_server_is_running(served):
     args = ["--data-dir", str(settings.data_dir), "info"]
     shown = CliRunner().invoke(cli, args)
     assert "answer server:    running (" in shown.output and "serve.sock" in shown.output
+    line = next(x for x in shown.output.splitlines() if x.startswith("answer server:"))
+    assert f", pid {os.getpid()}, " in line and " GB resident, stops when told)" in line
     assert serve.stop(settings)
     served[2].join()
     assert "answer server:    not running" in CliRunner().invoke(cli, args).output
