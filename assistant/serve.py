@@ -222,10 +222,6 @@ class Cancellation:
         self._set = False
         self._callbacks: list[Callable[[], None]] = []
 
-    def is_set(self) -> bool:
-        """True once the client cancelled or left."""
-        return self._set
-
     def set(self) -> None:
         """Cancel: run the registered callbacks (once)."""
         with self._lock:
