@@ -28,6 +28,7 @@ import os
 import socket
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -301,6 +302,10 @@ def _serve_one(conn: socket.socket, key: str, code: str, handle: Handler) -> boo
         return True
     if request is None:
         return True
+    if not isinstance(request, dict):
+        with contextlib.suppress(OSError):
+            _send(conn, {"error": "a request is one JSON object per line"})
+        return True
     if request.get("op") == "stop":  # from its owner (the socket is 0600), whatever settings
         return False
     if request.get("code") != code:
@@ -332,6 +337,11 @@ def _serve_one(conn: socket.socket, key: str, code: str, handle: Handler) -> boo
         handle(request, send, cancellation)
     except OSError:
         pass  # the client left; the handler has cancelled its turn
+    except Exception as exc:  # noqa: BLE001 - a malformed request or a bug fails one answer,
+        traceback.print_exc()  # not the server (the traceback goes to serve.log)
+        with contextlib.suppress(OSError):
+            _send(conn, {"error": "the answer server could not answer: "
+                                  + " ".join(f"{type(exc).__name__}: {exc}".split())})
     finally:
         with contextlib.suppress(OSError):
             conn.shutdown(socket.SHUT_RDWR)  # wakes the watcher

@@ -482,3 +482,17 @@ def test_a_client_that_leaves_before_the_first_fragment_cancels_at_once(
     finally:
         serve.stop(settings)
         server.join()
+
+
+def test_a_malformed_request_fails_alone_and_the_server_goes_on(served, capsys):
+    settings, _, server = served
+    with serve.connect(settings) as conn:  # a question that is no text: the handler fails
+        with pytest.raises(serve.ServerError, match="could not answer: AttributeError"):
+            list(serve.ask(conn, settings, {"question": 5}))
+    with serve.connect(settings) as conn:  # not an object
+        conn.sendall(b"[1, 2]\n")
+        assert b"one JSON object per line" in conn.recv(4096)
+    assert "AttributeError" in capsys.readouterr().err  # the traceback, for serve.log
+    with serve.connect(settings) as conn:
+        assert list(serve.ask(conn, settings, {"question": "Who won?", "max_new_tokens": 1}))
+    assert server.thread.is_alive()
