@@ -236,11 +236,11 @@ class Turn:
             if i > 0:
                 self.reply = self.read(i, False)
             passage = self.hits[i].passage.text
-            done = finish("".join(self.reply), passage, i + 1)
+            done = finish("".join(self.reply), passage, i + 1, self.question)
             confidence = self.reply.stats.mean_logprob
             if self.read is not None and not done.supported and not self.cancelled:
                 self.reply = self.read(i, True)
-                done = finish("".join(self.reply), passage, i + 1)
+                done = finish("".join(self.reply), passage, i + 1, self.question)
             if best is not None and self.cancelled:
                 break
             value = answer_value(self.hits[i].score, confidence)

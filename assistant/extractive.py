@@ -125,16 +125,25 @@ def _trim(span: str) -> str:
     return span.strip()
 
 
-def sentence_with(span: str, passage: str) -> str | None:
-    """The sentence of ``passage`` containing ``span`` (case-insensitive), or None."""
+def sentence_with(span: str, passage: str, question: str = "") -> str | None:
+    """The sentence of ``passage`` containing ``span`` (case-insensitive), or None. When
+    several do, the one sharing the most of ``question``'s content words (other than the
+    span's; compared without plural or verb endings, :func:`~assistant.forms.stem`), the
+    first of equals: "Li Wei" answers "Who will write the load tests?" from "Li Wei will
+    write the load tests.", not from a list of attendees before it."""
     if not span:
         return None
     low = span.lower()
-    for match in _SENTENCE.finditer(passage):
-        sentence = " ".join(match.group(0).split())
-        if low in sentence.lower():
-            return sentence
-    return None
+    found = [sentence for sentence in (" ".join(m.group(0).split())
+                                       for m in _SENTENCE.finditer(passage))
+             if low in sentence.lower()]
+    if len(found) < 2 or not question:
+        return found[0] if found else None
+    from .forms import content_words, stem
+
+    asked = {stem(w) for w in content_words(question)} - {stem(w) for w in content_words(span)}
+    return max(found, key=lambda sentence: len(asked & {stem(w) for w in
+                                                          content_words(sentence)}))
 
 
 @dataclass(frozen=True)
@@ -148,10 +157,11 @@ class ExtractiveAnswer:
     """True when the span occurs in the passage (case-insensitive)."""
 
 
-def finish(raw: str, passage: str, number: int = 1) -> ExtractiveAnswer:
+def finish(raw: str, passage: str, number: int = 1, question: str = "") -> ExtractiveAnswer:
     """Align the generated ``raw`` answer to ``passage`` (source number ``number``) and render
-    it: ``**span** [n]`` and, quoted below, the passage's sentence holding it. An answer with no
-    support in the passage is shown as generated, still citing the passage it was read from."""
+    it: ``**span** [n]`` and, quoted below, the passage's sentence holding it (of several, the
+    one closest to ``question``, see :func:`sentence_with`). An answer with no support in the
+    passage is shown as generated, still citing the passage it was read from."""
     raw = raw.strip().split("\n")[0].strip()
     passage = " ".join(passage.split())
     if not raw:
@@ -160,7 +170,7 @@ def finish(raw: str, passage: str, number: int = 1) -> ExtractiveAnswer:
     if span.lower() not in passage.lower():
         return ExtractiveAnswer(span, number, f"{markdown_escape(span)} [{number}]")
     text = f"**{markdown_escape(span)}** [{number}]"
-    sentence = sentence_with(span, passage)
+    sentence = sentence_with(span, passage, question)
     if sentence and normalize_answer(sentence) != normalize_answer(span):
         text += f"\n\n> {markdown_escape(sentence)} [{number}]"
     return ExtractiveAnswer(span, number, text, supported=True)

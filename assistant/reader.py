@@ -402,11 +402,11 @@ class ExtractiveReader:
             state = blocks_api.fused(prefix, blocks[:readable], question_text(question),
                                      layout=self.layout)
             text, done = reading(state, **decode)
-            answer = _finish_over(text, hits[:readable])
+            answer = _finish_over(text, hits[:readable], question)
             if not answer.supported and not cancelled():
                 union = " ".join(h.passage.text for h in hits[:readable])
                 text, done_copy = reading(state, within=union, **decode)
-                copied = _finish_over(text, hits[:readable])
+                copied = _finish_over(text, hits[:readable], question)
                 if copied.span:
                     answer, done = copied, done_copy
             best = (answer, done)
@@ -417,12 +417,12 @@ class ExtractiveReader:
                 if best is not None and (cancelled() or hits[i].score <= best_value):
                     continue
                 text, done = reading(states[i], **decode)
-                answer = finish(text, hits[i].passage.text, i + 1)
+                answer = finish(text, hits[i].passage.text, i + 1, question)
                 confidence = done.mean_logprob
                 if not answer.supported and not cancelled():
                     text, done_copy = reading(states[i], within=hits[i].passage.text,
                                               **decode)
-                    copied = finish(text, hits[i].passage.text, i + 1)
+                    copied = finish(text, hits[i].passage.text, i + 1, question)
                     if copied.span:
                         answer, done = copied, done_copy
                 value = answer_value(hits[i].score, confidence)
@@ -495,12 +495,13 @@ class ExtractiveReader:
                 [support_weights(m, self.heads) for m in per_part])
 
 
-def _finish_over(raw: str, hits: Sequence[Hit]) -> ExtractiveAnswer:
+def _finish_over(raw: str, hits: Sequence[Hit], question: str = "") -> ExtractiveAnswer:
     """An answer read over several passages, aligned to the first (in rank order) whose words
-    it matches (its ``source`` is that passage's 1-based number); else as read from the first."""
+    it matches (its ``source`` is that passage's 1-based number); else as read from the first.
+    ``question`` picks the quoted sentence (:func:`~assistant.extractive.finish`)."""
     first = None
     for number, hit in enumerate(hits, 1):
-        answer = finish(raw, hit.passage.text, number)
+        answer = finish(raw, hit.passage.text, number, question)
         if answer.supported:
             return answer
         first = first or answer

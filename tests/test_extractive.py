@@ -89,3 +89,15 @@ def test_align_span_scores_spans_as_token_f1_does():
     for answer, passage in [("the sun life stadium in Miami", PASSAGE),
                             ("February 7, 2016.", PASSAGE)]:
         assert align_span(answer, passage) == _align_by_definition(answer, passage)
+
+
+def test_of_the_sentences_holding_the_span_the_one_closest_to_the_question_is_quoted():
+    notes = ("Meeting notes. Attendees: Dana Whitfield, Omar Reyes, Li Wei. Decision: the "
+             "service moves to PostgreSQL 16. Li Wei will write the load tests.")
+    assert sentence_with("Li Wei", notes) == "Attendees: Dana Whitfield, Omar Reyes, Li Wei."
+    assert sentence_with("Li Wei", notes, "Who will write the load tests?") == \
+        "Li Wei will write the load tests."
+    assert sentence_with("Li Wei", notes, "Who attended?") == \
+        "Attendees: Dana Whitfield, Omar Reyes, Li Wei."  # no word in common: the first
+    done = finish("Li Wei", notes, 1, "Who writes the load tests?")
+    assert done.text == "**Li Wei** [1]\n\n> Li Wei will write the load tests. [1]"
