@@ -46,10 +46,15 @@ def extractive_prefix(template: str | None = None) -> str:
     return text[: text.index("Context: {context}")] if "Context: {context}" in text else ""
 
 
-def align_span(answer: str, passage: str, *, min_f1: float = 0.5) -> str:
+def align_span(answer: str, passage: str, *, min_f1: float = 0.5,
+               ties: str = "answer_order") -> str:
     """The passage's own words for ``answer``: the span of the passage with the best token F1
     against the answer (spans up to the answer's length + 3 words); the answer as is when it
-    occurs verbatim or no span reaches ``min_f1``.
+    occurs verbatim or no span reaches ``min_f1``. Of spans with equal F1, ``ties`` picks:
+    ``answer_order`` the one holding the answer's earliest word, then more of the answer's
+    characters, then the shorter ("September 2025" over a passage with "3 June 2025" and "in
+    September" is "September": a reader commits to its first word and runs on after it);
+    ``shorter`` the shorter (the rule before; ``benchmarks/span_alignment.py`` compares them).
 
     Each passage word is normalised once and a span's overlap with the answer is counted as
     the span grows word by word: the same F1 as :func:`~assistant.metrics.token_f1` of the
@@ -84,9 +89,28 @@ def align_span(answer: str, passage: str, *, min_f1: float = 0.5) -> str:
                 f1 = overlap_f1(same, size, len(target)) if size else 0.0
             else:
                 f1 = token_f1(span, [answer])
-            if f1 > best_f1 or (f1 == best_f1 and best is not answer and len(span) < len(best)):
+            if f1 > best_f1 or (f1 == best_f1 and best is not answer
+                                and _better_tie(span, best, target, ties)):
                 best, best_f1 = span, f1
     return best if best is answer else _close_brackets(best)
+
+
+def _better_tie(span: str, best: str, target: list[str], ties: str) -> bool:
+    """Whether ``span`` beats ``best`` (equal token F1 against the answer's normalised words
+    ``target``) under the rule ``ties`` of :func:`align_span`."""
+    def held(text: str) -> tuple[int, int]:
+        # (minus the position of the earliest answer word the text holds, its characters)
+        left, count, first = Counter(target), 0, len(target)
+        for token in normalize_answer(text).split():
+            if left[token] > 0:
+                left[token] -= 1
+                count += len(token)
+                first = min(first, target.index(token))
+        return -first, count
+
+    if ties == "answer_order":
+        return (*held(span), -len(span)) > (*held(best), -len(best))
+    return len(span) < len(best)
 
 
 def _only_punctuation_trimmed(raw: str, span: str) -> bool:

@@ -1,0 +1,92 @@
+"""How a reading that is not verbatim in its passage is aligned to the passage's words:
+token F1 and exact match of the aligned span under alignment rules, on SQuAD dev questions
+outside the reported sample.
+
+For each question the block reader reads as ``assistant eval`` does; the reading's raw text
+(the decoded answer tokens) and its passage are recorded once (``--out``), then every rule is
+applied to the same readings offline: :func:`assistant.extractive.align_span`'s ``ties``
+rules, ``shorter`` (the rule before: of spans with equal token F1, the shorter) and
+``answer_order`` (the span holding the answer's earliest word, then more of its characters,
+then the shorter; the default now).
+
+    .venv/bin/python benchmarks/span_alignment.py [--limit 150] [--seed 33] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import common
+from assistant import evaluate as ev
+from assistant import metrics
+from assistant.config import Settings
+from assistant.extractive import align_span, example_questions
+
+
+def collect(args) -> list[dict]:
+    import click
+
+    from assistant.cli import _bench_index, load_embedder, load_generator
+    from assistant.reader import ExtractiveReader
+
+    settings = Settings.load()
+    questions = ev.read_jsonl(Path(args.bench) / "questions.dev.jsonl")
+    skip = set(example_questions())
+    pool = [q for q in questions if q["question"] not in skip]
+    reported = {q["question"] for q in ev.sample(pool, 300, 0)}
+    pool = [q for q in pool if q["question"] not in reported]
+    asked = ev.sample(pool, args.limit, args.seed)
+    embedder = load_embedder(settings)
+    retriever, _ = _bench_index(settings, Path(args.bench), embedder)
+    generator = load_generator(settings, say=lambda m: click.echo(m, err=True))
+    reader = ExtractiveReader(generator, abstain_below=0, frequencies=retriever.word_passages)
+    records, started = [], time.perf_counter()
+    for n, q in enumerate(asked, 1):
+        hits = retriever.search(q["question"], k=5, mode="convex").hits
+        reading = reader.read(q["question"], hits, support=False)
+        source = reading.answer.source or 1
+        records.append({"question": q["question"], "answers": q["answers"],
+                        "raw": generator.tokenizer.decode(list(reading.ids)),
+                        "passage": reading.hits[source - 1].passage.text,
+                        "span": reading.answer.span})
+        if n % 25 == 0:
+            click.echo(f"{n}/{len(asked)} questions, {time.perf_counter() - started:.0f} s",
+                       err=True)
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=150)
+    parser.add_argument("--seed", type=int, default=33)
+    parser.add_argument("--bench", default=str(common.BENCH))
+    parser.add_argument("--out", type=Path, help="write (or with --analyse read) the readings")
+    parser.add_argument("--analyse", action="store_true", help="only analyse --out's readings")
+    args = parser.parse_args()
+    if args.analyse:
+        records = json.loads(args.out.read_text())
+    else:
+        records = collect(args)
+        if args.out:
+            args.out.write_text(json.dumps(records))
+    raw = [r for r in records if r["raw"].strip().split("\n")[0].strip().lower()
+           not in " ".join(r["passage"].split()).lower()]
+    print(f"{len(records)} readings; {len(raw)} not verbatim in their passage\n")
+    print("| rule | token F1 (all) | exact match (all) | spans changed |\n| --- | ---: | ---: | ---: |")
+    base = None
+    for rule in ("shorter", "answer_order"):
+        spans = [align_span(r["raw"].strip().split("\n")[0].strip(), r["passage"], ties=rule)
+                 for r in records]
+        f1 = sum(metrics.token_f1(s, r["answers"]) for s, r in zip(spans, records))
+        em = sum(metrics.exact_match(s, r["answers"]) for s, r in zip(spans, records))
+        changed = "–" if base is None else str(sum(a != b for a, b in zip(base, spans)))
+        base = base or spans
+        print(f"| {rule} | {100 * f1 / len(records):.2f} | {100 * em / len(records):.2f} | "
+              f"{changed} |")
+
+
+if __name__ == "__main__":
+    main()
