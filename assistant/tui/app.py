@@ -69,7 +69,9 @@ class ChatApp(App[None]):
         history: the conversation store (``assistant.history.History``); used at once, before
             the models load, for the conversation list and for recording questions.
         load: called in a worker thread with a ``say(text)`` callback for progress; returns the
-            dialogue manager. Its exceptions are shown as one-line errors.
+            dialogue manager (``assistant.dialogue.DialogueManager``, or
+            ``assistant.served.ServedManager`` when the answer server answers). Its exceptions
+            are shown as one-line errors.
         model_name: the generator's name, shown while it loads.
         keymap: binding id -> key(s), from the config's ``[keys]`` table (already checked).
         conversation_id: open this conversation at start (``--continue`` / ``--session``).
