@@ -18,6 +18,19 @@ def questions(bench: Path) -> list[dict]:
     return read_jsonl(bench / "questions.dev.jsonl")
 
 
+def outside_reported(bench: Path, limit: int, seed: int) -> list[dict]:
+    """``limit`` dev questions sampled with ``seed`` from those `assistant eval --squad`
+    does not report (its seed-0 sample of 300) and the extractive prompt's worked examples do
+    not ask: questions to calibrate and choose on without touching what is reported."""
+    from assistant import evaluate as ev
+    from assistant.extractive import example_questions
+
+    skip = set(example_questions())
+    pool = [q for q in questions(bench) if q["question"] not in skip]
+    reported = {q["question"] for q in ev.sample(pool, 300, 0)}
+    return ev.sample([q for q in pool if q["question"] not in reported], limit, seed)
+
+
 def corpus(bench: Path) -> dict[str, str]:
     """Passage id -> text."""
     return {doc["_id"]: doc["text"] for doc in read_jsonl(bench / "corpus.jsonl")}

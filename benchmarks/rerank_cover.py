@@ -22,7 +22,7 @@ from pathlib import Path
 import common
 from assistant import evaluate as ev
 from assistant.config import Settings
-from assistant.extractive import example_questions, extractive_prefix
+from assistant.extractive import extractive_prefix
 from assistant.reader import LEAD, TAIL, block_text, coverage
 from assistant.rerank import WEIGHT
 from index.retrieval import min_max
@@ -36,12 +36,7 @@ def collect(args) -> list[dict]:
     from assistant.cli import _bench_index, load_embedder, load_generator
 
     settings = Settings.load()
-    questions = ev.read_jsonl(Path(args.bench) / "questions.dev.jsonl")
-    skip = set(example_questions())
-    pool = [q for q in questions if q["question"] not in skip]
-    reported = {q["question"] for q in ev.sample(pool, 300, 0)}
-    pool = [q for q in pool if q["question"] not in reported]
-    asked = ev.sample(pool, args.limit, args.seed)
+    asked = common.outside_reported(Path(args.bench), args.limit, args.seed)
     embedder = load_embedder(settings)
     retriever, _ = _bench_index(settings, Path(args.bench), embedder)
     generator = load_generator(settings, say=lambda m: click.echo(m, err=True))
