@@ -31,6 +31,41 @@ def outside_reported(bench: Path, limit: int, seed: int) -> list[dict]:
     return ev.sample([q for q in pool if q["question"] not in reported], limit, seed)
 
 
+def bench_models(bench: Path):
+    """``(retriever, generator)``: the retriever over the whole benchmark index (as
+    :func:`retriever`) and the configured generator, loaded as ``assistant eval`` loads them."""
+    import click
+
+    from assistant.cli import load_generator
+
+    settings = Settings.load()
+    return (retriever(settings, bench),
+            load_generator(settings, say=lambda m: click.echo(m, err=True)))
+
+
+def recorded(description: str, collect, *, limit: int) -> list[dict]:
+    """The records of a benchmark that records the reader's work once and analyses it
+    offline: parses ``--limit`` (default ``limit``), ``--seed`` (33), ``--bench``, ``--out``
+    (write the records there as JSON, or with ``--analyse`` read them back) and
+    ``--analyse``; returns ``collect(args)``'s records, or those read back."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--limit", type=int, default=limit)
+    parser.add_argument("--seed", type=int, default=33)
+    parser.add_argument("--bench", default=str(BENCH))
+    parser.add_argument("--out", type=Path, help="write (or with --analyse read) the records")
+    parser.add_argument("--analyse", action="store_true", help="only analyse --out's records")
+    args = parser.parse_args()
+    if args.analyse:
+        return json.loads(args.out.read_text())
+    records = collect(args)
+    if args.out:
+        args.out.write_text(json.dumps(records))
+    return records
+
+
 def corpus(bench: Path) -> dict[str, str]:
     """Passage id -> text."""
     return {doc["_id"]: doc["text"] for doc in read_jsonl(bench / "corpus.jsonl")}

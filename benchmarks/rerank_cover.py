@@ -13,15 +13,12 @@ the question's content words (:func:`assistant.reader.coverage`, IDF-weighted). 
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import time
 from pathlib import Path
 
 import common
 from assistant import evaluate as ev
-from assistant.config import Settings
 from assistant.extractive import extractive_prefix
 from assistant.reader import LEAD, TAIL, block_text, coverage
 from assistant.rerank import WEIGHT
@@ -33,13 +30,8 @@ GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 def collect(args) -> list[dict]:
     import click
 
-    from assistant.cli import _bench_index, load_embedder, load_generator
-
-    settings = Settings.load()
     asked = common.outside_reported(Path(args.bench), args.limit, args.seed)
-    embedder = load_embedder(settings)
-    retriever, _ = _bench_index(settings, Path(args.bench), embedder)
-    generator = load_generator(settings, say=lambda m: click.echo(m, err=True))
+    retriever, generator = common.bench_models(Path(args.bench))
     api = generator.blocks
     prefix = api.prefix(generator.bos + extractive_prefix())
     records, started = [], time.perf_counter()
@@ -75,19 +67,7 @@ def recall_at_1(records: list[dict], c: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=33)
-    parser.add_argument("--bench", default=str(common.BENCH))
-    parser.add_argument("--out", type=Path, help="write (or with --analyse read) the records")
-    parser.add_argument("--analyse", action="store_true", help="only analyse --out's records")
-    args = parser.parse_args()
-    if args.analyse:
-        records = json.loads(args.out.read_text())
-    else:
-        records = collect(args)
-        if args.out:
-            args.out.write_text(json.dumps(records))
+    records = common.recorded(__doc__.splitlines()[0], collect, limit=300)
     found = [r for r in records if r["gold"] in r["docs"]]
     print(f"{len(records)} questions, gold passage among the top 5 for {len(found)}\n")
     print("| coverage weight c | recall@1 (gold retrieved) |\n| ---: | ---: |")

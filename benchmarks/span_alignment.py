@@ -14,28 +14,21 @@ then the shorter; the default now).
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
 import common
 from assistant import metrics
-from assistant.config import Settings
 from assistant.extractive import align_span
 
 
 def collect(args) -> list[dict]:
     import click
 
-    from assistant.cli import _bench_index, load_embedder, load_generator
     from assistant.reader import ExtractiveReader
 
-    settings = Settings.load()
     asked = common.outside_reported(Path(args.bench), args.limit, args.seed)
-    embedder = load_embedder(settings)
-    retriever, _ = _bench_index(settings, Path(args.bench), embedder)
-    generator = load_generator(settings, say=lambda m: click.echo(m, err=True))
+    retriever, generator = common.bench_models(Path(args.bench))
     reader = ExtractiveReader(generator, abstain_below=0, frequencies=retriever.word_passages)
     records, started = [], time.perf_counter()
     for n, q in enumerate(asked, 1):
@@ -53,19 +46,7 @@ def collect(args) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=150)
-    parser.add_argument("--seed", type=int, default=33)
-    parser.add_argument("--bench", default=str(common.BENCH))
-    parser.add_argument("--out", type=Path, help="write (or with --analyse read) the readings")
-    parser.add_argument("--analyse", action="store_true", help="only analyse --out's readings")
-    args = parser.parse_args()
-    if args.analyse:
-        records = json.loads(args.out.read_text())
-    else:
-        records = collect(args)
-        if args.out:
-            args.out.write_text(json.dumps(records))
+    records = common.recorded(__doc__.splitlines()[0], collect, limit=150)
     raw = [r for r in records if r["raw"].strip().split("\n")[0].strip().lower()
            not in " ".join(r["passage"].split()).lower()]
     print(f"{len(records)} readings; {len(raw)} not verbatim in their passage\n")
