@@ -764,8 +764,10 @@ def serve_command(ctx, idle_minutes, stop_it) -> None:
 def chat_command(ctx, resume_last, session_id, paths) -> None:
     """Open the chat app (a terminal UI) on the indexed documents.
 
-    Models and the index load in the background; with no index yet, the bundled Python
-    language reference is indexed first. With PATHS, they are indexed in the background
+    It answers through the answer server (`assistant serve`) when one is up, or starts one
+    (setting ``serve_idle_minutes``; 0: never), so the models stay loaded after it closes;
+    otherwise the models and the index load in its own process, in the background. With no
+    index yet, the bundled Python language reference is indexed first. With PATHS, they are indexed in the background
     (`assistant index PATHS`) while the chat answers from what is already searchable; the
     status line shows the progress. Press F1 in the app for the keys.
     """
