@@ -767,9 +767,9 @@ def chat_command(ctx, resume_last, session_id, paths) -> None:
     It answers through the answer server (`assistant serve`) when one is up, or starts one
     (setting ``serve_idle_minutes``; 0: never), so the models stay loaded after it closes;
     otherwise the models and the index load in its own process, in the background. With no
-    index yet, the bundled Python language reference is indexed first. With PATHS, they are indexed in the background
-    (`assistant index PATHS`) while the chat answers from what is already searchable; the
-    status line shows the progress. Press F1 in the app for the keys.
+    index yet, the bundled Python language reference is indexed first. With PATHS, they are
+    indexed in the background (`assistant index PATHS`) while the chat answers from what is
+    already searchable; the status line shows the progress. Press F1 in the app for the keys.
     """
     settings = _settings(ctx)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
@@ -881,9 +881,8 @@ def _server_figures(settings: Settings) -> str:
         return ""
     try:
         with conn:
-            conn.settimeout(1.0)  # after connecting: see serve.connect
-            info = next(serve.ask(conn, settings, {"op": "describe"}))["describe"]
-    except (OSError, ValueError, KeyError, StopIteration, serve.ServerError):
+            info = serve.reply(conn, settings, {"op": "describe"}, timeout_s=1.0)["describe"]
+    except (OSError, ValueError, KeyError, serve.ServerError):
         return ""
     parts = [f"pid {info['pid']}"] if info.get("pid") else []
     if info.get("resident_bytes"):

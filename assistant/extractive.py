@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
-from .forms import content_words, stem
+from .forms import content_stems
 from .metrics import PUNCTUATION, normalize_answer, overlap_f1, token_f1
 from .prompts import load_template
 
@@ -164,9 +164,8 @@ def sentence_with(span: str, passage: str, question: str = "") -> str | None:
              if low in sentence.lower()]
     if len(found) < 2 or not question:
         return found[0] if found else None
-    asked = {stem(w) for w in content_words(question)} - {stem(w) for w in content_words(span)}
-    return max(found, key=lambda sentence: len(asked & {stem(w) for w in
-                                                          content_words(sentence)}))
+    asked = content_stems(question) - content_stems(span)
+    return max(found, key=lambda sentence: len(asked & content_stems(sentence)))
 
 
 @dataclass(frozen=True)

@@ -747,10 +747,15 @@ def stem(word: str) -> str:
     return re.sub(r"(?:ing|ed|es|s)$", "", word) if len(word) > 5 else word
 
 
+def content_stems(text: str) -> set[str]:
+    """``text``'s content words (:func:`content_words`) without their endings (:func:`stem`)."""
+    return {stem(w) for w in content_words(text)}
+
+
 def _names_asked(words: set[str], title: str) -> bool:
     """True when every content word of a heading's ``title`` is among the question's
     ``words`` (by :func:`stem`), and it has one."""
-    said = {stem(w) for w in content_words(title)}
+    said = content_stems(title)
     return bool(said) and said <= {stem(w) for w in words}
 
 

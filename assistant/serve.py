@@ -140,6 +140,21 @@ def ask(conn: socket.socket, settings, request: dict) -> Iterator[dict]:
                       "the data directory)")
 
 
+def reply(conn: socket.socket, settings, request: dict, *,
+          timeout_s: float | None = None) -> dict:
+    """The server's one-message reply to ``request`` (an ``op`` such as ``describe``) on
+    ``conn``.
+
+    Raises:
+        TimeoutError: no reply within ``timeout_s`` seconds (the server is busy).
+        StaleServer, SettingsMismatch, ServerError: as :func:`ask`, or no reply at all.
+    """
+    conn.settimeout(timeout_s)  # after connecting: see connect
+    for message in ask(conn, settings, request):
+        return message
+    raise ServerError("the answer server stopped before it replied")
+
+
 def cancel(conn: socket.socket) -> None:
     """Ask the server to stop the answer it is writing on ``conn`` (see :func:`ask`): it ends
     with its ``end`` message, status cancelled. Safe from another thread than the reader's."""
@@ -327,7 +342,7 @@ def _serve_one(conn: socket.socket, key: str, code: str, handle: Handler) -> boo
     def watch() -> None:  # a cancel message, or the client gone (end of input), cancels
         with contextlib.suppress(OSError, ValueError):
             for message in lines:
-                if message.get("op") == "cancel":
+                if isinstance(message, dict) and message.get("op") == "cancel":
                     break
         cancellation.set()
 

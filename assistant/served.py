@@ -67,24 +67,16 @@ class ServedManager:
 
     def _one(self, request: dict, *, restart: bool = True,
              timeout_s: float | None = None) -> dict:
-        """The server's one-message reply to ``request``.
-
-        Raises:
-            TimeoutError: no reply within ``timeout_s`` seconds (the server is busy).
-        """
+        """The server's one-message reply to ``request`` (:func:`assistant.serve.reply`)."""
         with self._connect(restart=restart) as conn:
-            conn.settimeout(timeout_s)  # after connecting: see serve.connect
-            for message in serve.ask(conn, self.settings, request):
-                return message
-        raise serve.ServerError("the answer server stopped before it replied")
+            return serve.reply(conn, self.settings, request, timeout_s=timeout_s)
 
     def describe(self) -> dict:
-        """The server's ``model``, ``device``, ``documents``, ``passages``, with ``served``
-        True; starts the pings that keep the server up while the chat is open."""
+        """The server's ``model``, ``device``, ``documents``, ``passages`` (and its own
+        ``idle_s``, ``pid``, ``resident_bytes``), with ``served`` True; starts the pings that
+        keep the server up while the chat is open."""
         info = self._one({"op": "describe"})["describe"]
-        idle_s = float(info.pop("idle_s", 0) or 0)
-        for figure in ("pid", "resident_bytes"):  # the server's own, for `assistant info`
-            info.pop(figure, None)
+        idle_s = float(info.get("idle_s") or 0)
         if idle_s > 0 and self._pinging is None:
             self._pinging = threading.Thread(target=self._keep_alive,
                                              args=(min(KEEP_ALIVE_S, idle_s / 3),),
