@@ -150,6 +150,46 @@ def _trim(span: str) -> str:
     return span.strip()
 
 
+_MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?"
+          r"|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?")
+_DAY = r"\d{1,2}(?:st|nd|rd|th)?"
+_DATE = re.compile(rf"\b(?:{_DAY}\s+(?:of\s+)?{_MONTH},?\s+\d{{4}}"
+                   rf"|{_MONTH}\s+{_DAY},?\s+\d{{4}}|{_MONTH},?\s+\d{{4}}"
+                   rf"|{_MONTH}\s+{_DAY}|{_DAY}\s+(?:of\s+)?{_MONTH}"
+                   r"|\d{4}-\d{2}-\d{2})(?!\w)")
+"""A written date: "3 June 2025", "June 3rd, 2025", "October 2010", "December 3", "3rd of
+June", "2025-06-03"."""
+_ASKS_DATE = re.compile(r"^\W*(?:(?:and|but|so|then|also|ok|okay|now|well)\b\W*)?"
+                        r"(?:when\b|(?:on |by |until |since )?(?:what|which) (?:date|day)\b)",
+                        re.I)
+"""A question asking for a date: "When ...?", "On what date ...?" (not "What year ...?",
+whose answer is the year alone)."""
+
+
+def complete_date(span: str, passage: str, question: str) -> str:
+    """For a question asking when (:data:`_ASKS_DATE`), the whole written date of ``passage``
+    that ``span`` is a part of: a reading that stops at the year or the month ("2025" where
+    the passage has "3 June 2025", "2010" in "In October 2010") gives the date the passage
+    states. Of several such dates, the one whose sentence shares most of the question's
+    content words (the first of equals). ``span`` as it is otherwise (a span that is a
+    whole date, or no part of one)."""
+    if not span or not _ASKS_DATE.search(question):
+        return span
+    part = re.compile(rf"(?<!\w){re.escape(span.lower())}(?!\w)")
+    dates = [m for m in _DATE.finditer(passage)
+             if len(m.group(0)) > len(span) and part.search(m.group(0).lower())]
+    if not dates:
+        return span
+    asked = content_stems(question)
+
+    def shared(match) -> int:
+        sentence = next((s.group(0) for s in _SENTENCE.finditer(passage)
+                         if s.start() <= match.start() < s.end()), "")
+        return len(asked & content_stems(sentence))
+
+    return max(dates, key=shared).group(0)
+
+
 def sentence_with(span: str, passage: str, question: str = "") -> str | None:
     """The sentence of ``passage`` containing ``span`` (case-insensitive), or None. When
     several do, the one sharing the most of ``question``'s content words (other than the
@@ -180,7 +220,8 @@ class ExtractiveAnswer:
 
 
 def finish(raw: str, passage: str, number: int = 1, question: str = "") -> ExtractiveAnswer:
-    """Align the generated ``raw`` answer to ``passage`` (source number ``number``) and render
+    """Align the generated ``raw`` answer to ``passage`` (source number ``number``), complete a
+    date the reading cut short (:func:`complete_date`), and render
     it: ``**span** [n]`` and, quoted below, the passage's sentence holding it (of several, the
     one closest to ``question``, see :func:`sentence_with`). An answer with no support in the
     passage is shown as generated, still citing the passage it was read from."""
@@ -188,7 +229,7 @@ def finish(raw: str, passage: str, number: int = 1, question: str = "") -> Extra
     passage = " ".join(passage.split())
     if not raw:
         return ExtractiveAnswer("", None, "")
-    span = align_span(raw, passage)
+    span = complete_date(align_span(raw, passage), passage, question)
     if span.lower() not in passage.lower():
         return ExtractiveAnswer(span, number, f"{markdown_escape(span)} [{number}]")
     text = f"**{markdown_escape(span)}** [{number}]"

@@ -7,7 +7,9 @@ For each question the block reader reads as ``assistant eval`` does; the reading
 applied to the same readings offline: :func:`assistant.extractive.align_span`'s ``ties``
 rules, ``shorter`` (the rule before: of spans with equal token F1, the shorter) and
 ``answer_order`` (the span holding the answer's earliest word, then more of its characters,
-then the shorter; the default now).
+then the shorter; the default now), and ``answer_order`` with a date the reading cut short
+completed for questions asking when (:func:`assistant.extractive.complete_date`: "2010" in
+"In October 2010" is "October 2010").
 
     .venv/bin/python benchmarks/span_alignment.py [--limit 150] [--seed 33] [--out FILE]
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import common
 from assistant import metrics
-from assistant.extractive import align_span
+from assistant.extractive import align_span, complete_date
 
 
 def collect(args) -> list[dict]:
@@ -52,9 +54,13 @@ def main() -> None:
     print(f"{len(records)} readings; {len(raw)} not verbatim in their passage\n")
     print("| rule | token F1 (all) | exact match (all) | spans changed |\n| --- | ---: | ---: | ---: |")
     base = None
-    for rule in ("shorter", "answer_order"):
-        spans = [align_span(r["raw"].strip().split("\n")[0].strip(), r["passage"], ties=rule)
+    for rule in ("shorter", "answer_order", "answer_order, dates completed"):
+        spans = [align_span(r["raw"].strip().split("\n")[0].strip(), r["passage"],
+                            ties=rule.split(",")[0])
                  for r in records]
+        if rule.endswith("dates completed"):
+            spans = [complete_date(s, " ".join(r["passage"].split()), r["question"])
+                     for s, r in zip(spans, records)]
         f1 = sum(metrics.token_f1(s, r["answers"]) for s, r in zip(spans, records))
         em = sum(metrics.exact_match(s, r["answers"]) for s, r in zip(spans, records))
         changed = "–" if base is None else str(sum(a != b for a, b in zip(base, spans)))

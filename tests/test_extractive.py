@@ -1,5 +1,5 @@
-from assistant.extractive import (align_span, example_questions, extractive_prompt, finish,
-                                  sentence_with)
+from assistant.extractive import (align_span, complete_date, example_questions,
+                                  extractive_prompt, finish, sentence_with)
 
 PASSAGE = ("The league narrowed the bids to three sites: New Orleans' Mercedes-Benz Superdome,\n"
            "Miami's Sun Life Stadium, and the San Francisco Bay Area's Levi's Stadium. The game "
@@ -113,3 +113,23 @@ def test_of_equally_good_spans_the_one_with_the_answers_first_word_is_kept():
     assert align_span("September 2025", notes, ties="shorter") == "2025"
     chlorophyll = "Chlorophyll absorbs light most strongly at 687 and 760 nm in these bands."
     assert align_span("687 nm", chlorophyll) == "687 and 760 nm"  # not the unit alone
+
+
+def test_a_date_the_reading_cut_short_is_completed_for_when_questions_only():
+    notes = ("Meeting notes, 3 June 2025. The billing service moves to PostgreSQL 16 in "
+             "September. The journal published the study in October 2010; a second one "
+             "followed on March 29, 2011.")
+    assert complete_date("2025", notes, "When was the meeting?") == "3 June 2025"
+    assert complete_date("June", notes, "On what date was the meeting?") == "3 June 2025"
+    assert complete_date("2010", notes, "And when was the study published?") == "October 2010"
+    assert complete_date("2011", notes, "When did the second one follow?") == "March 29, 2011"
+    assert complete_date("2025", notes, "What year was the meeting?") == "2025"  # the year asked
+    assert complete_date("September", notes, "When will it move?") == "September"  # all there is
+    assert complete_date("3 June 2025", notes, "When was the meeting?") == "3 June 2025"
+    assert complete_date("Li Wei", notes, "When was the meeting?") == "Li Wei"
+    # of two dates holding the span, the one in the sentence closer to the question
+    two = "The audit ran on 4 May 2024. The launch was on 9 May 2024."
+    assert complete_date("May 2024", two, "When was the launch?") == "9 May 2024"
+    done = finish(" 2025", notes, 1, "When was the meeting?")
+    assert done.span == "3 June 2025" and done.supported
+    assert done.text.startswith("**3 June 2025** [1]")
