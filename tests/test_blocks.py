@@ -483,3 +483,69 @@ def test_a_reading_restricted_to_its_prompt_copies_as_the_full_head_does(within,
     assert set(cut.ids) <= prompt | set(reader.tokens(" " + " ".join(PASSAGES[0].split())))
     if within is not None:  # a copy is inside the head anyway: the same answer
         assert cut_text == text and cut.ids == full.ids
+
+
+def _attention_case(seed: int = 0):
+    """Grouped-query attention inputs: 3 rows, 4 heads over 2 key/value heads, 37 queries
+    after 13 context keys, causal over the queries, one context key padded out per row."""
+    generator = torch.Generator().manual_seed(seed)
+    b, heads, kv, q, context, d = 3, 4, 2, 37, 13, 16
+    keys = context + q
+    query = torch.randn(b, heads, q, d, generator=generator)
+    key = torch.randn(b, kv, keys, d, generator=generator)
+    value = torch.randn(b, kv, keys, d, generator=generator)
+    allowed = torch.ones(b, 1, q, keys, dtype=torch.bool)
+    allowed[..., context:] = torch.ones(q, q, dtype=torch.bool).tril()
+    for row in range(b):
+        allowed[row, :, :, row] = False
+    mask = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    return query, key, value, mask
+
+
+def test_prefill_attention_in_bfloat16_matches_sdpa_whole_or_in_runs_of_queries(monkeypatch):
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    from assistant.generation import blocks
+
+    query, key, value, mask = _attention_case()
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, repeat_kv(key, 2), repeat_kv(value, 2), attn_mask=mask, scale=0.25)
+    expected = expected.transpose(1, 2)  # (batch, q, heads, d), as the attention returns
+    exact = blocks._small_attention(query, key, value, mask, 0.25)
+    assert torch.allclose(exact, expected, atol=1e-5)
+    whole = blocks._small_attention(query, key, value, mask, 0.25, torch.bfloat16)
+    monkeypatch.setattr(blocks, "BF16_CHUNK", 4 * 4 * key.shape[2] * 5)  # runs of 5 queries
+    runs = blocks._small_attention(query, key, value, mask, 0.25, torch.bfloat16)
+    assert whole.dtype == runs.dtype == torch.float32 and whole.shape == expected.shape
+    assert torch.allclose(runs, whole, atol=2e-2)
+    # bfloat16 keeps 8 significant bits: outputs of unit scale within a few hundredths
+    assert (whole - expected).abs().max() < 5e-2
+    assert (whole - expected).abs().mean() < 5e-3
+
+
+def test_blocks_encoded_with_bfloat16_attention_give_the_prompts_logits(tiny_tokenizer,
+                                                                        monkeypatch):
+    """Under ``mixed`` the attention layers are marked ``bf16_prefill``; blocks of at least
+    BF16_QUERY tokens are then encoded with bfloat16 attention, within its rounding of the
+    float32 prompt (Gemma 3 with a short sliding window, so both layer kinds take it)."""
+    from assistant.generation import blocks
+
+    model = tiny_model("gemma3", len(tiny_tokenizer))
+    marked = [m for m in model.modules() if hasattr(m, "q_proj") and hasattr(m, "layer_idx")]
+    assert marked
+    for module in marked:
+        module.bf16_prefill = True
+    monkeypatch.setattr(blocks, "SMALL_QUERY", 0)
+    monkeypatch.setattr(blocks, "BF16_QUERY", 1)
+    used = []
+    original = blocks._small_attention
+    monkeypatch.setattr(blocks, "_small_attention",
+                        lambda *a, **k: used.append(a[5:] or k) or original(*a, **k))
+    reader = reader_for(model, tiny_tokenizer)
+    prefix = reader.prefix(PREFIX)
+    block = reader.blocks(prefix, [(0, PASSAGES[0])])
+    scored = reader.score(prefix, block, lead=LEAD, target=TARGET, tail=TAIL)
+    assert any(args == (torch.bfloat16,) for args in used)
+    logits = concatenated_logits(model, reader, [PREFIX, PASSAGES[0], LEAD, TARGET, TAIL])
+    assert torch.allclose(scored.states[0].first_logits, logits[-1], atol=5e-2)
+    assert int(scored.states[0].first_logits.argmax()) == int(logits[-1].argmax())

@@ -131,8 +131,15 @@ def _capture_attention(module, query, key, value, attention_mask, scaling=None, 
         recorder.probs[module.layer_idx] = torch.softmax(logits, dim=-1)
         if recorder.layers is not None and module.layer_idx == max(recorder.layers):
             raise Recorded  # every layer asked for is recorded: the rest is not needed
-    if query.shape[2] <= SMALL_QUERY and attention_mask is not None and not kwargs.get("softcap"):
-        return _small_attention(query, key, value, attention_mask, scaling), None
+    if (attention_mask is not None and attention_mask.dim() == 4 and not kwargs.get("softcap")
+            and attention_mask.is_floating_point()):  # additive (not transformers' bool masks)
+        if query.shape[2] <= SMALL_QUERY:
+            return _small_attention(query, key, value, attention_mask, scaling), None
+        if (getattr(module, "bf16_prefill", False) and query.shape[2] >= BF16_QUERY
+                and query.shape[0] * query.shape[1] * query.shape[2] * key.shape[2]
+                <= BF16_SCORES):
+            return _small_attention(query, key, value, attention_mask, scaling,
+                                    torch.bfloat16), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                   dropout=dropout, **kwargs)
 
@@ -144,23 +151,63 @@ which took 0.44 ms per layer for one Gemma 3 270M query over 801 keys (8 ms of a
 decoding pass on this 2-core CPU)."""
 
 
-def _small_attention(query, key, value, mask, scaling):
-    """softmax(q k^T · scaling + mask) v for a few queries, keys shared by groups of heads
-    (grouped-query attention) without repeating them.
+BF16_QUERY = 32
+"""Under ``mixed`` precision (modules marked ``bf16_prefill``, see
+:func:`~assistant.generation.precision.apply`), from this many query tokens on (encoding
+passage blocks, scoring, prompts: as :data:`~assistant.generation.precision.PREFILL_ROWS` for
+the Linear layers) attention's two products run in bfloat16 (:func:`_small_attention` with
+``dtype``) instead of sdpa's float32 flash kernel: for five Gemma 3 270M blocks of 155
+tokens behind the 659-token worked examples, 11.0 against 22.1 ms per layer on this
+project's 2-core AVX512-BF16 CPU (BENCHMARKS.md, "Round 12")."""
+
+BF16_SCORES = 2**25
+"""Up to this many attention scores (batch × heads × queries × keys) the bfloat16 path is
+taken; a longer prompt goes to sdpa's flash kernel."""
+
+BF16_CHUNK = 2**21
+"""Bytes of float32 scores the bfloat16 path computes at once (one batch row, a run of
+queries): kept in the CPU's caches, 5 × 155-token blocks took 12–15 ms per layer against
+19–24 ms for the whole batch at once and for sdpa (BENCHMARKS.md, "Round 12")."""
+
+
+def _small_attention(query, key, value, mask, scaling, dtype=None):
+    """softmax(q k^T · scaling + mask) v, keys shared by groups of heads (grouped-query
+    attention) without repeating them: for a few queries (decoding), and under ``mixed``
+    precision for many (prefill) with ``dtype`` bfloat16: q·scaling, k, the probabilities and
+    v rounded to it for the two products (each accumulated in float32 by the CPU's kernels,
+    its result rounded to bfloat16), the mask and softmax in float32, as the ``mixed``
+    Linear layers round their inputs and outputs.
 
     Shapes: query ``(batch, heads, q, d)``, key/value ``(batch, kv_heads, k, d)``, mask
-    ``(batch, 1, q, ≥k)`` additive. Returns ``(batch, q, heads, d)`` as transformers'
-    attention functions do.
+    ``(batch, 1, q, ≥k)`` additive. Returns ``(batch, q, heads, d)`` in the query's dtype,
+    as transformers' attention functions do.
     """
     b, heads, q, d = query.shape
     kv = key.shape[1]
     groups = heads // kv
     scale = scaling if scaling is not None else d ** -0.5
     grouped = query.reshape(b, kv, groups * q, d)  # head i reads kv head i // groups
-    scores = (grouped @ key.transpose(-1, -2)) * scale  # (b, kv, groups·q, k)
-    scores = scores.view(b, kv, groups, q, -1) + mask[:, :, None, :, : key.shape[2]]
-    probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)
-    out = probs.view(b, kv, groups * q, -1) @ value  # (b, kv, groups·q, d)
+    if dtype is None:
+        scores = (grouped @ key.transpose(-1, -2)) * scale  # (b, kv, groups·q, k)
+        scores = scores.view(b, kv, groups, q, -1) + mask[:, :, None, :, : key.shape[2]]
+        probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)
+        out = probs.view(b, kv, groups * q, -1) @ value  # (b, kv, groups·q, d)
+    else:  # by row and run of queries, so that the scores stay in the CPU's caches
+        out = query.new_empty(b, q, heads, d)
+        keys = key.shape[2]
+        run = max(1, BF16_CHUNK // (4 * heads * keys))
+        for row in range(b):
+            k, v = key[row].to(dtype).transpose(-1, -2), value[row].to(dtype)
+            for start in range(0, q, run):
+                end = min(q, start + run)
+                part = query[row, :, start:end].to(dtype).mul_(scale)  # (heads, n, d)
+                scores = part.reshape(kv, groups * (end - start), d) @ k
+                scores = scores.float().view(kv, groups, end - start, keys).add_(
+                    mask[row, :, None, start:end, :keys])
+                probs = torch.softmax(scores, dim=-1).to(dtype)
+                part = probs.view(kv, groups * (end - start), keys) @ v  # (kv, groups·n, d)
+                out[row, start:end] = part.view(heads, end - start, d).transpose(0, 1)
+        return out
     return out.view(b, heads, q, d).transpose(1, 2).contiguous()
 
 

@@ -123,6 +123,9 @@ def apply(model, precision: str, device: str, *, head: bool = True,
     if precision == "fp16":  # on CUDA it was loaded in float16
         return pack_fp16(model, prepacked=prepacked) if on_cpu else model
     if precision == "mixed":
+        for module in model.modules():  # attention layers: prefill attention in bfloat16
+            if hasattr(module, "q_proj") and hasattr(module, "layer_idx"):
+                module.bf16_prefill = True  # read by blocks._capture_attention
         return pack_fp16(model, prefill_bf16=True, prepacked=prepacked)
     if precision == "int4" and on_cpu:
         raise PrecisionError("precision 'int4' runs on CUDA only (torchao has no fast CPU int4 "
