@@ -19,7 +19,10 @@ decoded 1.6× slower (BENCHMARKS.md, "Round 3"), so there ``auto`` is ``mixed``:
 for decoding, and a bfloat16 copy of the decoder's weights for products of at least
 :data:`PREFILL_ROWS` rows (encoding passages, scoring): 80 SQuAD dev questions answered in
 1.61 s median instead of 2.10 s; on the 300 that ``eval --squad`` reports, 99.0 % the float32
-answers, token F1 45.1 against 45.3 (BENCHMARKS.md, "Round 4").
+answers, token F1 45.1 against 45.3 (BENCHMARKS.md, "Round 4"). Under ``mixed`` the attention
+of a prefill (at least :data:`~assistant.generation.blocks.BF16_QUERY` query tokens over an
+explicit mask: encoding passage blocks) multiplies in bfloat16 as well (BENCHMARKS.md,
+"Round 12").
 
 float16 on a CPU keeps the arithmetic in float32 and only stores the Linear layers' weights
 (the output head included) in float16: fbgemm's packed half-precision GEMM
@@ -113,6 +116,9 @@ def apply(model, precision: str, device: str, *, head: bool = True,
 
     ``prepacked``: float16 pieces packed from the model's files while it loaded (``fp16`` and
     ``mixed`` on a CPU; see :class:`Prepack`).
+
+    ``mixed`` also marks the attention layers (modules with ``q_proj`` and ``layer_idx``)
+    ``bf16_prefill``, which :func:`assistant.generation.blocks._capture_attention` reads.
 
     Raises:
         PrecisionError: int4 on a CPU; int4, or int8 on a GPU, without torchao.
