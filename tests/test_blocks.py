@@ -521,6 +521,11 @@ def test_prefill_attention_in_bfloat16_matches_sdpa_whole_or_in_runs_of_queries(
     # bfloat16 keeps 8 significant bits: outputs of unit scale within a few hundredths
     assert (whole - expected).abs().max() < 5e-2
     assert (whole - expected).abs().mean() < 5e-3
+    # a mask shared by the batch (batch dimension 1) is broadcast
+    shared = blocks._small_attention(query, key, value, mask[:1], 0.25, torch.bfloat16)
+    again = blocks._small_attention(query, key, value, mask[:1].expand_as(mask).contiguous(),
+                                    0.25, torch.bfloat16)
+    assert torch.equal(shared, again)
 
 
 def test_blocks_encoded_with_bfloat16_attention_give_the_prompts_logits(tiny_tokenizer,

@@ -154,11 +154,11 @@ decoding pass on this 2-core CPU)."""
 BF16_QUERY = 32
 """Under ``mixed`` precision (modules marked ``bf16_prefill``, see
 :func:`~assistant.generation.precision.apply`), from this many query tokens on (encoding
-passage blocks, scoring, prompts: as :data:`~assistant.generation.precision.PREFILL_ROWS` for
-the Linear layers) attention's two products run in bfloat16 (:func:`_small_attention` with
-``dtype``) instead of sdpa's float32 flash kernel: for five Gemma 3 270M blocks of 155
-tokens behind the 659-token worked examples, 11.0 against 22.1 ms per layer on this
-project's 2-core AVX512-BF16 CPU (BENCHMARKS.md, "Round 12")."""
+passage blocks; as :data:`~assistant.generation.precision.PREFILL_ROWS` for the Linear
+layers) attention's two products run in bfloat16 (:func:`_small_attention` with ``dtype``)
+instead of sdpa's float32 flash kernel: for five Gemma 3 270M blocks of 155 tokens behind the
+659-token worked examples, 10.0 against 20.1 ms per layer on this project's 2-core
+AVX512-BF16 CPU (BENCHMARKS.md, "Round 12")."""
 
 BF16_SCORES = 2**25
 """Up to this many attention scores (batch × heads × queries × keys) the bfloat16 path is
@@ -166,8 +166,8 @@ taken; a longer prompt goes to sdpa's flash kernel."""
 
 BF16_CHUNK = 2**21
 """Bytes of float32 scores the bfloat16 path computes at once (one batch row, a run of
-queries): kept in the CPU's caches, 5 × 155-token blocks took 12–15 ms per layer against
-19–24 ms for the whole batch at once and for sdpa (BENCHMARKS.md, "Round 12")."""
+queries), which stay in the CPU's caches: 5 × 155-token blocks took 10.0 ms per layer this
+way against 19.2 ms for the whole batch at once (BENCHMARKS.md, "Round 12")."""
 
 
 def _small_attention(query, key, value, mask, scaling, dtype=None):
@@ -198,12 +198,13 @@ def _small_attention(query, key, value, mask, scaling, dtype=None):
         run = max(1, BF16_CHUNK // (4 * heads * keys))
         for row in range(b):
             k, v = key[row].to(dtype).transpose(-1, -2), value[row].to(dtype)
+            row_mask = mask[row if mask.shape[0] > 1 else 0]  # (1, q, ≥k)
             for start in range(0, q, run):
                 end = min(q, start + run)
                 part = query[row, :, start:end].to(dtype).mul_(scale)  # (heads, n, d)
                 scores = part.reshape(kv, groups * (end - start), d) @ k
                 scores = scores.float().view(kv, groups, end - start, keys).add_(
-                    mask[row, :, None, start:end, :keys])
+                    row_mask[:, None, start:end, :keys])
                 probs = torch.softmax(scores, dim=-1).to(dtype)
                 part = probs.view(kv, groups * (end - start), keys) @ v  # (kv, groups·n, d)
                 out[row, start:end] = part.view(heads, end - start, d).transpose(0, 1)
