@@ -513,18 +513,18 @@ def test_prefill_attention_in_bfloat16_matches_sdpa_whole_or_in_runs_of_queries(
     expected = expected.transpose(1, 2)  # (batch, q, heads, d), as the attention returns
     exact = blocks._small_attention(query, key, value, mask, 0.25)
     assert torch.allclose(exact, expected, atol=1e-5)
-    whole = blocks._small_attention(query, key, value, mask, 0.25, torch.bfloat16)
+    whole = blocks._bf16_attention(query, key, value, mask, 0.25)
     monkeypatch.setattr(blocks, "BF16_CHUNK", 4 * 4 * key.shape[2] * 5)  # runs of 5 queries
-    runs = blocks._small_attention(query, key, value, mask, 0.25, torch.bfloat16)
+    runs = blocks._bf16_attention(query, key, value, mask, 0.25)
     assert whole.dtype == runs.dtype == torch.float32 and whole.shape == expected.shape
     assert torch.allclose(runs, whole, atol=2e-2)
     # bfloat16 keeps 8 significant bits: outputs of unit scale within a few hundredths
     assert (whole - expected).abs().max() < 5e-2
     assert (whole - expected).abs().mean() < 5e-3
     # a mask shared by the batch (batch dimension 1) is broadcast
-    shared = blocks._small_attention(query, key, value, mask[:1], 0.25, torch.bfloat16)
-    again = blocks._small_attention(query, key, value, mask[:1].expand_as(mask).contiguous(),
-                                    0.25, torch.bfloat16)
+    shared = blocks._bf16_attention(query, key, value, mask[:1], 0.25)
+    again = blocks._bf16_attention(query, key, value, mask[:1].expand_as(mask).contiguous(),
+                                   0.25)
     assert torch.equal(shared, again)
 
 
@@ -533,24 +533,21 @@ def test_blocks_encoded_with_bfloat16_attention_give_the_prompts_logits(tiny_tok
     """Under ``mixed`` the attention layers are marked ``bf16_prefill``; blocks of at least
     BF16_QUERY tokens are then encoded with bfloat16 attention, within its rounding of the
     float32 prompt (Gemma 3 with a short sliding window, so both layer kinds take it)."""
-    from assistant.generation import blocks
+    from assistant.generation import blocks, precision
 
     model = tiny_model("gemma3", len(tiny_tokenizer))
-    marked = [m for m in model.modules() if hasattr(m, "q_proj") and hasattr(m, "layer_idx")]
-    assert marked
-    for module in marked:
-        module.bf16_prefill = True
+    assert precision.mark_bf16_attention(model) == 2  # its two attention layers
     monkeypatch.setattr(blocks, "SMALL_QUERY", 0)
     monkeypatch.setattr(blocks, "BF16_QUERY", 1)
     used = []
-    original = blocks._small_attention
-    monkeypatch.setattr(blocks, "_small_attention",
-                        lambda *a, **k: used.append(a[5:] or k) or original(*a, **k))
+    original = blocks._bf16_attention
+    monkeypatch.setattr(blocks, "_bf16_attention",
+                        lambda *a, **k: used.append(a) or original(*a, **k))
     reader = reader_for(model, tiny_tokenizer)
     prefix = reader.prefix(PREFIX)
     block = reader.blocks(prefix, [(0, PASSAGES[0])])
     scored = reader.score(prefix, block, lead=LEAD, target=TARGET, tail=TAIL)
-    assert any(args == (torch.bfloat16,) for args in used)
+    assert used  # the bfloat16 path encoded the block
     logits = concatenated_logits(model, reader, [PREFIX, PASSAGES[0], LEAD, TARGET, TAIL])
     assert torch.allclose(scored.states[0].first_logits, logits[-1], atol=5e-2)
     assert int(scored.states[0].first_logits.argmax()) == int(logits[-1].argmax())

@@ -138,8 +138,7 @@ def _capture_attention(module, query, key, value, attention_mask, scaling=None, 
         if (getattr(module, "bf16_prefill", False) and query.shape[2] >= BF16_QUERY
                 and query.shape[0] * query.shape[1] * query.shape[2] * key.shape[2]
                 <= BF16_SCORES):
-            return _small_attention(query, key, value, attention_mask, scaling,
-                                    torch.bfloat16), None
+            return _bf16_attention(query, key, value, attention_mask, scaling), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                   dropout=dropout, **kwargs)
 
@@ -153,10 +152,10 @@ decoding pass on this 2-core CPU)."""
 
 BF16_QUERY = 32
 """Under ``mixed`` precision (modules marked ``bf16_prefill``, see
-:func:`~assistant.generation.precision.apply`), from this many query tokens on (encoding
+:func:`~assistant.generation.precision.mark_bf16_attention`), from this many query tokens on (encoding
 passage blocks; as :data:`~assistant.generation.precision.PREFILL_ROWS` for the Linear
-layers) attention's two products run in bfloat16 (:func:`_small_attention` with ``dtype``)
-instead of sdpa's float32 flash kernel: for five Gemma 3 270M blocks of 155 tokens behind the
+layers) attention's two products run in bfloat16 (:func:`_bf16_attention`) instead of sdpa's
+float32 flash kernel: for five Gemma 3 270M blocks of 155 tokens behind the
 659-token worked examples, 10.0 against 20.1 ms per layer on this project's 2-core
 AVX512-BF16 CPU (BENCHMARKS.md, "Round 12")."""
 
@@ -170,46 +169,58 @@ queries), which stay in the CPU's caches: 5 × 155-token blocks took 10.0 ms per
 way against 19.2 ms for the whole batch at once (BENCHMARKS.md, "Round 12")."""
 
 
-def _small_attention(query, key, value, mask, scaling, dtype=None):
-    """softmax(q k^T · scaling + mask) v, keys shared by groups of heads (grouped-query
-    attention) without repeating them: for a few queries (decoding), and under ``mixed``
-    precision for many (prefill) with ``dtype`` bfloat16: q·scaling, k, the probabilities and
-    v rounded to it for the two products (each accumulated in float32 by the CPU's kernels,
-    its result rounded to bfloat16), the mask and softmax in float32, as the ``mixed``
-    Linear layers round their inputs and outputs.
+def _small_attention(query, key, value, mask, scaling):
+    """softmax(q k^T · scaling + mask) v for a few queries, keys shared by groups of heads
+    (grouped-query attention) without repeating them.
 
     Shapes: query ``(batch, heads, q, d)``, key/value ``(batch, kv_heads, k, d)``, mask
-    ``(batch, 1, q, ≥k)`` additive. Returns ``(batch, q, heads, d)`` in the query's dtype,
-    as transformers' attention functions do.
+    ``(batch, 1, q, ≥k)`` additive. Returns ``(batch, q, heads, d)`` as transformers'
+    attention functions do.
     """
     b, heads, q, d = query.shape
     kv = key.shape[1]
     groups = heads // kv
     scale = scaling if scaling is not None else d ** -0.5
     grouped = query.reshape(b, kv, groups * q, d)  # head i reads kv head i // groups
-    if dtype is None:
-        scores = (grouped @ key.transpose(-1, -2)) * scale  # (b, kv, groups·q, k)
-        scores = scores.view(b, kv, groups, q, -1) + mask[:, :, None, :, : key.shape[2]]
-        probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)
-        out = probs.view(b, kv, groups * q, -1) @ value  # (b, kv, groups·q, d)
-    else:  # by row and run of queries, so that the scores stay in the CPU's caches
-        out = query.new_empty(b, q, heads, d)
-        keys = key.shape[2]
-        run = max(1, BF16_CHUNK // (4 * heads * keys))
-        for row in range(b):
-            k, v = key[row].to(dtype).transpose(-1, -2), value[row].to(dtype)
-            row_mask = mask[row if mask.shape[0] > 1 else 0]  # (1, q, ≥k)
-            for start in range(0, q, run):
-                end = min(q, start + run)
-                part = query[row, :, start:end].to(dtype).mul_(scale)  # (heads, n, d)
-                scores = part.reshape(kv, groups * (end - start), d) @ k
-                scores = scores.float().view(kv, groups, end - start, keys).add_(
-                    row_mask[:, None, start:end, :keys])
-                probs = torch.softmax(scores, dim=-1).to(dtype)
-                part = probs.view(kv, groups * (end - start), keys) @ v  # (kv, groups·n, d)
-                out[row, start:end] = part.view(heads, end - start, d).transpose(0, 1)
-        return out
+    scores = (grouped @ key.transpose(-1, -2)) * scale  # (b, kv, groups·q, k)
+    scores = scores.view(b, kv, groups, q, -1) + mask[:, :, None, :, : key.shape[2]]
+    probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)
+    out = probs.view(b, kv, groups * q, -1) @ value  # (b, kv, groups·q, d)
     return out.view(b, heads, q, d).transpose(1, 2).contiguous()
+
+
+def _bf16_attention(query, key, value, mask, scaling):
+    """softmax(q k^T · scaling + mask) v for a prefill under ``mixed`` precision: q·scaling,
+    k, the probabilities and v rounded to bfloat16 for the two products (each accumulated in
+    float32 by the CPU's kernels, its result rounded to bfloat16), the mask and softmax in
+    float32, as the ``mixed`` Linear layers round their inputs and outputs; keys shared by
+    groups of heads without repeating them; one batch row and a run of queries at a time
+    (:data:`BF16_CHUNK`), so that the scores stay in the CPU's caches.
+
+    Shapes: query ``(batch, heads, q, d)``, key/value ``(batch, kv_heads, k, d)``, mask
+    ``(batch or 1, 1, q, ≥k)`` additive. Returns ``(batch, q, heads, d)`` in the query's
+    dtype, as transformers' attention functions do.
+    """
+    b, heads, q, d = query.shape
+    kv, keys = key.shape[1], key.shape[2]
+    groups = heads // kv
+    scale = scaling if scaling is not None else d ** -0.5
+    out = query.new_empty(b, q, heads, d)
+    run = max(1, BF16_CHUNK // (4 * heads * keys))
+    for row in range(b):
+        k = key[row].to(torch.bfloat16).transpose(-1, -2)
+        v = value[row].to(torch.bfloat16)
+        row_mask = mask[row if mask.shape[0] > 1 else 0]  # (1, q, ≥k)
+        for start in range(0, q, run):
+            end = min(q, start + run)
+            part = query[row, :, start:end].to(torch.bfloat16).mul_(scale)  # (heads, n, d)
+            scores = part.reshape(kv, groups * (end - start), d) @ k
+            scores = scores.float().view(kv, groups, end - start, keys).add_(
+                row_mask[:, None, start:end, :keys])
+            probs = torch.softmax(scores, dim=-1).to(torch.bfloat16)
+            part = probs.view(kv, groups * (end - start), keys) @ v  # (kv, groups·n, d)
+            out[row, start:end] = part.view(heads, end - start, d).transpose(0, 1)
+    return out
 
 
 def enable_capture(model) -> bool:

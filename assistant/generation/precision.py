@@ -117,8 +117,7 @@ def apply(model, precision: str, device: str, *, head: bool = True,
     ``prepacked``: float16 pieces packed from the model's files while it loaded (``fp16`` and
     ``mixed`` on a CPU; see :class:`Prepack`).
 
-    ``mixed`` also marks the attention layers (modules with ``q_proj`` and ``layer_idx``)
-    ``bf16_prefill``, which :func:`assistant.generation.blocks._capture_attention` reads.
+    ``mixed`` also runs the attention of a prefill in bfloat16 (:func:`mark_bf16_attention`).
 
     Raises:
         PrecisionError: int4 on a CPU; int4, or int8 on a GPU, without torchao.
@@ -129,9 +128,7 @@ def apply(model, precision: str, device: str, *, head: bool = True,
     if precision == "fp16":  # on CUDA it was loaded in float16
         return pack_fp16(model, prepacked=prepacked) if on_cpu else model
     if precision == "mixed":
-        for module in model.modules():  # attention layers: prefill attention in bfloat16
-            if hasattr(module, "q_proj") and hasattr(module, "layer_idx"):
-                module.bf16_prefill = True  # read by blocks._capture_attention
+        mark_bf16_attention(model)
         return pack_fp16(model, prefill_bf16=True, prepacked=prepacked)
     if precision == "int4" and on_cpu:
         raise PrecisionError("precision 'int4' runs on CUDA only (torchao has no fast CPU int4 "
@@ -159,6 +156,18 @@ def apply(model, precision: str, device: str, *, head: bool = True,
         group_size=128, int4_packing_format="tile_packed_to_4d")
     quantize_(model, config)
     return model
+
+
+def mark_bf16_attention(model) -> int:
+    """Mark ``model``'s attention layers (modules with ``q_proj`` and ``layer_idx``)
+    ``bf16_prefill``, which :func:`assistant.generation.blocks._capture_attention` reads: a
+    prefill's attention then multiplies in bfloat16 (``mixed``). Returns how many."""
+    marked = 0
+    for module in model.modules():
+        if hasattr(module, "q_proj") and hasattr(module, "layer_idx"):
+            module.bf16_prefill = True
+            marked += 1
+    return marked
 
 
 def output_weight(model) -> "tuple[torch.Tensor, torch.Tensor | None]":
